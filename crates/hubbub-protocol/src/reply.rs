@@ -1,0 +1,267 @@
+//! What the server sends: replies to commands and pushes, and their encoding.
+
+use crate::{Json, ProtocolError};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+/// A position in a channel's stream: the offset of its last publication and the stream's
+/// epoch, which changes whenever the stream's history is lost or reset.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamPosition {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Who is connected: presence entries and the publisher of a client-side publication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub user: String,
+    pub client: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub conn_info: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub chan_info: Option<Json>,
+}
+
+/// One message in a channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publication {
+    pub data: Json,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub info: Option<ClientInfo>,
+    #[serde(skip_serializing_if = "is_zero_u64", default)]
+    pub offset: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tags: Option<HashMap<String, String>>,
+}
+
+/// A reply to a command (`id` > 0) or, with `id` 0, a push.
+#[derive(Debug, Serialize)]
+pub struct Reply {
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub id: u32,
+    #[serde(flatten)]
+    pub body: ReplyBody,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyBody {
+    Error(ProtocolError),
+    Push(Push),
+    Connect(ConnectResult),
+    Subscribe(SubscribeResult),
+    Unsubscribe(EmptyResult),
+    Publish(EmptyResult),
+    Presence(PresenceResult),
+    PresenceStats(PresenceStatsResult),
+    History(HistoryResult),
+    Ping(EmptyResult),
+    Rpc(RpcResult),
+    Refresh(RefreshResult),
+    SubRefresh(SubRefreshResult),
+}
+
+impl Reply {
+    pub fn new(id: u32, body: ReplyBody) -> Self {
+        Reply { id, body }
+    }
+
+    pub fn error(id: u32, error: impl Into<ProtocolError>) -> Self {
+        Reply { id, body: ReplyBody::Error(error.into()) }
+    }
+
+    pub fn push(push: Push) -> Self {
+        Reply { id: 0, body: ReplyBody::Push(push) }
+    }
+
+    /// Encodes the reply as one JSON object (no trailing newline).
+    pub fn encode(&self) -> Bytes {
+        // Serializing these types cannot fail: all map keys are strings.
+        Bytes::from(serde_json::to_vec(self).expect("reply serialization"))
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct EmptyResult {}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ConnectResult {
+    pub client: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Json>,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    pub subs: HashMap<String, SubscribeResult>,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ping: u32,
+    #[serde(skip_serializing_if = "is_false")]
+    pub pong: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub session: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SubscribeResult {
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+    #[serde(skip_serializing_if = "is_false")]
+    pub recoverable: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publications: Vec<Publication>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub recovered: bool,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+    #[serde(skip_serializing_if = "is_false")]
+    pub positioned: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Json>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub was_recovering: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PresenceResult {
+    pub presence: HashMap<String, ClientInfo>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PresenceStatsResult {
+    pub num_clients: u32,
+    pub num_users: u32,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct HistoryResult {
+    pub publications: Vec<Publication>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RpcResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Json>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RefreshResult {
+    pub client: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SubRefreshResult {
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+/// A message the server sends on its own: `{"push":{"channel":..,"<kind>":{..}}}`.
+#[derive(Debug, Serialize)]
+pub struct Push {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub channel: String,
+    #[serde(flatten)]
+    pub body: PushBody,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushBody {
+    #[serde(rename = "pub")]
+    Publication(Publication),
+    Join { info: ClientInfo },
+    Leave { info: ClientInfo },
+    Unsubscribe { code: u32, reason: String },
+    Message { data: Json },
+    Subscribe(SubscribePush),
+    Disconnect { code: u32, reason: String, reconnect: bool },
+    Refresh {
+        #[serde(skip_serializing_if = "is_false")]
+        expires: bool,
+        #[serde(skip_serializing_if = "is_zero_u32")]
+        ttl: u32,
+    },
+}
+
+/// Tells a client about a subscription the server made for it.
+#[derive(Debug, Default, Serialize)]
+pub struct SubscribePush {
+    #[serde(skip_serializing_if = "is_false")]
+    pub recoverable: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+    #[serde(skip_serializing_if = "is_false")]
+    pub positioned: bool,
+}
+
+/// Joins already-encoded messages into one frame, newline-separated, as the protocol batches.
+pub fn encode_frame<'a>(messages: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in messages {
+        if !out.is_empty() {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(m);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_reply_and_push_shapes() {
+        let r = Reply::new(3, ReplyBody::Publish(EmptyResult {}));
+        assert_eq!(&r.encode()[..], br#"{"id":3,"publish":{}}"#);
+        let p = Reply::push(Push {
+            channel: "news".into(),
+            body: PushBody::Publication(Publication {
+                data: crate::json_from_str(r#"{"x":1}"#).unwrap(),
+                info: None,
+                offset: 7,
+                tags: None,
+            }),
+        });
+        assert_eq!(&p.encode()[..], br#"{"push":{"channel":"news","pub":{"data":{"x":1},"offset":7}}}"#);
+        let e = Reply::error(9, crate::codes::ERROR_TOO_MANY_REQUESTS);
+        assert_eq!(
+            &e.encode()[..],
+            br#"{"id":9,"error":{"code":111,"message":"too many requests","temporary":true}}"#
+        );
+    }
+}
