@@ -1,1 +1,17 @@
+//! The real-time engine of Hubbub: sessions, the hub, channel namespaces, JWT auth, the
+//! engine traits and the in-memory engine. Transports (in `hubbub-server`) only move bytes
+//! between sockets and a [`session::Session`].
 
+pub mod auth;
+pub mod channel;
+pub mod duration;
+pub mod engine;
+pub mod hub;
+pub mod node;
+pub mod outbox;
+pub mod rpc;
+pub mod session;
+mod sharded;
+
+pub use node::{ClientConfig, Node, NodeOptions};
+pub use session::Session;

@@ -1,0 +1,171 @@
+//! Channel names, namespaces and their options.
+//!
+//! A channel `ns:rest` belongs to namespace `ns`; a channel without `:` to the default
+//! namespace (name `""`). A `#` limits a channel to the user ids listed after it
+//! (`user#42`, `dm#7,42`), whatever its namespace allows. A `$` at the start of the name
+//! (after the namespace prefix) makes the channel private: a subscription token is needed.
+
+use crate::duration::serde_human;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Options of one namespace. The defaults are those of the default namespace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// `""` for the default namespace.
+    pub name: String,
+    /// Keep track of who is subscribed (presence and presence_stats).
+    pub presence: bool,
+    /// Emit join and leave events (pushed to subscribers that ask for them).
+    pub join_leave: bool,
+    /// Push join and leave to every subscriber, whether it asked or not.
+    pub force_push_join_leave: bool,
+    /// Publications kept per channel for history and recovery; 0 turns history off.
+    pub history_size: usize,
+    /// How long a publication stays in history.
+    #[serde(with = "serde_human")]
+    pub history_ttl: Duration,
+    /// Every subscription is recoverable, whether the client asked or not.
+    pub force_recovery: bool,
+    /// Every subscription is positioned (the client learns the stream position).
+    pub force_positioning: bool,
+    pub allow_publish_for_client: bool,
+    pub allow_subscribe_for_client: bool,
+    pub allow_presence_for_subscriber: bool,
+    pub allow_history_for_subscriber: bool,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        NamespaceConfig {
+            name: String::new(),
+            presence: true,
+            join_leave: true,
+            force_push_join_leave: false,
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+            force_recovery: true,
+            force_positioning: false,
+            allow_publish_for_client: true,
+            allow_subscribe_for_client: true,
+            allow_presence_for_subscriber: true,
+            allow_history_for_subscriber: true,
+        }
+    }
+}
+
+impl NamespaceConfig {
+    pub fn history_enabled(&self) -> bool {
+        self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+}
+
+/// Why a channel name cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    #[error("empty channel name")]
+    Empty,
+    #[error("channel name too long")]
+    TooLong,
+    #[error("unknown namespace {0:?}")]
+    UnknownNamespace(String),
+}
+
+/// The longest channel name accepted, in bytes.
+pub const MAX_CHANNEL_LENGTH: usize = 255;
+
+/// All namespaces, looked up by name.
+#[derive(Debug, Clone)]
+pub struct Namespaces {
+    by_name: HashMap<String, NamespaceConfig>,
+}
+
+impl Namespaces {
+    /// Builds the lookup. When the list has no default namespace (`name = ""`), the
+    /// default options are used for it.
+    pub fn new(list: &[NamespaceConfig]) -> Result<Self, String> {
+        let mut by_name = HashMap::new();
+        for ns in list {
+            if ns.name.contains([':', '#', '$']) {
+                return Err(format!("namespaces.name {:?}: must not contain ':', '#' or '$'", ns.name));
+            }
+            if by_name.insert(ns.name.clone(), ns.clone()).is_some() {
+                return Err(format!("namespaces.name {:?}: defined twice", ns.name));
+            }
+        }
+        by_name.entry(String::new()).or_default();
+        Ok(Namespaces { by_name })
+    }
+
+    /// Finds the options for a channel.
+    pub fn resolve<'a>(&self, channel: &'a str) -> Result<(&NamespaceConfig, ChannelName<'a>), ChannelError> {
+        let name = ChannelName::parse(channel)?;
+        self.by_name
+            .get(name.namespace)
+            .map(|ns| (ns, name))
+            .ok_or_else(|| ChannelError::UnknownNamespace(name.namespace.to_owned()))
+    }
+}
+
+/// A channel name split into the parts that decide who may use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelName<'a> {
+    pub namespace: &'a str,
+    /// The part after the namespace prefix.
+    pub rest: &'a str,
+    /// The comma-separated user ids after `#`, if the channel is user-limited.
+    pub allowed_users: Option<&'a str>,
+}
+
+impl<'a> ChannelName<'a> {
+    pub fn parse(channel: &'a str) -> Result<Self, ChannelError> {
+        if channel.is_empty() {
+            return Err(ChannelError::Empty);
+        }
+        if channel.len() > MAX_CHANNEL_LENGTH {
+            return Err(ChannelError::TooLong);
+        }
+        let (namespace, rest) = match channel.split_once(':') {
+            Some((ns, rest)) => (ns, rest),
+            None => ("", channel),
+        };
+        let allowed_users = channel.rsplit_once('#').map(|(_, users)| users);
+        Ok(ChannelName { namespace, rest, allowed_users })
+    }
+
+    /// Private channels need a subscription token.
+    pub fn is_private(&self) -> bool {
+        self.rest.starts_with('$')
+    }
+
+    /// `None` when the channel is not user-limited; otherwise whether `user` is listed.
+    pub fn user_allowed(&self, user: &str) -> Option<bool> {
+        self.allowed_users
+            .map(|users| !user.is_empty() && users.split(',').any(|u| u == user))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_namespaces_and_user_limits() {
+        let chat = NamespaceConfig { name: "chat".into(), presence: false, ..Default::default() };
+        let ns = Namespaces::new(&[chat]).unwrap();
+        assert!(ns.resolve("news").unwrap().0.presence);
+        assert!(!ns.resolve("chat:room").unwrap().0.presence);
+        assert_eq!(ns.resolve("nope:x").unwrap_err(), ChannelError::UnknownNamespace("nope".into()));
+        assert_eq!(ns.resolve("").unwrap_err(), ChannelError::Empty);
+
+        let dm = ChannelName::parse("dm#7,42").unwrap();
+        assert_eq!(dm.user_allowed("7"), Some(true));
+        assert_eq!(dm.user_allowed("42"), Some(true));
+        assert_eq!(dm.user_allowed("4"), Some(false));
+        assert_eq!(dm.user_allowed(""), Some(false));
+        assert_eq!(ChannelName::parse("news").unwrap().user_allowed("1"), None);
+        assert!(ChannelName::parse("chat:$secret").unwrap().is_private());
+    }
+}

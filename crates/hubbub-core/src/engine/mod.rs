@@ -1,0 +1,113 @@
+//! The engine seam: how a node reaches other nodes (the [`Broker`]) and where presence is
+//! kept (the [`PresenceStore`]). The session and the hub only see these traits, so that the
+//! in-memory engine here and the Redis and NATS engines of a multi-node deployment are
+//! interchangeable.
+//!
+//! Offsets are assigned by the broker, never by a session: the broker is the one place that
+//! orders a channel's publications.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use hubbub_protocol::{ClientInfo, Publication, StreamPosition};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// History settings of the channel being published to or read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HistoryOptions {
+    /// Publications kept; 0 means the channel has no history (and no offsets).
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+impl HistoryOptions {
+    pub fn enabled(&self) -> bool {
+        self.size > 0 && !self.ttl.is_zero()
+    }
+}
+
+/// What to read from a channel's history.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Only publications after this position; its epoch must be the stream's.
+    pub since: Option<StreamPosition>,
+    /// At most this many publications; `None` for all that are kept; `Some(0)` for the
+    /// position only.
+    pub limit: Option<usize>,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// Publications read from history and the stream's current top position.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub publications: Vec<Publication>,
+    pub position: StreamPosition,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The requested position is from another epoch or no longer kept.
+    #[error("unrecoverable position")]
+    UnrecoverablePosition,
+    /// The broker or presence backend cannot be reached.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Receives what the broker delivers to this node, in channel order.
+pub trait BrokerEvents: Send + Sync + 'static {
+    fn on_publication(&self, channel: &str, publication: Publication);
+    fn on_join(&self, channel: &str, info: ClientInfo);
+    fn on_leave(&self, channel: &str, info: ClientInfo);
+}
+
+/// Moves publications, joins and leaves between nodes and keeps channel streams.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Connects the broker to this node. Called once before anything else.
+    async fn start(&self, events: Arc<dyn BrokerEvents>) -> Result<(), EngineError>;
+    /// This node has its first subscriber on `channel`: deliver its events here.
+    async fn subscribe(&self, channel: &str) -> Result<(), EngineError>;
+    /// This node's last subscriber on `channel` left.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
+    /// Appends to the channel's stream when history is enabled (assigning the offset) and
+    /// delivers to every node subscribed. Returns the publication's position (offset 0
+    /// without history).
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        history: HistoryOptions,
+    ) -> Result<StreamPosition, EngineError>;
+    async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
+    async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
+    /// Reads the channel's stream. The stream (and its epoch) is created when missing, so
+    /// that a position handed to a subscriber stays valid.
+    async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+        history: HistoryOptions,
+    ) -> Result<HistoryPage, EngineError>;
+    /// Drops the channel's kept publications; the offset and epoch stay.
+    async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+}
+
+/// Number of connections and of distinct users in a channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PresenceStats {
+    pub num_clients: u32,
+    pub num_users: u32,
+}
+
+/// Who is subscribed to which channel, across nodes.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
+    async fn remove(&self, channel: &str, client: &str) -> Result<(), EngineError>;
+    async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError>;
+    async fn stats(&self, channel: &str) -> Result<PresenceStats, EngineError>;
+}

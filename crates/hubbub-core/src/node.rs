@@ -1,0 +1,259 @@
+//! The node: everything one server process shares between its connections, and the
+//! operations that the server HTTP API and the application call (publish, presence,
+//! history, server-side subscribe, disconnect...).
+
+use crate::auth::Tokens;
+use crate::channel::{ChannelError, NamespaceConfig, Namespaces};
+use crate::engine::{
+    Broker, BrokerEvents, EngineError, HistoryOptions, HistoryPage, HistoryQuery, PresenceStats,
+    PresenceStore,
+};
+use crate::hub::Hub;
+use crate::outbox::Control;
+use crate::rpc::RpcRegistry;
+use hubbub_protocol::codes::*;
+use hubbub_protocol::{ClientInfo, Disconnect, Json, ProtocolError, Publication, StreamPosition};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Per-connection settings and limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The server sends a ping this often; the client answers with a pong.
+    #[serde(with = "crate::duration::serde_human")]
+    pub ping_interval: Duration,
+    /// A ping unanswered for this long ends the connection ("no pong").
+    #[serde(with = "crate::duration::serde_human")]
+    pub pong_timeout: Duration,
+    /// Bound of a connection's outgoing queue; a subscriber over it is disconnected as slow.
+    pub queue_max_bytes: usize,
+    /// Largest incoming frame accepted.
+    pub max_message_size: usize,
+    /// Commands a connection may send per second (a token bucket of this size).
+    pub commands_per_second: u32,
+    /// Channels one connection may subscribe to.
+    pub max_channels: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(8),
+            queue_max_bytes: 1 << 20,
+            max_message_size: 65536,
+            commands_per_second: 100,
+            max_channels: 128,
+        }
+    }
+}
+
+/// What a [`Node`] is built from.
+pub struct NodeOptions {
+    pub name: String,
+    pub version: String,
+    pub client: ClientConfig,
+    pub namespaces: Namespaces,
+    pub tokens: Tokens,
+    pub allow_anonymous: bool,
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn PresenceStore>,
+    pub rpc: RpcRegistry,
+}
+
+pub struct Node {
+    /// Unique per process start; tells nodes apart in a cluster.
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub client: ClientConfig,
+    pub namespaces: Namespaces,
+    pub tokens: Tokens,
+    pub allow_anonymous: bool,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn PresenceStore>,
+    pub rpc: RpcRegistry,
+    started: Instant,
+}
+
+/// An error of a node operation, as the server API reports it.
+pub type ApiResult<T> = Result<T, ProtocolError>;
+
+impl From<ChannelError> for ProtocolError {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::UnknownNamespace(_) => ERROR_UNKNOWN_CHANNEL.into(),
+            ChannelError::Empty | ChannelError::TooLong => ERROR_BAD_REQUEST.into(),
+        }
+    }
+}
+
+impl From<EngineError> for ProtocolError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::UnrecoverablePosition => ERROR_UNRECOVERABLE_POSITION.into(),
+            EngineError::Unavailable(reason) => {
+                tracing::error!(%reason, "engine unavailable");
+                ERROR_INTERNAL.into()
+            }
+        }
+    }
+}
+
+/// Hands what the broker delivers to the hub, with the namespace's join/leave policy.
+struct HubEvents {
+    hub: Arc<Hub>,
+    namespaces: Namespaces,
+}
+
+impl HubEvents {
+    fn push_join_leave_to_all(&self, channel: &str) -> bool {
+        self.namespaces.resolve(channel).map(|(ns, _)| ns.force_push_join_leave).unwrap_or(false)
+    }
+}
+
+impl BrokerEvents for HubEvents {
+    fn on_publication(&self, channel: &str, publication: Publication) {
+        self.hub.broadcast_publication(channel, publication);
+    }
+    fn on_join(&self, channel: &str, info: ClientInfo) {
+        self.hub.broadcast_join(channel, info, self.push_join_leave_to_all(channel));
+    }
+    fn on_leave(&self, channel: &str, info: ClientInfo) {
+        self.hub.broadcast_leave(channel, info, self.push_join_leave_to_all(channel));
+    }
+}
+
+/// One node's figures, as the `info` API reports them.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeInfo {
+    pub uid: String,
+    pub name: String,
+    pub version: String,
+    pub num_clients: usize,
+    pub num_users: usize,
+    pub num_channels: usize,
+    pub uptime: u64,
+}
+
+pub fn history_options(ns: &NamespaceConfig) -> HistoryOptions {
+    HistoryOptions { size: ns.history_size, ttl: ns.history_ttl }
+}
+
+impl Node {
+    /// Builds the node and connects its broker.
+    pub async fn start(opts: NodeOptions) -> Result<Arc<Node>, EngineError> {
+        let hub = Arc::new(Hub::new());
+        let events = Arc::new(HubEvents { hub: hub.clone(), namespaces: opts.namespaces.clone() });
+        opts.broker.start(events).await?;
+        Ok(Arc::new(Node {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: opts.name,
+            version: opts.version,
+            client: opts.client,
+            namespaces: opts.namespaces,
+            tokens: opts.tokens,
+            allow_anonymous: opts.allow_anonymous,
+            hub,
+            broker: opts.broker,
+            presence: opts.presence,
+            rpc: opts.rpc,
+            started: Instant::now(),
+        }))
+    }
+
+    /// Publishes `data` to `channel` on the server's behalf.
+    pub async fn publish(&self, channel: &str, data: Json, info: Option<ClientInfo>) -> ApiResult<StreamPosition> {
+        let (ns, _) = self.namespaces.resolve(channel)?;
+        let publication = Publication { data, info, offset: 0, tags: None };
+        Ok(self.broker.publish(channel, publication, history_options(ns)).await?)
+    }
+
+    pub async fn presence(&self, channel: &str) -> ApiResult<HashMap<String, ClientInfo>> {
+        let (ns, _) = self.namespaces.resolve(channel)?;
+        if !ns.presence {
+            return Err(ERROR_NOT_AVAILABLE.into());
+        }
+        Ok(self.presence.presence(channel).await?)
+    }
+
+    pub async fn presence_stats(&self, channel: &str) -> ApiResult<PresenceStats> {
+        let (ns, _) = self.namespaces.resolve(channel)?;
+        if !ns.presence {
+            return Err(ERROR_NOT_AVAILABLE.into());
+        }
+        Ok(self.presence.stats(channel).await?)
+    }
+
+    /// Reads history; `limit` follows the protocol: 0 for the position only, negative for
+    /// everything kept.
+    pub async fn history(
+        &self,
+        channel: &str,
+        limit: i32,
+        since: Option<StreamPosition>,
+        reverse: bool,
+    ) -> ApiResult<HistoryPage> {
+        let (ns, _) = self.namespaces.resolve(channel)?;
+        if !ns.history_enabled() {
+            return Err(ERROR_NOT_AVAILABLE.into());
+        }
+        let limit = match limit {
+            0 => Some(0),
+            n if n < 0 => None,
+            n => Some((n as usize).min(ns.history_size)),
+        };
+        let query = HistoryQuery { since, limit, reverse };
+        Ok(self.broker.history(channel, query, history_options(ns)).await?)
+    }
+
+    pub async fn remove_history(&self, channel: &str) -> ApiResult<()> {
+        self.namespaces.resolve(channel)?;
+        Ok(self.broker.remove_history(channel).await?)
+    }
+
+    /// Subscribes the user's connections (or the one with id `client`) to `channel`.
+    pub fn subscribe_user(&self, user: &str, channel: &str, client: Option<&str>) -> ApiResult<()> {
+        self.namespaces.resolve(channel)?;
+        for conn in self.hub.user_connections(user, client) {
+            conn.outbox.control(Control::Subscribe(channel.to_owned()));
+        }
+        Ok(())
+    }
+
+    pub fn unsubscribe_user(&self, user: &str, channel: &str, client: Option<&str>) -> ApiResult<()> {
+        self.namespaces.resolve(channel)?;
+        for conn in self.hub.user_connections(user, client) {
+            conn.outbox.control(Control::Unsubscribe(channel.to_owned()));
+        }
+        Ok(())
+    }
+
+    pub fn disconnect_user(&self, user: &str, client: Option<&str>, disconnect: Disconnect) {
+        for conn in self.hub.user_connections(user, client) {
+            conn.outbox.control(Control::Disconnect(disconnect.clone()));
+        }
+    }
+
+    /// Tells every connection to reconnect elsewhere: the start of a graceful shutdown.
+    pub fn shutdown(&self) {
+        self.hub.control_all(|| Control::Disconnect(Disconnect::SHUTDOWN));
+    }
+
+    pub fn info(&self) -> NodeInfo {
+        let (num_clients, num_users) = self.hub.counts();
+        NodeInfo {
+            uid: self.id.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+            num_clients,
+            num_users,
+            num_channels: self.hub.num_channels(),
+            uptime: self.started.elapsed().as_secs(),
+        }
+    }
+}

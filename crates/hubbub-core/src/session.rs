@@ -1,0 +1,657 @@
+//! One client connection's protocol state machine, independent of the transport.
+//!
+//! A transport creates a [`Session`], feeds it the frames it reads
+//! ([`Session::handle_frame`]), instructions from its outbox ([`Session::handle_control`])
+//! and timer ticks ([`Session::on_timer`]), and writes what the session queues on the
+//! connection's outbox. Every method that returns `Err(Disconnect)` asks the transport to
+//! close the connection with that code; the transport then calls [`Session::close`].
+
+use crate::auth::{unix_now, TokenError};
+use crate::channel::{ChannelName, NamespaceConfig};
+use crate::engine::{EngineError, HistoryQuery};
+use crate::hub::Connection;
+use crate::node::{history_options, Node};
+use crate::outbox::Control;
+use crate::rpc::Caller;
+use bytes::Bytes;
+use hubbub_protocol::codes::*;
+use hubbub_protocol::command::{
+    ChannelRequest, ConnectRequest, HistoryRequest, PublishRequest, RefreshRequest, RpcRequest,
+    SubRefreshRequest, SubscribeRequest,
+};
+use hubbub_protocol::reply::*;
+use hubbub_protocol::{decode_frame, ClientInfo, Disconnect, Json, Method, ProtocolError, Reply, StreamPosition};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::time::{Duration, Instant};
+
+/// Outcome of one command: a reply body, a protocol error, or the end of the connection.
+enum Outcome {
+    Reply(ReplyBody),
+    /// A reply after which the publications held for new subscriptions are released:
+    /// channel and the stream offset that the reply already covers.
+    ReplyThenRelease(ReplyBody, Vec<(String, u64)>),
+    NoReply,
+}
+
+type CommandResult = Result<Outcome, CommandError>;
+
+enum CommandError {
+    Error(ProtocolError),
+    Disconnect(Disconnect),
+}
+
+impl From<ProtocolError> for CommandError {
+    fn from(e: ProtocolError) -> Self {
+        CommandError::Error(e)
+    }
+}
+impl From<StaticError> for CommandError {
+    fn from(e: StaticError) -> Self {
+        CommandError::Error(e.into())
+    }
+}
+impl From<EngineError> for CommandError {
+    fn from(e: EngineError) -> Self {
+        CommandError::Error(e.into())
+    }
+}
+
+/// Per-subscription state.
+struct Subscription {
+    chan_info: Option<Json>,
+    /// Subscription token expiry, Unix seconds.
+    expires_at: Option<u64>,
+}
+
+/// Settings of one subscribe, whether the client asked or the server subscribes it.
+#[derive(Default)]
+struct SubscribeParams {
+    recover_from: Option<StreamPosition>,
+    join_leave: bool,
+    recoverable: bool,
+    positioned: bool,
+    chan_info: Option<Json>,
+    expires_at: Option<u64>,
+}
+
+/// A token bucket: `capacity` commands, refilled at `capacity` per second.
+struct RateLimit {
+    capacity: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let capacity = per_second.max(1) as f64;
+        RateLimit { capacity, tokens: capacity, refilled: Instant::now() }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * self.capacity).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct Session {
+    node: Arc<Node>,
+    conn: Arc<Connection>,
+    transport: &'static str,
+    /// `None` until connect succeeds.
+    user: Option<String>,
+    conn_info: Option<Json>,
+    expires_at: Option<u64>,
+    subs: HashMap<String, Subscription>,
+    rate: RateLimit,
+    next_ping: Instant,
+    /// When the last ping was sent, while its pong is awaited.
+    awaiting_pong_since: Option<Instant>,
+    /// The session id handed to emulation transports.
+    session_id: String,
+}
+
+impl Session {
+    pub fn new(node: Arc<Node>, transport: &'static str) -> Self {
+        let conn = Connection::new(node.client.queue_max_bytes);
+        let rate = RateLimit::new(node.client.commands_per_second);
+        let next_ping = Instant::now() + node.client.ping_interval;
+        Session {
+            node,
+            conn,
+            transport,
+            user: None,
+            conn_info: None,
+            expires_at: None,
+            subs: HashMap::new(),
+            rate,
+            next_ping,
+            awaiting_pong_since: None,
+            session_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// The connection's shared part: the transport waits on and drains its outbox.
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.conn.client
+    }
+
+    fn send(&self, reply: Reply) {
+        self.conn.outbox.push(reply.encode());
+    }
+
+    fn client_info(&self, chan_info: Option<Json>) -> ClientInfo {
+        ClientInfo {
+            user: self.user.clone().unwrap_or_default(),
+            client: self.conn.client.clone(),
+            conn_info: self.conn_info.clone(),
+            chan_info,
+        }
+    }
+
+    /// Handles one frame of newline-separated commands.
+    pub async fn handle_frame(&mut self, frame: &str) -> Result<(), Disconnect> {
+        let commands = match decode_frame(frame) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(client = %self.conn.client, transport = self.transport, error = %e, "bad frame");
+                return Err(Disconnect::BAD_REQUEST);
+            }
+        };
+        for cmd in commands {
+            if let Method::Pong = cmd.method {
+                self.awaiting_pong_since = None;
+                continue;
+            }
+            if self.user.is_none() && !matches!(cmd.method, Method::Connect(_)) {
+                tracing::info!(client = %self.conn.client, method = cmd.method.name(), "command before connect");
+                return Err(Disconnect::BAD_REQUEST);
+            }
+            let method = cmd.method.name();
+            let result = if self.rate.allow() {
+                self.dispatch(cmd.method).await
+            } else {
+                Err(ERROR_TOO_MANY_REQUESTS.into())
+            };
+            match result {
+                Ok(Outcome::Reply(body)) => self.send(Reply::new(cmd.id, body)),
+                Ok(Outcome::ReplyThenRelease(body, held)) => {
+                    self.send(Reply::new(cmd.id, body));
+                    for (channel, covered) in held {
+                        self.release(&channel, covered);
+                    }
+                }
+                Ok(Outcome::NoReply) => {}
+                Err(CommandError::Error(e)) => {
+                    tracing::debug!(client = %self.conn.client, method, code = e.code, "command error");
+                    if cmd.id != 0 {
+                        self.send(Reply::error(cmd.id, e));
+                    }
+                }
+                Err(CommandError::Disconnect(d)) => {
+                    tracing::info!(client = %self.conn.client, method, code = d.code, reason = %d.reason, "disconnecting");
+                    return Err(d);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn dispatch(&mut self, method: Method) -> CommandResult {
+        match method {
+            Method::Connect(req) => self.connect(req).await,
+            Method::Subscribe(req) => self.subscribe_command(req).await,
+            Method::Unsubscribe(req) => {
+                self.unsubscribe(&req.channel).await;
+                Ok(Outcome::Reply(ReplyBody::Unsubscribe(EmptyResult {})))
+            }
+            Method::Publish(req) => self.publish(req).await,
+            Method::Presence(req) => self.presence(req).await,
+            Method::PresenceStats(req) => self.presence_stats(req).await,
+            Method::History(req) => self.history(req).await,
+            Method::Ping => Ok(Outcome::Reply(ReplyBody::Ping(EmptyResult {}))),
+            Method::Send(_) => Ok(Outcome::NoReply),
+            Method::Rpc(req) => self.rpc(req).await,
+            Method::Refresh(req) => self.refresh(req),
+            Method::SubRefresh(req) => self.sub_refresh(req),
+            Method::Unknown => Err(ERROR_METHOD_NOT_FOUND.into()),
+            Method::Pong => Ok(Outcome::NoReply),
+        }
+    }
+
+    fn ttl(expires_at: Option<u64>) -> (bool, u32) {
+        match expires_at {
+            Some(exp) => (true, exp.saturating_sub(unix_now()).min(u32::MAX as u64) as u32),
+            None => (false, 0),
+        }
+    }
+
+    async fn connect(&mut self, req: ConnectRequest) -> CommandResult {
+        if self.user.is_some() {
+            return Err(CommandError::Disconnect(Disconnect::BAD_REQUEST));
+        }
+        let claims = if req.token.is_empty() {
+            if !self.node.allow_anonymous {
+                return Err(ERROR_UNAUTHORIZED.into());
+            }
+            Default::default()
+        } else {
+            match self.node.tokens.verify_connect(&req.token) {
+                Ok(c) => c,
+                Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+                Err(TokenError::Invalid(why)) => {
+                    tracing::info!(client = %self.conn.client, %why, "invalid connection token");
+                    return Err(CommandError::Disconnect(Disconnect::INVALID_TOKEN));
+                }
+            }
+        };
+        self.user = Some(claims.sub.clone());
+        self.conn_info = claims.info;
+        self.expires_at = claims.exp;
+        self.node.hub.add_connection(&claims.sub, &self.conn);
+
+        // Server-side subscriptions come from the token; when the client reconnects it sends
+        // their positions back in `subs` so that they are recovered too.
+        let mut subs = HashMap::new();
+        let mut held = Vec::new();
+        let mut positions = req.subs;
+        for channel in claims.channels {
+            if self.subs.contains_key(&channel) || self.subs.len() >= self.node.client.max_channels {
+                continue;
+            }
+            let recover_from = positions
+                .remove(&channel)
+                .filter(|r| r.recover)
+                .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch });
+            let params = SubscribeParams { recover_from, ..Default::default() };
+            match self.subscribe(&channel, params).await {
+                Ok((result, covered)) => {
+                    held.push((channel.clone(), covered));
+                    subs.insert(channel, result);
+                }
+                Err(e) => tracing::warn!(%channel, code = e.code, "server-side subscription failed"),
+            }
+        }
+        let (expires, ttl) = Self::ttl(self.expires_at);
+        let result = ConnectResult {
+            client: self.conn.client.clone(),
+            version: self.node.version.clone(),
+            expires,
+            ttl,
+            data: None,
+            subs,
+            ping: self.node.client.ping_interval.as_secs().max(1) as u32,
+            pong: true,
+            session: self.session_id.clone(),
+            node: self.node.id.clone(),
+        };
+        Ok(Outcome::ReplyThenRelease(ReplyBody::Connect(result), held))
+    }
+
+    /// Checks whether this connection may subscribe to a channel, returning the
+    /// subscription token's info and expiry.
+    fn authorize_subscribe(
+        &self,
+        channel: &str,
+        name: &ChannelName<'_>,
+        ns: &NamespaceConfig,
+        token: &str,
+    ) -> Result<(Option<Json>, Option<u64>), CommandError> {
+        let user = self.user.as_deref().unwrap_or_default();
+        let user_limited = name.user_allowed(user);
+        if user_limited == Some(false) {
+            return Err(ERROR_PERMISSION_DENIED.into());
+        }
+        if !token.is_empty() {
+            let claims = match self.node.tokens.verify_subscription(token) {
+                Ok(c) => c,
+                Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+                Err(TokenError::Invalid(_)) => return Err(ERROR_PERMISSION_DENIED.into()),
+            };
+            if claims.sub != user || claims.channel != channel {
+                return Err(ERROR_PERMISSION_DENIED.into());
+            }
+            return Ok((claims.info, claims.exp));
+        }
+        if name.is_private() || (user_limited.is_none() && !ns.allow_subscribe_for_client) {
+            return Err(ERROR_PERMISSION_DENIED.into());
+        }
+        Ok((None, None))
+    }
+
+    async fn subscribe_command(&mut self, req: SubscribeRequest) -> CommandResult {
+        let (ns, name) = self.node.namespaces.resolve(&req.channel).map_err(ProtocolError::from)?;
+        if self.subs.contains_key(&req.channel) {
+            return Err(ERROR_ALREADY_SUBSCRIBED.into());
+        }
+        if self.subs.len() >= self.node.client.max_channels {
+            return Err(ERROR_LIMIT_EXCEEDED.into());
+        }
+        let (chan_info, expires_at) = self.authorize_subscribe(&req.channel, &name, ns, &req.token)?;
+        let params = SubscribeParams {
+            recover_from: req.recover.then(|| StreamPosition { offset: req.offset, epoch: req.epoch.clone() }),
+            join_leave: req.join_leave,
+            recoverable: req.recoverable,
+            positioned: req.positioned,
+            chan_info,
+            expires_at,
+        };
+        let (result, covered) = self.subscribe(&req.channel, params).await?;
+        Ok(Outcome::ReplyThenRelease(ReplyBody::Subscribe(result), vec![(req.channel, covered)]))
+    }
+
+    /// Subscribes without checking permissions (the caller did). Returns the subscribe
+    /// result and the offset up to which it covers the stream; publications after that are
+    /// held until [`Session::release`].
+    async fn subscribe(&mut self, channel: &str, params: SubscribeParams) -> Result<(SubscribeResult, u64), ProtocolError> {
+        let node = self.node.clone();
+        let (ns, _) = node.namespaces.resolve(channel)?;
+        let history = history_options(ns);
+        let recoverable = history.enabled() && (ns.force_recovery || params.recoverable);
+        let positioned = history.enabled() && (ns.force_positioning || params.positioned || recoverable);
+        let join_leave = ns.join_leave && (params.join_leave || ns.force_push_join_leave);
+
+        // Listen first, holding publications, then read the stream: whatever is published
+        // in between is either in what we read or held, and duplicates are dropped by offset.
+        if node.hub.subscribe(channel, &self.conn, join_leave, positioned) {
+            if let Err(e) = node.broker.subscribe(channel).await {
+                node.hub.unsubscribe(channel, &self.conn);
+                return Err(e.into());
+            }
+        }
+        let mut result = SubscribeResult { recoverable, positioned, ..Default::default() };
+        let recover_from = params.recover_from.filter(|_| recoverable);
+        result.was_recovering = recover_from.is_some();
+        if positioned {
+            let mut query = HistoryQuery { limit: Some(0), ..Default::default() };
+            if let Some(since) = recover_from {
+                query = HistoryQuery { since: Some(since), limit: None, reverse: false };
+            }
+            let page = match node.broker.history(channel, query.clone(), history).await {
+                Ok(page) => {
+                    result.recovered = query.since.is_some();
+                    page
+                }
+                Err(EngineError::UnrecoverablePosition) => {
+                    let position_only = HistoryQuery { limit: Some(0), ..Default::default() };
+                    node.broker.history(channel, position_only, history).await.map_err(|e| self.undo(channel, e))?
+                }
+                Err(e) => return Err(self.undo(channel, e)),
+            };
+            result.epoch = page.position.epoch;
+            result.offset = page.publications.last().map_or(0, |p| p.offset).max(page.position.offset);
+            result.publications = page.publications;
+        }
+        if ns.presence {
+            let info = self.client_info(params.chan_info.clone());
+            if let Err(e) = node.presence.add(channel, info).await {
+                return Err(self.undo(channel, e));
+            }
+        }
+        if ns.join_leave {
+            let info = self.client_info(params.chan_info.clone());
+            if let Err(e) = node.broker.publish_join(channel, info).await {
+                tracing::warn!(%channel, error = %e, "join event not published");
+            }
+        }
+        let covered = result.offset;
+        self.subs.insert(
+            channel.to_owned(),
+            Subscription { chan_info: params.chan_info, expires_at: params.expires_at },
+        );
+        let (expires, ttl) = Self::ttl(params.expires_at);
+        result.expires = expires;
+        result.ttl = ttl;
+        Ok((result, covered))
+    }
+
+    /// Rolls back a half-made subscription after an engine failure.
+    fn undo(&self, channel: &str, e: EngineError) -> ProtocolError {
+        self.node.hub.unsubscribe(channel, &self.conn);
+        e.into()
+    }
+
+    /// Queues the publications held for a new subscription that its reply did not carry.
+    fn release(&self, channel: &str, covered: u64) {
+        let outbox = &self.conn.outbox;
+        self.node.hub.release(channel, &self.conn, |held: Vec<(u64, Bytes)>| {
+            for (offset, frame) in held {
+                if offset == 0 || offset > covered {
+                    outbox.push(frame);
+                }
+            }
+        });
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> bool {
+        let Some(sub) = self.subs.remove(channel) else { return false };
+        let node = self.node.clone();
+        if node.hub.unsubscribe(channel, &self.conn) {
+            if let Err(e) = node.broker.unsubscribe(channel).await {
+                tracing::warn!(%channel, error = %e, "broker unsubscribe failed");
+            }
+        }
+        if let Ok((ns, _)) = node.namespaces.resolve(channel) {
+            if ns.presence {
+                if let Err(e) = node.presence.remove(channel, &self.conn.client).await {
+                    tracing::warn!(%channel, error = %e, "presence not removed");
+                }
+            }
+            if ns.join_leave {
+                let info = self.client_info(sub.chan_info);
+                if let Err(e) = node.broker.publish_leave(channel, info).await {
+                    tracing::warn!(%channel, error = %e, "leave event not published");
+                }
+            }
+        }
+        true
+    }
+
+    async fn publish(&mut self, req: PublishRequest) -> CommandResult {
+        let (ns, name) = self.node.namespaces.resolve(&req.channel).map_err(ProtocolError::from)?;
+        let Some(data) = req.data else { return Err(ERROR_BAD_REQUEST.into()) };
+        let user = self.user.as_deref().unwrap_or_default();
+        let allowed = match name.user_allowed(user) {
+            Some(listed) => listed,
+            None if name.is_private() => self.subs.contains_key(&req.channel),
+            None => ns.allow_publish_for_client,
+        };
+        if !allowed {
+            return Err(ERROR_PERMISSION_DENIED.into());
+        }
+        let chan_info = self.subs.get(&req.channel).and_then(|s| s.chan_info.clone());
+        let info = self.client_info(chan_info);
+        self.node.publish(&req.channel, data, Some(info)).await?;
+        Ok(Outcome::Reply(ReplyBody::Publish(EmptyResult {})))
+    }
+
+    /// Presence and history are for subscribers of the channel, when the namespace allows.
+    fn check_subscriber_access(&self, channel: &str, allowed_for_subscriber: bool) -> Result<(), CommandError> {
+        if allowed_for_subscriber && self.subs.contains_key(channel) {
+            Ok(())
+        } else {
+            Err(ERROR_PERMISSION_DENIED.into())
+        }
+    }
+
+    async fn presence(&mut self, req: ChannelRequest) -> CommandResult {
+        let (ns, _) = self.node.namespaces.resolve(&req.channel).map_err(ProtocolError::from)?;
+        if !ns.presence {
+            return Err(ERROR_NOT_AVAILABLE.into());
+        }
+        self.check_subscriber_access(&req.channel, ns.allow_presence_for_subscriber)?;
+        let presence = self.node.presence(&req.channel).await?;
+        Ok(Outcome::Reply(ReplyBody::Presence(PresenceResult { presence })))
+    }
+
+    async fn presence_stats(&mut self, req: ChannelRequest) -> CommandResult {
+        let (ns, _) = self.node.namespaces.resolve(&req.channel).map_err(ProtocolError::from)?;
+        if !ns.presence {
+            return Err(ERROR_NOT_AVAILABLE.into());
+        }
+        self.check_subscriber_access(&req.channel, ns.allow_presence_for_subscriber)?;
+        let stats = self.node.presence_stats(&req.channel).await?;
+        Ok(Outcome::Reply(ReplyBody::PresenceStats(PresenceStatsResult {
+            num_clients: stats.num_clients,
+            num_users: stats.num_users,
+        })))
+    }
+
+    async fn history(&mut self, req: HistoryRequest) -> CommandResult {
+        let (ns, _) = self.node.namespaces.resolve(&req.channel).map_err(ProtocolError::from)?;
+        if !ns.history_enabled() {
+            return Err(ERROR_NOT_AVAILABLE.into());
+        }
+        self.check_subscriber_access(&req.channel, ns.allow_history_for_subscriber)?;
+        let page = self.node.history(&req.channel, req.limit, req.since, req.reverse).await?;
+        Ok(Outcome::Reply(ReplyBody::History(HistoryResult {
+            publications: page.publications,
+            epoch: page.position.epoch,
+            offset: page.position.offset,
+        })))
+    }
+
+    async fn rpc(&mut self, req: RpcRequest) -> CommandResult {
+        let Some(handler) = self.node.rpc.get(&req.method).cloned() else {
+            return Err(ERROR_METHOD_NOT_FOUND.into());
+        };
+        let caller = Caller { user: self.user.clone().unwrap_or_default(), client: self.conn.client.clone() };
+        let data = handler.call(&caller, req.data).await?;
+        Ok(Outcome::Reply(ReplyBody::Rpc(RpcResult { data })))
+    }
+
+    fn refresh(&mut self, req: RefreshRequest) -> CommandResult {
+        let claims = match self.node.tokens.verify_connect(&req.token) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+            Err(TokenError::Invalid(_)) => return Err(CommandError::Disconnect(Disconnect::INVALID_TOKEN)),
+        };
+        if Some(&claims.sub) != self.user.as_ref() {
+            return Err(CommandError::Disconnect(Disconnect::INVALID_TOKEN));
+        }
+        self.expires_at = claims.exp;
+        let (expires, ttl) = Self::ttl(self.expires_at);
+        Ok(Outcome::Reply(ReplyBody::Refresh(RefreshResult {
+            client: self.conn.client.clone(),
+            version: self.node.version.clone(),
+            expires,
+            ttl,
+        })))
+    }
+
+    fn sub_refresh(&mut self, req: SubRefreshRequest) -> CommandResult {
+        let user = self.user.clone().unwrap_or_default();
+        let Some(sub) = self.subs.get_mut(&req.channel) else {
+            return Err(ERROR_PERMISSION_DENIED.into());
+        };
+        let claims = match self.node.tokens.verify_subscription(&req.token) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+            Err(TokenError::Invalid(_)) => return Err(ERROR_PERMISSION_DENIED.into()),
+        };
+        if claims.sub != user || claims.channel != req.channel {
+            return Err(ERROR_PERMISSION_DENIED.into());
+        }
+        sub.expires_at = claims.exp;
+        let (expires, ttl) = Self::ttl(claims.exp);
+        Ok(Outcome::Reply(ReplyBody::SubRefresh(SubRefreshResult { expires, ttl })))
+    }
+
+    /// Carries out an instruction queued on the connection's outbox by the node.
+    pub async fn handle_control(&mut self, control: Control) -> Result<(), Disconnect> {
+        match control {
+            Control::Disconnect(d) => Err(d),
+            Control::Subscribe(channel) => {
+                if self.user.is_none() || self.subs.contains_key(&channel) {
+                    return Ok(());
+                }
+                match self.subscribe(&channel, SubscribeParams::default()).await {
+                    Ok((result, covered)) => {
+                        let push = SubscribePush {
+                            recoverable: result.recoverable,
+                            epoch: result.epoch,
+                            offset: result.offset,
+                            positioned: result.positioned,
+                        };
+                        self.send(Reply::push(Push { channel: channel.clone(), body: PushBody::Subscribe(push) }));
+                        self.release(&channel, covered);
+                    }
+                    Err(e) => tracing::warn!(%channel, code = e.code, "server-side subscribe failed"),
+                }
+                Ok(())
+            }
+            Control::Unsubscribe(channel) => {
+                if self.unsubscribe(&channel).await {
+                    let (code, reason) = unsubscribe::SERVER;
+                    let body = PushBody::Unsubscribe { code, reason: reason.to_owned() };
+                    self.send(Reply::push(Push { channel, body }));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// When [`Session::on_timer`] wants to run next.
+    pub fn next_timer(&self) -> Instant {
+        match self.awaiting_pong_since {
+            Some(sent) => sent + self.node.client.pong_timeout,
+            None => self.next_ping,
+        }
+    }
+
+    /// Sends pings, enforces pongs and token expiry.
+    pub fn on_timer(&mut self) -> Result<(), Disconnect> {
+        let now = Instant::now();
+        if let Some(sent) = self.awaiting_pong_since {
+            if now >= sent + self.node.client.pong_timeout {
+                tracing::info!(client = %self.conn.client, "no pong");
+                return Err(Disconnect::NO_PONG);
+            }
+        }
+        if self.user.is_some() {
+            let unix = unix_now();
+            if self.expires_at.is_some_and(|exp| exp <= unix) {
+                return Err(Disconnect::EXPIRED);
+            }
+            if self.subs.values().any(|s| s.expires_at.is_some_and(|exp| exp <= unix)) {
+                return Err(Disconnect::SUB_EXPIRED);
+            }
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.node.client.ping_interval;
+            if self.user.is_some() && self.awaiting_pong_since.is_none() {
+                self.conn.outbox.push(Bytes::from_static(b"{}"));
+                self.awaiting_pong_since = Some(now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Cleans up after the connection ended: leaves every channel and the hub.
+    pub async fn close(&mut self) {
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for channel in channels {
+            self.unsubscribe(&channel).await;
+        }
+        if let Some(user) = &self.user {
+            self.node.hub.remove_connection(user, &self.conn);
+        }
+    }
+}
+
+/// Time left before the next protocol timer, for transports that sleep on it.
+pub fn until(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
