@@ -143,7 +143,8 @@ mod tests {
         assert!(matches!(Tokens::new("other").verify_connect(&tok), Err(TokenError::Invalid(_))));
         assert!(matches!(t.verify_connect("garbage"), Err(TokenError::Invalid(_))));
 
-        let expired = t.sign(&ConnectClaims { sub: "1".into(), exp: Some(unix_now() - 10), ..Default::default() });
+        let expired =
+            t.sign(&ConnectClaims { sub: "1".into(), exp: Some(unix_now() - 10), ..Default::default() });
         assert_eq!(t.verify_connect(&expired).unwrap_err(), TokenError::Expired);
 
         let sub = t.mint_subscription("42", "$secret", None);

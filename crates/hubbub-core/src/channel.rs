@@ -142,8 +142,7 @@ impl<'a> ChannelName<'a> {
 
     /// `None` when the channel is not user-limited; otherwise whether `user` is listed.
     pub fn user_allowed(&self, user: &str) -> Option<bool> {
-        self.allowed_users
-            .map(|users| !user.is_empty() && users.split(',').any(|u| u == user))
+        self.allowed_users.map(|users| !user.is_empty() && users.split(',').any(|u| u == user))
     }
 }
 

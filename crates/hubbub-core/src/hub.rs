@@ -77,9 +77,7 @@ impl Hub {
         self.users
             .shard(user)
             .get(user)
-            .map(|list| {
-                list.iter().filter(|c| client.is_none_or(|id| c.client == id)).cloned().collect()
-            })
+            .map(|list| list.iter().filter(|c| client.is_none_or(|id| c.client == id)).cloned().collect())
             .unwrap_or_default()
     }
 
@@ -108,10 +106,7 @@ impl Hub {
         let mut shard = self.channels.shard(channel);
         let first = !shard.contains_key(channel);
         let subs = shard.entry(channel.to_owned()).or_default();
-        lock(subs).insert(
-            conn.key,
-            Subscriber { conn: conn.clone(), join_leave, held: hold.then(Vec::new) },
-        );
+        lock(subs).insert(conn.key, Subscriber { conn: conn.clone(), join_leave, held: hold.then(Vec::new) });
         first
     }
 
@@ -172,7 +167,9 @@ impl Hub {
             return 0;
         }
         let offset = publication.offset;
-        let frame = Reply::push(Push { channel: channel.to_owned(), body: PushBody::Publication(publication) }).encode();
+        let frame =
+            Reply::push(Push { channel: channel.to_owned(), body: PushBody::Publication(publication) })
+                .encode();
         self.fan_out(channel, frame, offset, false)
     }
 
@@ -182,7 +179,8 @@ impl Hub {
     }
 
     pub fn broadcast_leave(&self, channel: &str, info: ClientInfo, everyone: bool) -> usize {
-        let frame = Reply::push(Push { channel: channel.to_owned(), body: PushBody::Leave { info } }).encode();
+        let frame =
+            Reply::push(Push { channel: channel.to_owned(), body: PushBody::Leave { info } }).encode();
         self.fan_out(channel, frame, 0, !everyone)
     }
 

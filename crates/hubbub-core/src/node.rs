@@ -167,7 +167,12 @@ impl Node {
     }
 
     /// Publishes `data` to `channel` on the server's behalf.
-    pub async fn publish(&self, channel: &str, data: Json, info: Option<ClientInfo>) -> ApiResult<StreamPosition> {
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Json,
+        info: Option<ClientInfo>,
+    ) -> ApiResult<StreamPosition> {
         let (ns, _) = self.namespaces.resolve(channel)?;
         let publication = Publication { data, info, offset: 0, tags: None };
         Ok(self.broker.publish(channel, publication, history_options(ns)).await?)

@@ -20,7 +20,9 @@ use hubbub_protocol::command::{
     SubRefreshRequest, SubscribeRequest,
 };
 use hubbub_protocol::reply::*;
-use hubbub_protocol::{decode_frame, ClientInfo, Disconnect, Json, Method, ProtocolError, Reply, StreamPosition};
+use hubbub_protocol::{
+    decode_frame, ClientInfo, Disconnect, Json, Method, ProtocolError, Reply, StreamPosition,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::{Duration, Instant};
@@ -341,7 +343,9 @@ impl Session {
         }
         let (chan_info, expires_at) = self.authorize_subscribe(&req.channel, &name, ns, &req.token)?;
         let params = SubscribeParams {
-            recover_from: req.recover.then(|| StreamPosition { offset: req.offset, epoch: req.epoch.clone() }),
+            recover_from: req
+                .recover
+                .then(|| StreamPosition { offset: req.offset, epoch: req.epoch.clone() }),
             join_leave: req.join_leave,
             recoverable: req.recoverable,
             positioned: req.positioned,
@@ -355,7 +359,11 @@ impl Session {
     /// Subscribes without checking permissions (the caller did). Returns the subscribe
     /// result and the offset up to which it covers the stream; publications after that are
     /// held until [`Session::release`].
-    async fn subscribe(&mut self, channel: &str, params: SubscribeParams) -> Result<(SubscribeResult, u64), ProtocolError> {
+    async fn subscribe(
+        &mut self,
+        channel: &str,
+        params: SubscribeParams,
+    ) -> Result<(SubscribeResult, u64), ProtocolError> {
         let node = self.node.clone();
         let (ns, _) = node.namespaces.resolve(channel)?;
         let history = history_options(ns);
@@ -386,7 +394,10 @@ impl Session {
                 }
                 Err(EngineError::UnrecoverablePosition) => {
                     let position_only = HistoryQuery { limit: Some(0), ..Default::default() };
-                    node.broker.history(channel, position_only, history).await.map_err(|e| self.undo(channel, e))?
+                    node.broker
+                        .history(channel, position_only, history)
+                        .await
+                        .map_err(|e| self.undo(channel, e))?
                 }
                 Err(e) => return Err(self.undo(channel, e)),
             };
@@ -478,7 +489,11 @@ impl Session {
     }
 
     /// Presence and history are for subscribers of the channel, when the namespace allows.
-    fn check_subscriber_access(&self, channel: &str, allowed_for_subscriber: bool) -> Result<(), CommandError> {
+    fn check_subscriber_access(
+        &self,
+        channel: &str,
+        allowed_for_subscriber: bool,
+    ) -> Result<(), CommandError> {
         if allowed_for_subscriber && self.subs.contains_key(channel) {
             Ok(())
         } else {
@@ -585,7 +600,10 @@ impl Session {
                             offset: result.offset,
                             positioned: result.positioned,
                         };
-                        self.send(Reply::push(Push { channel: channel.clone(), body: PushBody::Subscribe(push) }));
+                        self.send(Reply::push(Push {
+                            channel: channel.clone(),
+                            body: PushBody::Subscribe(push),
+                        }));
                         self.release(&channel, covered);
                     }
                     Err(e) => tracing::warn!(%channel, code = e.code, "server-side subscribe failed"),

@@ -33,7 +33,8 @@ impl From<StaticError> for ProtocolError {
     }
 }
 
-pub const ERROR_INTERNAL: StaticError = StaticError { temporary: true, ..ProtocolError::code(100, "internal server error") };
+pub const ERROR_INTERNAL: StaticError =
+    StaticError { temporary: true, ..ProtocolError::code(100, "internal server error") };
 pub const ERROR_UNAUTHORIZED: StaticError = ProtocolError::code(101, "unauthorized");
 pub const ERROR_UNKNOWN_CHANNEL: StaticError = ProtocolError::code(102, "unknown channel");
 pub const ERROR_PERMISSION_DENIED: StaticError = ProtocolError::code(103, "permission denied");
@@ -44,7 +45,8 @@ pub const ERROR_BAD_REQUEST: StaticError = ProtocolError::code(107, "bad request
 pub const ERROR_NOT_AVAILABLE: StaticError = ProtocolError::code(108, "not available");
 pub const ERROR_TOKEN_EXPIRED: StaticError = ProtocolError::code(109, "token expired");
 pub const ERROR_EXPIRED: StaticError = ProtocolError::code(110, "expired");
-pub const ERROR_TOO_MANY_REQUESTS: StaticError = StaticError { temporary: true, ..ProtocolError::code(111, "too many requests") };
+pub const ERROR_TOO_MANY_REQUESTS: StaticError =
+    StaticError { temporary: true, ..ProtocolError::code(111, "too many requests") };
 pub const ERROR_UNRECOVERABLE_POSITION: StaticError = ProtocolError::code(112, "unrecoverable position");
 
 /// Why the server ends a connection. Over WebSocket it is the close frame's code and reason;
@@ -57,28 +59,39 @@ pub struct Disconnect {
 }
 
 impl Disconnect {
-    pub const CONNECTION_CLOSED: Disconnect = Disconnect { code: 3000, reason: Cow::Borrowed("connection closed") };
+    pub const CONNECTION_CLOSED: Disconnect =
+        Disconnect { code: 3000, reason: Cow::Borrowed("connection closed") };
     pub const SHUTDOWN: Disconnect = Disconnect { code: 3001, reason: Cow::Borrowed("shutdown") };
-    pub const SERVER_ERROR: Disconnect = Disconnect { code: 3004, reason: Cow::Borrowed("internal server error") };
+    pub const SERVER_ERROR: Disconnect =
+        Disconnect { code: 3004, reason: Cow::Borrowed("internal server error") };
     pub const EXPIRED: Disconnect = Disconnect { code: 3005, reason: Cow::Borrowed("connection expired") };
-    pub const SUB_EXPIRED: Disconnect = Disconnect { code: 3006, reason: Cow::Borrowed("subscription expired") };
+    pub const SUB_EXPIRED: Disconnect =
+        Disconnect { code: 3006, reason: Cow::Borrowed("subscription expired") };
     pub const SLOW: Disconnect = Disconnect { code: 3008, reason: Cow::Borrowed("slow") };
     pub const WRITE_ERROR: Disconnect = Disconnect { code: 3009, reason: Cow::Borrowed("write error") };
-    pub const INSUFFICIENT_STATE: Disconnect = Disconnect { code: 3010, reason: Cow::Borrowed("insufficient state") };
-    pub const FORCE_RECONNECT: Disconnect = Disconnect { code: 3011, reason: Cow::Borrowed("force reconnect") };
+    pub const INSUFFICIENT_STATE: Disconnect =
+        Disconnect { code: 3010, reason: Cow::Borrowed("insufficient state") };
+    pub const FORCE_RECONNECT: Disconnect =
+        Disconnect { code: 3011, reason: Cow::Borrowed("force reconnect") };
     pub const NO_PONG: Disconnect = Disconnect { code: 3012, reason: Cow::Borrowed("no pong") };
-    pub const TOO_MANY_REQUESTS: Disconnect = Disconnect { code: 3013, reason: Cow::Borrowed("too many requests") };
+    pub const TOO_MANY_REQUESTS: Disconnect =
+        Disconnect { code: 3013, reason: Cow::Borrowed("too many requests") };
     pub const INVALID_TOKEN: Disconnect = Disconnect { code: 3500, reason: Cow::Borrowed("invalid token") };
     pub const BAD_REQUEST: Disconnect = Disconnect { code: 3501, reason: Cow::Borrowed("bad request") };
     pub const STALE: Disconnect = Disconnect { code: 3502, reason: Cow::Borrowed("stale") };
-    pub const FORCE_NO_RECONNECT: Disconnect = Disconnect { code: 3503, reason: Cow::Borrowed("force disconnect") };
-    pub const CONNECTION_LIMIT: Disconnect = Disconnect { code: 3504, reason: Cow::Borrowed("connection limit") };
+    pub const FORCE_NO_RECONNECT: Disconnect =
+        Disconnect { code: 3503, reason: Cow::Borrowed("force disconnect") };
+    pub const CONNECTION_LIMIT: Disconnect =
+        Disconnect { code: 3504, reason: Cow::Borrowed("connection limit") };
     pub const CHANNEL_LIMIT: Disconnect = Disconnect { code: 3505, reason: Cow::Borrowed("channel limit") };
-    pub const PERMISSION_DENIED: Disconnect = Disconnect { code: 3507, reason: Cow::Borrowed("permission denied") };
-    pub const TOO_MANY_ERRORS: Disconnect = Disconnect { code: 3509, reason: Cow::Borrowed("too many errors") };
+    pub const PERMISSION_DENIED: Disconnect =
+        Disconnect { code: 3507, reason: Cow::Borrowed("permission denied") };
+    pub const TOO_MANY_ERRORS: Disconnect =
+        Disconnect { code: 3509, reason: Cow::Borrowed("too many errors") };
     /// WebSocket's own "message too big" close code, which centrifuge-js reports as a
     /// message size limit.
-    pub const MESSAGE_TOO_BIG: Disconnect = Disconnect { code: 1009, reason: Cow::Borrowed("message too big") };
+    pub const MESSAGE_TOO_BIG: Disconnect =
+        Disconnect { code: 1009, reason: Cow::Borrowed("message too big") };
 
     /// Whether the client is advised to reconnect.
     pub fn reconnect(&self) -> bool {

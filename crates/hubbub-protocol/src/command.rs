@@ -170,18 +170,42 @@ impl TryFrom<WireCommand> for Command {
 
     fn try_from(w: WireCommand) -> Result<Self, DecodeError> {
         let mut methods = Vec::with_capacity(1);
-        if let Some(r) = w.connect { methods.push(Method::Connect(r)) }
-        if let Some(r) = w.subscribe { methods.push(Method::Subscribe(r)) }
-        if let Some(r) = w.unsubscribe { methods.push(Method::Unsubscribe(r)) }
-        if let Some(r) = w.publish { methods.push(Method::Publish(r)) }
-        if let Some(r) = w.presence { methods.push(Method::Presence(r)) }
-        if let Some(r) = w.presence_stats { methods.push(Method::PresenceStats(r)) }
-        if let Some(r) = w.history { methods.push(Method::History(r)) }
-        if w.ping.is_some() { methods.push(Method::Ping) }
-        if let Some(r) = w.send { methods.push(Method::Send(r)) }
-        if let Some(r) = w.rpc { methods.push(Method::Rpc(r)) }
-        if let Some(r) = w.refresh { methods.push(Method::Refresh(r)) }
-        if let Some(r) = w.sub_refresh { methods.push(Method::SubRefresh(r)) }
+        if let Some(r) = w.connect {
+            methods.push(Method::Connect(r))
+        }
+        if let Some(r) = w.subscribe {
+            methods.push(Method::Subscribe(r))
+        }
+        if let Some(r) = w.unsubscribe {
+            methods.push(Method::Unsubscribe(r))
+        }
+        if let Some(r) = w.publish {
+            methods.push(Method::Publish(r))
+        }
+        if let Some(r) = w.presence {
+            methods.push(Method::Presence(r))
+        }
+        if let Some(r) = w.presence_stats {
+            methods.push(Method::PresenceStats(r))
+        }
+        if let Some(r) = w.history {
+            methods.push(Method::History(r))
+        }
+        if w.ping.is_some() {
+            methods.push(Method::Ping)
+        }
+        if let Some(r) = w.send {
+            methods.push(Method::Send(r))
+        }
+        if let Some(r) = w.rpc {
+            methods.push(Method::Rpc(r))
+        }
+        if let Some(r) = w.refresh {
+            methods.push(Method::Refresh(r))
+        }
+        if let Some(r) = w.sub_refresh {
+            methods.push(Method::SubRefresh(r))
+        }
         if methods.len() > 1 {
             return Err(DecodeError::SeveralMethods);
         }

@@ -201,12 +201,25 @@ pub struct Push {
 pub enum PushBody {
     #[serde(rename = "pub")]
     Publication(Publication),
-    Join { info: ClientInfo },
-    Leave { info: ClientInfo },
-    Unsubscribe { code: u32, reason: String },
-    Message { data: Json },
+    Join {
+        info: ClientInfo,
+    },
+    Leave {
+        info: ClientInfo,
+    },
+    Unsubscribe {
+        code: u32,
+        reason: String,
+    },
+    Message {
+        data: Json,
+    },
     Subscribe(SubscribePush),
-    Disconnect { code: u32, reason: String, reconnect: bool },
+    Disconnect {
+        code: u32,
+        reason: String,
+        reconnect: bool,
+    },
     Refresh {
         #[serde(skip_serializing_if = "is_false")]
         expires: bool,

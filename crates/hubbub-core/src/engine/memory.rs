@@ -97,9 +97,7 @@ impl MemoryBroker {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn start(&self, events: Arc<dyn BrokerEvents>) -> Result<(), EngineError> {
-        self.events
-            .set(events)
-            .map_err(|_| EngineError::Unavailable("broker started twice".into()))
+        self.events.set(events).map_err(|_| EngineError::Unavailable("broker started twice".into()))
     }
 
     async fn subscribe(&self, _channel: &str) -> Result<(), EngineError> {
@@ -274,7 +272,10 @@ mod tests {
             since: Some(StreamPosition { offset: 4, epoch: "other".into() }),
             ..Default::default()
         };
-        assert_eq!(broker.history("c", wrong_epoch, h).await.unwrap_err(), EngineError::UnrecoverablePosition);
+        assert_eq!(
+            broker.history("c", wrong_epoch, h).await.unwrap_err(),
+            EngineError::UnrecoverablePosition
+        );
 
         let rev = HistoryQuery { limit: Some(2), reverse: true, ..Default::default() };
         let page = broker.history("c", rev, h).await.unwrap();
@@ -284,7 +285,12 @@ mod tests {
     #[tokio::test]
     async fn presence_counts_users() {
         let p = MemoryPresence::new();
-        let info = |u: &str, c: &str| ClientInfo { user: u.into(), client: c.into(), conn_info: None, chan_info: None };
+        let info = |u: &str, c: &str| ClientInfo {
+            user: u.into(),
+            client: c.into(),
+            conn_info: None,
+            chan_info: None,
+        };
         p.add("c", info("1", "a")).await.unwrap();
         p.add("c", info("1", "b")).await.unwrap();
         p.add("c", info("2", "c")).await.unwrap();

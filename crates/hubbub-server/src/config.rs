@@ -1,0 +1,206 @@
+//! The server's configuration: a TOML file, every key overridable by an environment
+//! variable `HUBBUB_<KEY>` (`HUBBUB_<SECTION>_<KEY>` inside a section). Unknown keys and
+//! bad values are errors that name the key.
+
+use hubbub_core::channel::NamespaceConfig;
+use hubbub_core::duration::serde_human;
+use hubbub_core::ClientConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: String,
+    /// Where the server keeps what it stores on disk.
+    pub data_dir: PathBuf,
+    /// Name of this node in `info` (default: the host and port).
+    pub node_name: String,
+    /// How long a graceful shutdown waits for connections to close.
+    #[serde(with = "serde_human")]
+    pub shutdown_grace: Duration,
+    pub auth: AuthConfig,
+    pub client: ClientConfig,
+    /// Channel namespaces; the one named "" is the default namespace.
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8000".into(),
+            data_dir: "./hubbub-data".into(),
+            node_name: String::new(),
+            shutdown_grace: Duration::from_secs(10),
+            auth: AuthConfig::default(),
+            client: ClientConfig::default(),
+            namespaces: vec![NamespaceConfig::default()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret of connection and subscription tokens. Empty: one is generated at
+    /// start (tokens then do not survive a restart).
+    pub token_secret: String,
+    /// Key of the server HTTP API. Empty: one is generated at start.
+    pub api_key: String,
+    /// Accept connections without a token (as user "").
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Syntax { path: PathBuf, source: toml::de::Error },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+const ENV_PREFIX: &str = "HUBBUB_";
+
+impl Config {
+    /// Reads the file (if any), applies `HUBBUB_*` overrides from `env`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                text.parse::<toml::Table>()
+                    .map_err(|source| ConfigError::Syntax { path: path.to_owned(), source })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().to_string();
+            ConfigError::Key { key, message }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad =
+            |key: &str, message: &str| Err(ConfigError::Key { key: key.into(), message: message.into() });
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("listen", "expected an address like \"127.0.0.1:8000\"");
+        }
+        if self.client.ping_interval < Duration::from_secs(1) {
+            return bad("client.ping_interval", "must be at least 1s");
+        }
+        if self.client.pong_timeout.is_zero() || self.client.pong_timeout >= self.client.ping_interval {
+            return bad("client.pong_timeout", "must be above 0 and below client.ping_interval");
+        }
+        if self.client.max_message_size < 128 {
+            return bad("client.max_message_size", "must be at least 128 bytes");
+        }
+        if self.client.queue_max_bytes < 1024 {
+            return bad("client.queue_max_bytes", "must be at least 1024 bytes");
+        }
+        if self.client.commands_per_second == 0 {
+            return bad("client.commands_per_second", "must be above 0");
+        }
+        if let Err(message) = hubbub_core::channel::Namespaces::new(&self.namespaces) {
+            return bad("namespaces", &message);
+        }
+        Ok(())
+    }
+}
+
+/// Overrides keys from `HUBBUB_*` variables. The variable's name, after the prefix and in
+/// lower case, is a top-level key or `<section>_<key>`; its value is read as a TOML value
+/// (so numbers, booleans and `[{...}]` arrays work) and otherwise as a string. Variables
+/// that name no key are left alone: `HUBBUB_` is also used by test tooling.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).expect("default config serializes");
+    for (var, raw) in env {
+        let Some(name) = var.strip_prefix(ENV_PREFIX) else { continue };
+        let name = name.to_ascii_lowercase();
+        let value = parse_env_value(&raw);
+        if defaults.contains_key(&name) {
+            table.insert(name, value);
+            continue;
+        }
+        let section = defaults.iter().find_map(|(section, v)| {
+            let key = name.strip_prefix(section.as_str())?.strip_prefix('_')?;
+            v.as_table()?.contains_key(key).then(|| (section.clone(), key.to_owned()))
+        });
+        if let Some((section, key)) = section {
+            let entry =
+                table.entry(section.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+            let Some(t) = entry.as_table_mut() else {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("`{section}` is not a table in the config file"),
+                });
+            };
+            t.insert(key, value);
+        }
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        Config::load(Some(f.path()), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn reads_file_and_env_overrides() {
+        let c = load(
+            "listen = \"127.0.0.1:9\"\n[client]\nping_interval = \"10s\"\n[[namespaces]]\nname = \"chat\"\nhistory_ttl = \"1h\"\n",
+            &[("HUBBUB_AUTH_TOKEN_SECRET", "s"), ("HUBBUB_CLIENT_MAX_CHANNELS", "7"), ("HUBBUB_REQUIRE_SERVICES", "1")],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9");
+        assert_eq!(c.client.ping_interval, Duration::from_secs(10));
+        assert_eq!(c.client.max_channels, 7);
+        assert_eq!(c.auth.token_secret, "s");
+        assert_eq!(c.namespaces[0].history_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load("[client]\nping_intervall = \"10s\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("client") && e.contains("ping_intervall"), "{e}");
+        let e = load("[client]\nmax_channels = \"many\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("client.max_channels"), "{e}");
+        let e =
+            load("[[namespaces]]\nname = \"x\"\nhistory_ttl = \"forever\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("namespaces[0].history_ttl"), "{e}");
+        let e = load("listen = \"nowhere\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = load("", &[("HUBBUB_CLIENT_MAX_CHANNELS", "lots")]).unwrap_err().to_string();
+        assert!(e.contains("client.max_channels"), "{e}");
+    }
+}

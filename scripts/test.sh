@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of the project: Rust unit and integration tests (real server, real
+# sockets) and the compatibility suite with the real centrifuge-js SDK.
+# Installs what it needs (npm packages for tests/js) from the registries itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo build"
+cargo build --workspace --all-targets
+
+echo "== cargo test"
+cargo test --workspace
+
+echo "== centrifuge-js compatibility suite"
+if ! command -v node >/dev/null 2>&1; then
+  echo "node is required for the centrifuge-js suite (apt-get install nodejs npm)" >&2
+  exit 1
+fi
+(
+  cd tests/js
+  npm ci --no-audit --no-fund --loglevel=error
+  HUBBUB_BIN="$PWD/../../target/debug/hubbub" npm test
+)
