@@ -504,6 +504,7 @@ export class Ctx {
     this.startedAt = Date.now();
     this.ownServers = [];
     this.notes = [];
+    this.cleanups = [];
   }
 
   /** Starts an extra server for this test only (config overrides); stopped by close(). */
@@ -581,6 +582,11 @@ export class Ctx {
     this.notes.push(msg);
   }
 
+  /** Registers a cleanup run by close(). */
+  onClose(fn) {
+    this.cleanups.push(fn);
+  }
+
   diagnostics() {
     const lines = [];
     for (const c of this.clients) {
@@ -602,6 +608,9 @@ export class Ctx {
   }
 
   async close() {
+    for (const fn of this.cleanups) {
+      try { await fn(); } catch { /* ignore */ }
+    }
     for (const c of this.clients) {
       try { c.centrifuge.disconnect(); } catch { /* ignore */ }
       for (const ws of c.sockets) {

@@ -36,6 +36,10 @@ pub struct ClientConfig {
     pub commands_per_second: u32,
     /// Channels one connection may subscribe to.
     pub max_channels: usize,
+    /// How long an expired connection or subscription token is tolerated before the
+    /// connection is closed, so that the client's refresh (sent at expiry) can arrive.
+    #[serde(with = "crate::duration::serde_human")]
+    pub expired_close_delay: Duration,
 }
 
 impl Default for ClientConfig {
@@ -47,6 +51,7 @@ impl Default for ClientConfig {
             max_message_size: 65536,
             commands_per_second: 100,
             max_channels: 128,
+            expired_close_delay: Duration::from_secs(25),
         }
     }
 }

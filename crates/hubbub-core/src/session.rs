@@ -621,11 +621,20 @@ impl Session {
         }
     }
 
-    /// When [`Session::on_timer`] wants to run next.
+    /// When [`Session::on_timer`] wants to run next: the next ping, the pong deadline, or
+    /// the earliest token expiry.
     pub fn next_timer(&self) -> Instant {
-        match self.awaiting_pong_since {
+        let protocol = match self.awaiting_pong_since {
             Some(sent) => sent + self.node.client.pong_timeout,
             None => self.next_ping,
+        };
+        let earliest_expiry = self.expires_at.into_iter().chain(self.subs.values().filter_map(|s| s.expires_at)).min();
+        match earliest_expiry {
+            Some(exp) => {
+                let until_expiry = Duration::from_secs(exp.saturating_sub(unix_now()));
+                protocol.min(Instant::now() + until_expiry + self.node.client.expired_close_delay)
+            }
+            None => protocol,
         }
     }
 
@@ -638,12 +647,21 @@ impl Session {
                 return Err(Disconnect::NO_PONG);
             }
         }
+        if self.user.is_none() && now >= self.next_ping {
+            tracing::info!(client = %self.conn.client, "no connect command in time");
+            return Err(Disconnect::STALE);
+        }
         if self.user.is_some() {
-            let unix = unix_now();
-            if self.expires_at.is_some_and(|exp| exp <= unix) {
+            // Expired tokens get a grace period for the refresh the client sends at expiry.
+            let delay = self.node.client.expired_close_delay.as_secs_f64();
+            let overdue = |exp: &u64| {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                now.as_secs_f64() >= *exp as f64 + delay
+            };
+            if self.expires_at.as_ref().is_some_and(overdue) {
                 return Err(Disconnect::EXPIRED);
             }
-            if self.subs.values().any(|s| s.expires_at.is_some_and(|exp| exp <= unix)) {
+            if self.subs.values().any(|s| s.expires_at.as_ref().is_some_and(overdue)) {
                 return Err(Disconnect::SUB_EXPIRED);
             }
         }

@@ -54,7 +54,12 @@ async fn run(node: Arc<Node>, mut socket: WebSocket) {
                     Step::Close(Disconnect::BAD_REQUEST)
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Step::Continue,
-                Some(Ok(Message::Close(_))) | None => Step::Gone,
+                Some(Ok(Message::Close(_))) => {
+                    // The WebSocket library queued the closing handshake's reply: flush it.
+                    let _ = futures_util::SinkExt::flush(&mut socket).await;
+                    Step::Gone
+                }
+                None => Step::Gone,
                 Some(Err(e)) => {
                     tracing::info!(client = session.client_id(), error = %e, "websocket read error");
                     if is_too_big(&e) { Step::Close(Disconnect::MESSAGE_TOO_BIG) } else { Step::Gone }
