@@ -628,7 +628,8 @@ impl Session {
             Some(sent) => sent + self.node.client.pong_timeout,
             None => self.next_ping,
         };
-        let earliest_expiry = self.expires_at.into_iter().chain(self.subs.values().filter_map(|s| s.expires_at)).min();
+        let earliest_expiry =
+            self.expires_at.into_iter().chain(self.subs.values().filter_map(|s| s.expires_at)).min();
         match earliest_expiry {
             Some(exp) => {
                 let until_expiry = Duration::from_secs(exp.saturating_sub(unix_now()));
@@ -655,7 +656,8 @@ impl Session {
             // Expired tokens get a grace period for the refresh the client sends at expiry.
             let delay = self.node.client.expired_close_delay.as_secs_f64();
             let overdue = |exp: &u64| {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 now.as_secs_f64() >= *exp as f64 + delay
             };
             if self.expires_at.as_ref().is_some_and(overdue) {

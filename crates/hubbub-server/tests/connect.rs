@@ -19,10 +19,7 @@ async fn connect_reply_shape_with_jwt() {
     assert_eq!(res["ping"], json!(25), "ping must be ping_interval in seconds: {r}");
     assert_eq!(res["pong"], json!(true), "{r}");
     assert!(is_uuid(res["session"].as_str().unwrap_or("")), "session not a uuid: {r}");
-    assert!(
-        res["node"].as_str().map(|s| !s.is_empty()).unwrap_or(false),
-        "node missing: {r}"
-    );
+    assert!(res["node"].as_str().map(|s| !s.is_empty()).unwrap_or(false), "node missing: {r}");
     assert!(!flag(res, "expires"), "no exp in token → no expires: {r}");
     assert!(res.get("ttl").is_none() || num(res, "ttl") == 0, "no exp → no ttl: {r}");
     assert!(
@@ -172,12 +169,8 @@ async fn token_info_becomes_conn_info() {
 async fn token_channels_claim_makes_server_side_subscriptions() {
     let srv = Server::new();
     let mut c = srv.ws().await;
-    let r = c
-        .connect(&jwt(json!({"sub": "42", "channels": ["news", "chat:lobby"]})))
-        .await;
-    let subs = r["subs"]
-        .as_object()
-        .unwrap_or_else(|| panic!("connect reply without subs: {r}"));
+    let r = c.connect(&jwt(json!({"sub": "42", "channels": ["news", "chat:lobby"]}))).await;
+    let subs = r["subs"].as_object().unwrap_or_else(|| panic!("connect reply without subs: {r}"));
     assert!(subs.contains_key("news"), "{r}");
     assert!(subs.contains_key("chat:lobby"), "{r}");
     srv.api().publish("news", json!({"n": 1})).await;
@@ -205,15 +198,29 @@ async fn refresh_returns_client_version_expires_ttl() {
 
 #[tokio::test]
 async fn connection_expires_with_3005() {
-    let srv = Server::new();
+    let srv = Server::builder().client("expired_close_delay", "\"1s\"").start();
     let mut c = srv.ws().await;
+    let t0 = std::time::Instant::now();
     c.connect(&token_exp("42", 2)).await;
-    c.expect_close(3005, Duration::from_secs(15)).await;
+    c.expect_close(3005, Duration::from_secs(10)).await;
+    // exp is whole seconds (≥1s away) plus a 1s close delay.
+    assert!(t0.elapsed() >= Duration::from_millis(1900), "closed too early: {:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn expired_connection_is_tolerated_for_expired_close_delay() {
+    let srv = Server::builder().client("expired_close_delay", "\"3s\"").start();
+    let mut c = srv.ws().await;
+    c.connect(&token_exp("42", 1)).await;
+    // Past exp but within the delay: still open, and a refresh rescues it.
+    assert!(c.still_open_after(Duration::from_millis(2200)).await, "closed within the delay: {:?}", c.close);
+    c.ok("refresh", json!({"token": token_exp("42", 3600)})).await;
+    assert!(c.still_open_after(Duration::from_secs(3)).await, "refreshed connection closed: {:?}", c.close);
 }
 
 #[tokio::test]
 async fn refresh_prevents_expiry() {
-    let srv = Server::new();
+    let srv = Server::builder().client("expired_close_delay", "\"1s\"").start();
     let mut c = srv.ws().await;
     c.connect(&token_exp("42", 2)).await;
     c.ok("refresh", json!({"token": token_exp("42", 3600)})).await;
@@ -263,25 +270,20 @@ async fn unknown_method_is_104() {
 
 #[tokio::test]
 async fn server_pings_and_client_pongs_keep_connection() {
-    let srv = Server::builder()
-        .client("ping_interval", "\"1s\"")
-        .client("pong_timeout", "\"1s\"")
-        .start();
+    let srv = Server::builder().client("ping_interval", "\"1s\"").client("pong_timeout", "\"500ms\"").start();
     let mut c = srv.ws().await;
     let r = c.connect(&token("42")).await;
     assert_eq!(r["ping"], json!(1), "{r}");
     assert_eq!(r["pong"], json!(true), "{r}");
     assert!(c.still_open_after(Duration::from_millis(4500)).await, "closed: {:?}", c.close);
     assert!(c.pings >= 2, "expected ≥2 `{{}}` pings in 4.5s with ping_interval 1s, got {}", c.pings);
+    assert!(c.pings <= 7, "too many pings in 4.5s with ping_interval 1s: {}", c.pings);
     c.ok("rpc", json!({"method": "echo", "data": {}})).await;
 }
 
 #[tokio::test]
 async fn no_pong_closes_3012() {
-    let srv = Server::builder()
-        .client("ping_interval", "\"1s\"")
-        .client("pong_timeout", "\"1s\"")
-        .start();
+    let srv = Server::builder().client("ping_interval", "\"1s\"").client("pong_timeout", "\"500ms\"").start();
     let mut c = srv.ws().await;
     c.auto_pong = false;
     c.connect(&token("42")).await;

@@ -113,9 +113,7 @@ pub fn default_namespaces() -> Vec<Ns> {
         Ns::new("nopub").set("allow_publish_for_client", "false"),
         Ns::new("nosub").set("allow_subscribe_for_client", "false"),
         Ns::new("nopres").set("presence", "false"),
-        Ns::new("nohist")
-            .set("history_size", "0")
-            .set("force_recovery", "false"),
+        Ns::new("nohist").set("history_size", "0").set("force_recovery", "false"),
         Ns::new("small").set("history_size", "3"),
         Ns::new("fjl").set("force_push_join_leave", "true"),
         Ns::new("nojl").set("join_leave", "false"),
@@ -129,6 +127,9 @@ pub fn default_namespaces() -> Vec<Ns> {
 
 #[derive(Clone, Debug)]
 pub struct Builder {
+    /// Pass `--config FILE` (false: run `hubbub serve` with env only).
+    pub use_config_file: bool,
+    pub listen: String,
     pub anonymous: bool,
     pub token_secret: String,
     pub api_key: String,
@@ -160,6 +161,8 @@ impl Default for Builder {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         Builder {
+            use_config_file: true,
+            listen: "127.0.0.1:0".to_string(),
             anonymous: false,
             token_secret: SECRET.to_string(),
             api_key: API_KEY.to_string(),
@@ -205,7 +208,7 @@ impl Builder {
 
     pub fn render(&self, data_dir: &Path) -> String {
         let mut s = String::new();
-        s.push_str("listen = \"127.0.0.1:0\"\n");
+        s.push_str(&format!("listen = {}\n", toml_str(&self.listen)));
         s.push_str(&format!("data_dir = {}\n", toml_str(&data_dir.to_string_lossy())));
         s.push_str(&format!("shutdown_grace = {}\n", self.shutdown_grace));
         s.push_str(&self.extra_top);
@@ -272,10 +275,11 @@ impl Server {
         let stderr_path = dir.path().join("stderr.log");
         let stderr_file = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .current_dir(dir.path())
+        cmd.arg("serve");
+        if builder.use_config_file {
+            cmd.arg("--config").arg(&config_path);
+        }
+        cmd.current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr_file));
@@ -322,16 +326,7 @@ impl Server {
                 builder.render(&data_dir)
             );
         };
-        Server {
-            addr,
-            child,
-            dir,
-            config_path,
-            stderr_path,
-            stdout_lines: lines,
-            builder,
-            exited: None,
-        }
+        Server { addr, child, dir, config_path, stderr_path, stdout_lines: lines, builder, exited: None }
     }
 
     pub fn ws_url(&self) -> String {
@@ -368,11 +363,7 @@ impl Server {
 
     /// Send SIGTERM using the `kill` command.
     pub fn sigterm(&self) {
-        let st = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
+        let st = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status().expect("run kill");
         assert!(st.success(), "kill -TERM failed: {st:?}");
     }
 
@@ -407,10 +398,7 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            eprintln!(
-                "---- hubbub stderr (tail) ----\n{}\n---- end stderr ----",
-                tail(&self.stderr(), 6000)
-            );
+            eprintln!("---- hubbub stderr (tail) ----\n{}\n---- end stderr ----", tail(&self.stderr(), 6000));
         }
     }
 }
@@ -429,9 +417,7 @@ fn tail(s: &str, n: usize) -> &str {
 
 /// Run a command with a timeout, collecting stdout/stderr. Panics on timeout.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> (ExitStatus, String, String) {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
@@ -471,14 +457,10 @@ pub fn cli_token(config: &Path, args: &[&str]) -> String {
     let mut cmd = Command::new(BIN);
     cmd.arg("token").arg("--config").arg(config).args(args);
     let (st, out, err) = run_with_timeout(cmd, Duration::from_secs(20));
-    assert!(
-        st.success(),
-        "`hubbub token {args:?}` failed: {st:?}\nstdout:\n{out}\nstderr:\n{err}"
-    );
+    assert!(st.success(), "`hubbub token {args:?}` failed: {st:?}\nstdout:\n{out}\nstderr:\n{err}");
     out.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .last()
+        .rfind(|l| !l.is_empty())
         .unwrap_or_else(|| panic!("`hubbub token` printed nothing on stdout; stderr:\n{err}"))
         .to_string()
 }
@@ -529,13 +511,9 @@ pub fn decode_jwt(token: &str) -> Value {
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     v.required_spec_claims.clear();
     v.validate_exp = false;
-    jsonwebtoken::decode::<Value>(
-        token,
-        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
-        &v,
-    )
-    .unwrap_or_else(|e| panic!("token {token:?} does not verify with the test secret: {e}"))
-    .claims
+    jsonwebtoken::decode::<Value>(token, &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()), &v)
+        .unwrap_or_else(|e| panic!("token {token:?} does not verify with the test secret: {e}"))
+        .claims
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -587,13 +565,11 @@ impl Client {
             .await
             .expect("tcp connect timeout")
             .expect("tcp connect");
-        let (ws, _resp) = tokio::time::timeout(
-            T,
-            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)),
-        )
-        .await
-        .expect("ws handshake timeout")
-        .expect("ws handshake");
+        let (ws, _resp) =
+            tokio::time::timeout(T, tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)))
+                .await
+                .expect("ws handshake timeout")
+                .expect("ws handshake");
         Client::from_ws(ws)
     }
 
@@ -702,9 +678,8 @@ impl Client {
                         continue;
                     }
                     n += 1;
-                    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
-                        panic!("server sent a line that is not JSON ({e}): {line:?}")
-                    });
+                    let v: Value = serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("server sent a line that is not JSON ({e}): {line:?}"));
                     self.dispatch(v).await;
                 }
                 self.max_lines_per_frame = self.max_lines_per_frame.max(n);
@@ -782,9 +757,7 @@ impl Client {
     /// Send a command; expect an error; return the error code.
     pub async fn err(&mut self, method: &str, params: Value) -> i64 {
         let r = self.call(method, params.clone()).await;
-        error_code(&r).unwrap_or_else(|| {
-            panic!("expected an error for {method} {params}, got reply {r}")
-        })
+        error_code(&r).unwrap_or_else(|| panic!("expected an error for {method} {params}, got reply {r}"))
     }
 
     /// Send `connect` with a token and expect success; returns the connect result.
@@ -807,18 +780,14 @@ impl Client {
     }
 
     /// Wait for a push matching `pred`; removes and returns it.
-    pub async fn push_where<F: Fn(&Value) -> bool>(
-        &mut self,
-        timeout: Duration,
-        pred: F,
-    ) -> Option<Value> {
+    pub async fn push_where<F: Fn(&Value) -> bool>(&mut self, timeout: Duration, pred: F) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(pos) = self.pushes.iter().position(|p| pred(p)) {
+            if let Some(pos) = self.pushes.iter().position(&pred) {
                 return self.pushes.remove(pos);
             }
             if !self.pump(deadline).await {
-                if let Some(pos) = self.pushes.iter().position(|p| pred(p)) {
+                if let Some(pos) = self.pushes.iter().position(&pred) {
                     return self.pushes.remove(pos);
                 }
                 return None;
@@ -838,10 +807,24 @@ impl Client {
             .await
         {
             Some(p) => p["push"][kind].clone(),
-            None => panic!(
-                "no `{kind}` push on channel {channel:?} within {T:?}; {}",
-                self.state()
-            ),
+            None => panic!("no `{kind}` push on channel {channel:?} within {T:?}; {}", self.state()),
+        }
+    }
+
+    /// Wait for a join/leave push on `channel` about `user`; returns `push[kind]`.
+    pub async fn expect_presence_push(&mut self, channel: &str, kind: &str, user: &str) -> Value {
+        let (ch, k, u) = (channel.to_string(), kind.to_string(), user.to_string());
+        match self
+            .push_where(T, move |p| {
+                p["push"]["channel"].as_str() == Some(ch.as_str())
+                    && p["push"][k.as_str()]["info"]["user"].as_str() == Some(u.as_str())
+            })
+            .await
+        {
+            Some(p) => p["push"][kind].clone(),
+            None => {
+                panic!("no `{kind}` push for user {user:?} on {channel:?} within {T:?}; {}", self.state())
+            }
         }
     }
 
@@ -889,10 +872,9 @@ impl Client {
             Some((c, reason)) => {
                 panic!("expected close code {code}, got close {c} {reason:?}; {}", self.state())
             }
-            None => panic!(
-                "expected close code {code} within {timeout:?}, got no close frame; {}",
-                self.state()
-            ),
+            None => {
+                panic!("expected close code {code} within {timeout:?}, got no close frame; {}", self.state())
+            }
         }
     }
 
@@ -921,9 +903,7 @@ pub fn expect_result(reply: &Value, method: &str, params: &Value) -> Value {
 
 pub fn error_code(reply: &Value) -> Option<i64> {
     reply.get("error").map(|e| {
-        e.get("code")
-            .and_then(Value::as_i64)
-            .unwrap_or_else(|| panic!("error without numeric code: {reply}"))
+        e.get("code").and_then(Value::as_i64).unwrap_or_else(|| panic!("error without numeric code: {reply}"))
     })
 }
 
@@ -931,9 +911,7 @@ pub fn error_code(reply: &Value) -> Option<i64> {
 pub fn num(v: &Value, key: &str) -> i64 {
     match v.get(key) {
         None | Some(Value::Null) => 0,
-        Some(x) => x
-            .as_i64()
-            .unwrap_or_else(|| panic!("`{key}` is not an integer in {v}")),
+        Some(x) => x.as_i64().unwrap_or_else(|| panic!("`{key}` is not an integer in {v}")),
     }
 }
 
@@ -941,9 +919,7 @@ pub fn num(v: &Value, key: &str) -> i64 {
 pub fn flag(v: &Value, key: &str) -> bool {
     match v.get(key) {
         None | Some(Value::Null) => false,
-        Some(x) => x
-            .as_bool()
-            .unwrap_or_else(|| panic!("`{key}` is not a bool in {v}")),
+        Some(x) => x.as_bool().unwrap_or_else(|| panic!("`{key}` is not a bool in {v}")),
     }
 }
 
@@ -951,10 +927,7 @@ pub fn flag(v: &Value, key: &str) -> bool {
 pub fn arr(v: &Value, key: &str) -> Vec<Value> {
     match v.get(key) {
         None | Some(Value::Null) => Vec::new(),
-        Some(x) => x
-            .as_array()
-            .unwrap_or_else(|| panic!("`{key}` is not an array in {v}"))
-            .clone(),
+        Some(x) => x.as_array().unwrap_or_else(|| panic!("`{key}` is not an array in {v}")).clone(),
     }
 }
 
@@ -967,10 +940,7 @@ pub fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     s.len() == 36
         && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
-        && s
-            .chars()
-            .enumerate()
-            .all(|(i, c)| [8, 13, 18, 23].contains(&i) || c.is_ascii_hexdigit())
+        && s.chars().enumerate().all(|(i, c)| [8, 13, 18, 23].contains(&i) || c.is_ascii_hexdigit())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -984,20 +954,12 @@ pub struct Api {
 }
 
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 impl Api {
     pub fn new(addr: &str, key: &str) -> Api {
-        Api {
-            base: format!("http://{addr}"),
-            key: key.to_string(),
-            http: http_client(),
-        }
+        Api { base: format!("http://{addr}"), key: key.to_string(), http: http_client() }
     }
 
     /// POST /api/<method> with a raw body and the given headers → (status, body text).
@@ -1010,10 +972,7 @@ impl Api {
         for (k, v) in headers {
             rb = rb.header(*k, *v);
         }
-        let resp = rb
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST /api/{method} failed: {e}"));
+        let resp = rb.send().await.unwrap_or_else(|e| panic!("POST /api/{method} failed: {e}"));
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         (status, text)
@@ -1021,9 +980,7 @@ impl Api {
 
     /// POST with the right key → (status, parsed JSON body).
     pub async fn call(&self, method: &str, body: Value) -> (u16, Value) {
-        let (st, text) = self
-            .raw(method, &body.to_string(), &[("X-API-Key", &self.key)])
-            .await;
+        let (st, text) = self.raw(method, &body.to_string(), &[("X-API-Key", &self.key)]).await;
         let v = serde_json::from_str(&text).unwrap_or_else(|e| {
             panic!("/api/{method} {body} answered {st} with non-JSON body ({e}): {text:?}")
         });
@@ -1037,9 +994,7 @@ impl Api {
         if let Some(e) = v.get("error") {
             panic!("/api/{method} {body} returned error {e}");
         }
-        v.get("result")
-            .cloned()
-            .unwrap_or_else(|| panic!("/api/{method} {body}: no `result` in {v}"))
+        v.get("result").cloned().unwrap_or_else(|| panic!("/api/{method} {body}: no `result` in {v}"))
     }
 
     /// Expect an `{"error":...}` body; return (status, code).
@@ -1054,8 +1009,7 @@ impl Api {
     }
 
     pub async fn publish(&self, channel: &str, data: Value) -> Value {
-        self.ok("publish", json!({ "channel": channel, "data": data }))
-            .await
+        self.ok("publish", json!({ "channel": channel, "data": data })).await
     }
 }
 
