@@ -50,6 +50,8 @@ fn lock(subs: &Subscribers) -> std::sync::MutexGuard<'_, HashMap<u64, Subscriber
 pub struct Hub {
     channels: ShardedMap<String, Subscribers>,
     users: ShardedMap<String, Vec<Arc<Connection>>>,
+    /// Emulation sessions by session id, where `POST /emulation` finds them.
+    sessions: ShardedMap<String, Arc<Connection>>,
 }
 
 impl Hub {
@@ -70,6 +72,19 @@ impl Hub {
                 shard.remove(user);
             }
         }
+    }
+
+    pub fn add_session(&self, session: &str, conn: &Arc<Connection>) {
+        self.sessions.shard(session).insert(session.to_owned(), conn.clone());
+    }
+
+    pub fn remove_session(&self, session: &str) {
+        self.sessions.shard(session).remove(session);
+    }
+
+    /// The connection of an emulation session on this node.
+    pub fn session(&self, session: &str) -> Option<Arc<Connection>> {
+        self.sessions.shard(session).get(session).cloned()
     }
 
     /// The user's connections on this node, optionally only the one with client id `client`.

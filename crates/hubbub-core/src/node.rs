@@ -2,8 +2,8 @@
 //! operations that the server HTTP API and the application call (publish, presence,
 //! history, server-side subscribe, disconnect...).
 
-use crate::auth::Tokens;
-use crate::channel::{ChannelError, NamespaceConfig, Namespaces};
+use crate::auth::{TokenError, Tokens};
+use crate::channel::{ChannelError, ChannelName, NamespaceConfig, Namespaces};
 use crate::engine::{
     Broker, BrokerEvents, EngineError, HistoryOptions, HistoryPage, HistoryQuery, PresenceStats,
     PresenceStore,
@@ -224,6 +224,38 @@ impl Node {
     pub async fn remove_history(&self, channel: &str) -> ApiResult<()> {
         self.namespaces.resolve(channel)?;
         Ok(self.broker.remove_history(channel).await?)
+    }
+
+    /// Checks whether `user` may subscribe to `channel` (with the subscription `token`, if
+    /// any), returning the token's info and expiry. The one place these rules live: client
+    /// subscriptions and long polls both ask here.
+    pub fn authorize_subscribe(
+        &self,
+        user: &str,
+        channel: &str,
+        name: &ChannelName<'_>,
+        ns: &NamespaceConfig,
+        token: &str,
+    ) -> ApiResult<(Option<Json>, Option<u64>)> {
+        let user_limited = name.user_allowed(user);
+        if user_limited == Some(false) {
+            return Err(ERROR_PERMISSION_DENIED.into());
+        }
+        if !token.is_empty() {
+            let claims = match self.tokens.verify_subscription(token) {
+                Ok(c) => c,
+                Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+                Err(TokenError::Invalid(_)) => return Err(ERROR_PERMISSION_DENIED.into()),
+            };
+            if claims.sub != user || claims.channel != channel {
+                return Err(ERROR_PERMISSION_DENIED.into());
+            }
+            return Ok((claims.info, claims.exp));
+        }
+        if name.is_private() || (user_limited.is_none() && !ns.allow_subscribe_for_client) {
+            return Err(ERROR_PERMISSION_DENIED.into());
+        }
+        Ok((None, None))
     }
 
     /// Subscribes the user's connections (or the one with id `client`) to `channel`.

@@ -21,6 +21,8 @@ pub enum Control {
     Subscribe(String),
     /// Unsubscribe the session on the server's behalf.
     Unsubscribe(String),
+    /// Commands for the session that arrived outside its own connection (`POST /emulation`).
+    Commands(String),
 }
 
 #[derive(Debug)]

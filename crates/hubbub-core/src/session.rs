@@ -7,7 +7,6 @@
 //! close the connection with that code; the transport then calls [`Session::close`].
 
 use crate::auth::{unix_now, TokenError};
-use crate::channel::{ChannelName, NamespaceConfig};
 use crate::engine::{EngineError, HistoryQuery};
 use crate::hub::Connection;
 use crate::node::{history_options, Node};
@@ -104,10 +103,26 @@ impl RateLimit {
     }
 }
 
+/// What a session needs to know about its transport.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportKind {
+    /// For logs: "websocket", "http_stream", "sse", "uni_sse", ...
+    pub name: &'static str,
+    /// Commands arrive by `POST /emulation`, routed by session id.
+    pub emulation: bool,
+    /// The client cannot send anything after connect, so pings expect no pong.
+    pub unidirectional: bool,
+}
+
+impl TransportKind {
+    pub const WEBSOCKET: TransportKind =
+        TransportKind { name: "websocket", emulation: false, unidirectional: false };
+}
+
 pub struct Session {
     node: Arc<Node>,
     conn: Arc<Connection>,
-    transport: &'static str,
+    kind: TransportKind,
     /// `None` until connect succeeds.
     user: Option<String>,
     conn_info: Option<Json>,
@@ -122,14 +137,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(node: Arc<Node>, transport: &'static str) -> Self {
+    pub fn new(node: Arc<Node>, kind: TransportKind) -> Self {
         let conn = Connection::new(node.client.queue_max_bytes);
         let rate = RateLimit::new(node.client.commands_per_second);
         let next_ping = Instant::now() + node.client.ping_interval;
         Session {
             node,
             conn,
-            transport,
+            kind,
             user: None,
             conn_info: None,
             expires_at: None,
@@ -168,7 +183,7 @@ impl Session {
         let commands = match decode_frame(frame) {
             Ok(c) => c,
             Err(e) => {
-                tracing::info!(client = %self.conn.client, transport = self.transport, error = %e, "bad frame");
+                tracing::info!(client = %self.conn.client, transport = self.kind.name, error = %e, "bad frame");
                 return Err(Disconnect::BAD_REQUEST);
             }
         };
@@ -263,6 +278,9 @@ impl Session {
         self.conn_info = claims.info;
         self.expires_at = claims.exp;
         self.node.hub.add_connection(&claims.sub, &self.conn);
+        if self.kind.emulation {
+            self.node.hub.add_session(&self.session_id, &self.conn);
+        }
 
         // Server-side subscriptions come from the token; when the client reconnects it sends
         // their positions back in `subs` so that they are recovered too.
@@ -295,42 +313,32 @@ impl Session {
             data: None,
             subs,
             ping: self.node.client.ping_interval.as_secs().max(1) as u32,
-            pong: true,
+            pong: !self.kind.unidirectional,
             session: self.session_id.clone(),
             node: self.node.id.clone(),
         };
         Ok(Outcome::ReplyThenRelease(ReplyBody::Connect(result), held))
     }
 
-    /// Checks whether this connection may subscribe to a channel, returning the
-    /// subscription token's info and expiry.
-    fn authorize_subscribe(
-        &self,
-        channel: &str,
-        name: &ChannelName<'_>,
-        ns: &NamespaceConfig,
-        token: &str,
-    ) -> Result<(Option<Json>, Option<u64>), CommandError> {
-        let user = self.user.as_deref().unwrap_or_default();
-        let user_limited = name.user_allowed(user);
-        if user_limited == Some(false) {
-            return Err(ERROR_PERMISSION_DENIED.into());
-        }
-        if !token.is_empty() {
-            let claims = match self.node.tokens.verify_subscription(token) {
-                Ok(c) => c,
-                Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
-                Err(TokenError::Invalid(_)) => return Err(ERROR_PERMISSION_DENIED.into()),
-            };
-            if claims.sub != user || claims.channel != channel {
-                return Err(ERROR_PERMISSION_DENIED.into());
+    /// Connects a unidirectional client: the connect result goes out as a `connect` push,
+    /// and a refused connect ends the connection with the matching disconnect code.
+    pub async fn connect_unidirectional(&mut self, req: ConnectRequest) -> Result<(), Disconnect> {
+        match self.connect(req).await {
+            Ok(Outcome::ReplyThenRelease(ReplyBody::Connect(result), held)) => {
+                self.send(Reply::push(Push { channel: String::new(), body: PushBody::Connect(result) }));
+                for (channel, covered) in held {
+                    self.release(&channel, covered);
+                }
+                Ok(())
             }
-            return Ok((claims.info, claims.exp));
+            Ok(_) => Err(Disconnect::SERVER_ERROR),
+            Err(CommandError::Disconnect(d)) => Err(d),
+            Err(CommandError::Error(e)) if e.code == ERROR_TOKEN_EXPIRED.code => Err(Disconnect::EXPIRED),
+            Err(CommandError::Error(e)) if e.code == ERROR_UNAUTHORIZED.code => {
+                Err(Disconnect::INVALID_TOKEN)
+            }
+            Err(CommandError::Error(_)) => Err(Disconnect::BAD_REQUEST),
         }
-        if name.is_private() || (user_limited.is_none() && !ns.allow_subscribe_for_client) {
-            return Err(ERROR_PERMISSION_DENIED.into());
-        }
-        Ok((None, None))
     }
 
     async fn subscribe_command(&mut self, req: SubscribeRequest) -> CommandResult {
@@ -341,7 +349,9 @@ impl Session {
         if self.subs.len() >= self.node.client.max_channels {
             return Err(ERROR_LIMIT_EXCEEDED.into());
         }
-        let (chan_info, expires_at) = self.authorize_subscribe(&req.channel, &name, ns, &req.token)?;
+        let user = self.user.as_deref().unwrap_or_default();
+        let (chan_info, expires_at) =
+            self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token)?;
         let params = SubscribeParams {
             recover_from: req
                 .recover
@@ -588,6 +598,7 @@ impl Session {
     pub async fn handle_control(&mut self, control: Control) -> Result<(), Disconnect> {
         match control {
             Control::Disconnect(d) => Err(d),
+            Control::Commands(frame) => self.handle_frame(&frame).await,
             Control::Subscribe(channel) => {
                 if self.user.is_none() || self.subs.contains_key(&channel) {
                     return Ok(());
@@ -671,7 +682,9 @@ impl Session {
             self.next_ping = now + self.node.client.ping_interval;
             if self.user.is_some() && self.awaiting_pong_since.is_none() {
                 self.conn.outbox.push(Bytes::from_static(b"{}"));
-                self.awaiting_pong_since = Some(now);
+                if !self.kind.unidirectional {
+                    self.awaiting_pong_since = Some(now);
+                }
             }
         }
         Ok(())
@@ -685,6 +698,9 @@ impl Session {
         }
         if let Some(user) = &self.user {
             self.node.hub.remove_connection(user, &self.conn);
+            if self.kind.emulation {
+                self.node.hub.remove_session(&self.session_id);
+            }
         }
     }
 }

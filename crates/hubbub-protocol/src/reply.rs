@@ -215,6 +215,8 @@ pub enum PushBody {
         data: Json,
     },
     Subscribe(SubscribePush),
+    /// The connect result, pushed to unidirectional clients (they send no command to reply to).
+    Connect(ConnectResult),
     Disconnect {
         code: u32,
         reason: String,

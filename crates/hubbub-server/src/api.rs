@@ -25,15 +25,21 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<ProtocolError>) -> Self {
+    pub fn new(status: StatusCode, error: impl Into<ProtocolError>) -> Self {
         ApiError { status, error: error.into() }
     }
 
-    fn bad_request(message: String) -> Self {
+    /// 400 with error 107 and a message that says what is wrong.
+    pub fn bad_request(message: String) -> Self {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ProtocolError { code: ERROR_BAD_REQUEST.code, message, temporary: false },
         )
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
     }
 }
 

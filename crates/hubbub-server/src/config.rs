@@ -23,6 +23,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub auth: AuthConfig,
     pub client: ClientConfig,
+    pub http: HttpConfig,
     /// Channel namespaces; the one named "" is the default namespace.
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -36,6 +37,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             auth: AuthConfig::default(),
             client: ClientConfig::default(),
+            http: HttpConfig::default(),
             namespaces: vec![NamespaceConfig::default()],
         }
     }
@@ -51,6 +53,29 @@ pub struct AuthConfig {
     pub api_key: String,
     /// Accept connections without a token (as user "").
     pub allow_anonymous: bool,
+}
+
+/// HTTP-level settings shared by the HTTP transports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Browser origins allowed; empty: same origin only; `"*"`: any.
+    pub allowed_origins: Vec<String>,
+    /// Longest `wait` a long poll may ask for.
+    #[serde(with = "serde_human")]
+    pub poll_max_wait: Duration,
+    /// Largest body accepted by `/emulation` and the streaming transports' connect.
+    pub max_request_body: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            allowed_origins: Vec::new(),
+            poll_max_wait: Duration::from_secs(30),
+            max_request_body: 65536,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! The HTTP router: which path goes to which transport or handler.
 
-use crate::{api, websocket, AppState};
+use crate::transport::{stream, websocket};
+use crate::{api, emulation, origin, poll, AppState};
 use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -10,8 +11,16 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/health", get(health))
-        .route("/connection/websocket", get(websocket::upgrade))
+        .route("/connection/websocket", get(websocket::bidirectional))
+        .route("/connection/uni_websocket", get(websocket::unidirectional))
+        .route("/connection/http_stream", post(stream::http_stream))
+        .route("/connection/sse", get(stream::sse_get).post(stream::sse_post))
+        .route("/connection/uni_http_stream", post(stream::uni_http_stream))
+        .route("/connection/uni_sse", get(stream::uni_sse))
+        .route("/emulation", post(emulation::handle))
+        .route("/api/poll", get(poll::poll))
         .route("/api/{method}", post(api::handle))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), origin::guard))
         .with_state(state)
 }
 

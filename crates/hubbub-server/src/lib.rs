@@ -3,8 +3,11 @@
 
 pub mod api;
 pub mod config;
+mod emulation;
 mod http;
-mod websocket;
+mod origin;
+mod poll;
+mod transport;
 
 use anyhow::Context;
 use config::Config;

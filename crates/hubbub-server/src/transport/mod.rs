@@ -1,0 +1,151 @@
+//! Transports move bytes between a client and its [`Session`]; the protocol lives in the
+//! session. Every transport is driven by the same loop, [`drive`]: it wakes on the session's
+//! outbox, on the client's next frame and on the session's timer.
+//!
+//! * [`websocket`]: bidirectional WebSocket and unidirectional `uni_websocket`.
+//! * [`stream`]: HTTP streaming and Server-Sent Events, both as bidirectional emulation
+//!   (commands by `POST /emulation`) and unidirectional (`uni_http_stream`, `uni_sse`).
+
+pub mod stream;
+pub mod websocket;
+
+use bytes::Bytes;
+use hubbub_core::outbox::{Control, Outgoing};
+use hubbub_core::Session;
+use hubbub_protocol::Disconnect;
+use std::future::Future;
+
+/// What the client did.
+pub enum Inbound {
+    /// A frame of commands.
+    Frame(String),
+    /// The client is gone or closed the connection: nothing more can be written.
+    Gone,
+    /// The client broke the rules of the transport: close with this code.
+    Violation(Disconnect),
+}
+
+/// One connection's way of writing and reading.
+pub trait Transport: Send {
+    /// Writes a batch of encoded messages (replies, pushes, pings), as few writes as
+    /// possible. An error means the peer is gone.
+    fn write(&mut self, frames: &mut Vec<Bytes>) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Waits for the client's next frame. Transports whose commands come by
+    /// `POST /emulation` (or that take none) only report the client going away. Must be
+    /// cancel-safe: the driver drops it when something else happens first.
+    fn read(&mut self) -> impl Future<Output = Inbound> + Send;
+    /// Tells the client why the connection ends, then ends it.
+    fn close(self, disconnect: Disconnect) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs a session over a transport until either side ends it, then cleans up the session.
+/// `first_frame` is a frame that came with the request that opened the connection (the
+/// connect command of the HTTP-streaming transports).
+pub async fn drive<T: Transport>(mut session: Session, mut transport: T, first_frame: Option<String>) {
+    let conn = session.connection().clone();
+    let mut drained = Vec::new();
+    let mut frames = Vec::new();
+    let refused = match first_frame {
+        Some(frame) => session.handle_frame(&frame).await.err(),
+        None => None,
+    };
+    let end = if let Some(disconnect) = refused {
+        Some(disconnect)
+    } else {
+        loop {
+            let timer = tokio::time::sleep_until(session.next_timer());
+            let step = tokio::select! {
+                _ = conn.outbox.ready() => {
+                    conn.outbox.drain(&mut drained);
+                    flush(&mut session, &mut transport, &mut drained, &mut frames).await
+                }
+                inbound = transport.read() => match inbound {
+                    Inbound::Frame(text) => session.handle_frame(&text).await.map_err(Some),
+                    Inbound::Gone => Err(None),
+                    Inbound::Violation(d) => Err(Some(d)),
+                },
+                _ = timer => session.on_timer().map_err(Some),
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        }
+    };
+    if let Some(disconnect) = end {
+        // What was queued before the disconnect (the last replies) still goes out first.
+        conn.outbox.drain(&mut drained);
+        frames.extend(drained.drain(..).filter_map(|o| match o {
+            Outgoing::Frame(f) => Some(f),
+            Outgoing::Control(_) => None,
+        }));
+        if transport.write(&mut frames).await.is_ok() {
+            transport.close(disconnect).await;
+        }
+    }
+    session.close().await;
+}
+
+/// Writes queued frames and carries out queued instructions, in queue order. `Err` ends
+/// the connection (`None`: the peer is gone).
+async fn flush<T: Transport>(
+    session: &mut Session,
+    transport: &mut T,
+    drained: &mut Vec<Outgoing>,
+    frames: &mut Vec<Bytes>,
+) -> Result<(), Option<Disconnect>> {
+    for item in drained.drain(..) {
+        match item {
+            Outgoing::Frame(f) => frames.push(f),
+            Outgoing::Control(control) => {
+                transport.write(frames).await.map_err(|()| None)?;
+                frames.clear();
+                if let Control::Disconnect(d) = control {
+                    return Err(Some(d));
+                }
+                session.handle_control(control).await.map_err(Some)?;
+            }
+        }
+    }
+    let written = transport.write(frames).await.map_err(|()| None);
+    frames.clear();
+    written
+}
+
+/// Strips the `{"push":..}` wrapper from an encoded push, without copying: unidirectional
+/// clients get pushes bare. Anything else (the `{}` ping) passes unchanged.
+pub fn unwrap_push(frame: &Bytes) -> Bytes {
+    const PREFIX: &[u8] = b"{\"push\":";
+    if frame.starts_with(PREFIX) && frame.ends_with(b"}") {
+        frame.slice(PREFIX.len()..frame.len() - 1)
+    } else {
+        frame.clone()
+    }
+}
+
+/// The disconnect push that stream transports send where WebSocket sends a close frame.
+pub fn disconnect_push(d: &Disconnect) -> Bytes {
+    hubbub_protocol::Reply::push(hubbub_protocol::Push {
+        channel: String::new(),
+        body: hubbub_protocol::PushBody::Disconnect {
+            code: d.code as u32,
+            reason: d.reason.to_string(),
+            reconnect: d.reconnect(),
+        },
+    })
+    .encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwraps_pushes_only() {
+        let push = Bytes::from_static(br#"{"push":{"channel":"c","pub":{"data":1}}}"#);
+        assert_eq!(&unwrap_push(&push)[..], br#"{"channel":"c","pub":{"data":1}}"#);
+        let ping = Bytes::from_static(b"{}");
+        assert_eq!(&unwrap_push(&ping)[..], b"{}");
+        let d = disconnect_push(&Disconnect::SHUTDOWN);
+        assert_eq!(&d[..], br#"{"push":{"disconnect":{"code":3001,"reason":"shutdown","reconnect":true}}}"#);
+    }
+}

@@ -1,0 +1,141 @@
+//! WebSocket transports: `/connection/websocket` (bidirectional: commands in, replies and
+//! pushes out, newline-batched) and `/connection/uni_websocket` (the client sends one connect
+//! request, then only receives bare pushes).
+
+use super::{drive, unwrap_push, Inbound, Transport};
+use crate::AppState;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use bytes::Bytes;
+use hubbub_core::session::TransportKind;
+use hubbub_core::{Node, Session};
+use hubbub_protocol::command::ConnectRequest;
+use hubbub_protocol::Disconnect;
+use std::sync::Arc;
+
+/// Read buffer per connection: small, since most frames are; larger frames still fit (the
+/// buffer grows up to the message size limit).
+const READ_BUFFER: usize = 4096;
+
+const UNI_WEBSOCKET: TransportKind =
+    TransportKind { name: "uni_websocket", emulation: false, unidirectional: true };
+
+fn configure(ws: WebSocketUpgrade, node: &Node) -> WebSocketUpgrade {
+    let max = node.client.max_message_size;
+    ws.read_buffer_size(READ_BUFFER).write_buffer_size(0).max_message_size(max).max_frame_size(max)
+}
+
+pub async fn bidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+    let node = state.node.clone();
+    configure(ws, &node).on_upgrade(move |socket| async move {
+        let session = Session::new(node, TransportKind::WEBSOCKET);
+        drive(session, WsTransport { socket, unidirectional: false }, None).await
+    })
+}
+
+pub async fn unidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+    let node = state.node.clone();
+    configure(ws, &node).on_upgrade(move |socket| async move {
+        let mut transport = WsTransport { socket, unidirectional: true };
+        // The first message is the connect request.
+        let request = match transport.socket.recv().await {
+            Some(Ok(Message::Text(text))) => serde_json::from_str::<ConnectRequest>(text.as_str()).ok(),
+            _ => None,
+        };
+        let Some(request) = request else {
+            tracing::info!("uni_websocket: first message is not a connect request");
+            transport.close(Disconnect::BAD_REQUEST).await;
+            return;
+        };
+        let mut session = Session::new(node, UNI_WEBSOCKET);
+        if let Err(d) = session.connect_unidirectional(request).await {
+            transport.close(d).await;
+            session.close().await;
+            return;
+        }
+        drive(session, transport, None).await
+    })
+}
+
+struct WsTransport {
+    socket: WebSocket,
+    /// Bare pushes, one per message, instead of newline-batched replies.
+    unidirectional: bool,
+}
+
+impl WsTransport {
+    async fn send_text(&mut self, bytes: Bytes) -> Result<(), ()> {
+        let Ok(text) = Utf8Bytes::try_from(bytes) else {
+            tracing::error!("non-UTF-8 frame queued: dropped");
+            return Ok(());
+        };
+        self.socket.send(Message::Text(text)).await.map_err(|_| ())
+    }
+}
+
+fn is_too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+}
+
+impl Transport for WsTransport {
+    async fn write(&mut self, frames: &mut Vec<Bytes>) -> Result<(), ()> {
+        if self.unidirectional {
+            for frame in frames.drain(..) {
+                self.send_text(unwrap_push(&frame)).await?;
+            }
+            return Ok(());
+        }
+        let batch = match frames.len() {
+            0 => return Ok(()),
+            1 => frames.pop().expect("one frame"),
+            _ => {
+                let joined = hubbub_protocol::encode_frame(frames.iter().map(|f| &f[..]));
+                frames.clear();
+                Bytes::from(joined)
+            }
+        };
+        self.send_text(batch).await
+    }
+
+    async fn read(&mut self) -> Inbound {
+        loop {
+            return match self.socket.recv().await {
+                Some(Ok(Message::Text(text))) if self.unidirectional => {
+                    tracing::debug!(len = text.len(), "uni_websocket: ignoring a client message");
+                    continue;
+                }
+                Some(Ok(Message::Text(text))) => Inbound::Frame(text.as_str().to_owned()),
+                Some(Ok(Message::Binary(_))) => {
+                    tracing::info!("binary frame on the JSON protocol");
+                    Inbound::Violation(Disconnect::BAD_REQUEST)
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(_))) => {
+                    // The WebSocket library queued the closing handshake's reply: flush it.
+                    let _ = futures_util::SinkExt::flush(&mut self.socket).await;
+                    Inbound::Gone
+                }
+                None => Inbound::Gone,
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "websocket read error");
+                    if is_too_big(&e) {
+                        Inbound::Violation(Disconnect::MESSAGE_TOO_BIG)
+                    } else {
+                        Inbound::Gone
+                    }
+                }
+            };
+        }
+    }
+
+    async fn close(mut self, disconnect: Disconnect) {
+        if self.unidirectional {
+            let push = unwrap_push(&super::disconnect_push(&disconnect));
+            let _ = self.send_text(push).await;
+        }
+        let frame = CloseFrame { code: disconnect.code, reason: Utf8Bytes::from(disconnect.reason.as_ref()) };
+        let _ = self.socket.send(Message::Close(Some(frame))).await;
+    }
+}
