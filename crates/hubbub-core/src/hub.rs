@@ -59,19 +59,31 @@ impl Hub {
         Self::default()
     }
 
-    /// Registers an authenticated connection under its user.
-    pub fn add_connection(&self, user: &str, conn: &Arc<Connection>) {
-        self.users.shard(user).entry(user.to_owned()).or_default().push(conn.clone());
+    /// Registers an authenticated connection under its user. Returns true when it is the
+    /// user's first connection on this node.
+    pub fn add_connection(&self, user: &str, conn: &Arc<Connection>) -> bool {
+        let mut shard = self.users.shard(user);
+        let list = shard.entry(user.to_owned()).or_default();
+        list.push(conn.clone());
+        list.len() == 1
     }
 
-    pub fn remove_connection(&self, user: &str, conn: &Connection) {
+    /// Returns true when it was the user's last connection on this node.
+    pub fn remove_connection(&self, user: &str, conn: &Connection) -> bool {
         let mut shard = self.users.shard(user);
-        if let Some(list) = shard.get_mut(user) {
-            list.retain(|c| c.key != conn.key);
-            if list.is_empty() {
-                shard.remove(user);
-            }
+        let Some(list) = shard.get_mut(user) else { return false };
+        let before = list.len();
+        list.retain(|c| c.key != conn.key);
+        let removed = list.len() < before;
+        if list.is_empty() {
+            shard.remove(user);
         }
+        removed && !shard.contains_key(user)
+    }
+
+    /// Whether the user has a connection on this node.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.users.shard(user).contains_key(user)
     }
 
     pub fn add_session(&self, session: &str, conn: &Arc<Connection>) {

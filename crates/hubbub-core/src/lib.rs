@@ -6,6 +6,7 @@ pub mod auth;
 pub mod channel;
 pub mod duration;
 pub mod engine;
+pub mod hooks;
 pub mod hub;
 pub mod node;
 pub mod outbox;

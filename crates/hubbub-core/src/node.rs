@@ -10,12 +10,13 @@ use crate::engine::{
 };
 use crate::hub::Hub;
 use crate::outbox::Control;
+use crate::hooks::{ChannelHooks, UserEvents};
 use crate::rpc::RpcRegistry;
 use hubbub_protocol::codes::*;
 use hubbub_protocol::{ClientInfo, Disconnect, Json, ProtocolError, Publication, StreamPosition};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Per-connection settings and limits.
@@ -81,7 +82,9 @@ pub struct Node {
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn PresenceStore>,
-    pub rpc: RpcRegistry,
+    rpc: RwLock<RpcRegistry>,
+    hooks: RwLock<HashMap<String, Arc<dyn ChannelHooks>>>,
+    user_events: RwLock<Option<Arc<dyn UserEvents>>>,
     started: Instant,
 }
 
@@ -166,9 +169,77 @@ impl Node {
             hub,
             broker: opts.broker,
             presence: opts.presence,
-            rpc: opts.rpc,
+            rpc: RwLock::new(opts.rpc),
+            hooks: RwLock::new(HashMap::new()),
+            user_events: RwLock::new(None),
             started: Instant::now(),
         }))
+    }
+
+    /// Adds an RPC method (an application registers its methods at start).
+    pub fn register_rpc(&self, method: &str, handler: impl crate::rpc::RpcHandler) {
+        self.rpc.write().unwrap_or_else(|p| p.into_inner()).register(method, handler);
+    }
+
+    pub fn rpc_handler(&self, method: &str) -> Option<Arc<dyn crate::rpc::RpcHandler>> {
+        self.rpc.read().unwrap_or_else(|p| p.into_inner()).get(method).cloned()
+    }
+
+    /// Hands the channels of `namespace` to an application's hooks.
+    pub fn register_channel_hooks(&self, namespace: &str, hooks: Arc<dyn ChannelHooks>) {
+        self.hooks.write().unwrap_or_else(|p| p.into_inner()).insert(namespace.to_owned(), hooks);
+    }
+
+    pub fn channel_hooks(&self, ns: &NamespaceConfig) -> Option<Arc<dyn ChannelHooks>> {
+        self.hooks.read().unwrap_or_else(|p| p.into_inner()).get(&ns.name).cloned()
+    }
+
+    pub fn set_user_events(&self, events: Arc<dyn UserEvents>) {
+        *self.user_events.write().unwrap_or_else(|p| p.into_inner()) = Some(events);
+    }
+
+    /// Registers a connection of `user`; tells the application when the user comes online.
+    pub fn add_connection(&self, user: &str, conn: &Arc<crate::hub::Connection>) {
+        if self.hub.add_connection(user, conn) {
+            if let Some(events) = self.user_events.read().unwrap_or_else(|p| p.into_inner()).clone() {
+                events.online(user);
+            }
+        }
+    }
+
+    pub fn remove_connection(&self, user: &str, conn: &crate::hub::Connection) {
+        if self.hub.remove_connection(user, conn) {
+            if let Some(events) = self.user_events.read().unwrap_or_else(|p| p.into_inner()).clone() {
+                events.offline(user);
+            }
+        }
+    }
+
+    /// Whether channels of the namespace have a stream (the broker's history, or one an
+    /// application keeps).
+    pub fn has_stream(&self, ns: &NamespaceConfig) -> bool {
+        ns.history_enabled() || self.channel_hooks(ns).is_some()
+    }
+
+    /// Reads a channel's stream from wherever it is kept.
+    pub async fn read_stream(
+        &self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, EngineError> {
+        match self.channel_hooks(ns) {
+            Some(hooks) => hooks.history(channel, query).await,
+            None => self.broker.history(channel, query, history_options(ns)).await,
+        }
+    }
+
+    /// Publishes an event of an application-kept stream with the offset the application
+    /// assigned (or 0 for an ephemeral event that is not part of the stream).
+    pub async fn publish_with_offset(&self, channel: &str, data: Json, offset: u64) -> ApiResult<()> {
+        let publication = Publication { data, info: None, offset, tags: None };
+        self.broker.publish(channel, publication, HistoryOptions::default()).await?;
+        Ok(())
     }
 
     /// Publishes `data` to `channel` on the server's behalf.
@@ -209,16 +280,17 @@ impl Node {
         reverse: bool,
     ) -> ApiResult<HistoryPage> {
         let (ns, _) = self.namespaces.resolve(channel)?;
-        if !ns.history_enabled() {
+        if !self.has_stream(ns) {
             return Err(ERROR_NOT_AVAILABLE.into());
         }
+        let cap = if ns.history_enabled() { ns.history_size } else { usize::MAX };
         let limit = match limit {
             0 => Some(0),
             n if n < 0 => None,
-            n => Some((n as usize).min(ns.history_size)),
+            n => Some((n as usize).min(cap)),
         };
         let query = HistoryQuery { since, limit, reverse };
-        Ok(self.broker.history(channel, query, history_options(ns)).await?)
+        Ok(self.read_stream(channel, ns, query).await?)
     }
 
     pub async fn remove_history(&self, channel: &str) -> ApiResult<()> {

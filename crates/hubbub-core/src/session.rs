@@ -9,7 +9,7 @@
 use crate::auth::{unix_now, TokenError};
 use crate::engine::{EngineError, HistoryQuery};
 use crate::hub::Connection;
-use crate::node::{history_options, Node};
+use crate::node::Node;
 use crate::outbox::Control;
 use crate::rpc::Caller;
 use bytes::Bytes;
@@ -277,7 +277,7 @@ impl Session {
         self.user = Some(claims.sub.clone());
         self.conn_info = claims.info;
         self.expires_at = claims.exp;
-        self.node.hub.add_connection(&claims.sub, &self.conn);
+        self.node.add_connection(&claims.sub, &self.conn);
         if self.kind.emulation {
             self.node.hub.add_session(&self.session_id, &self.conn);
         }
@@ -376,9 +376,9 @@ impl Session {
     ) -> Result<(SubscribeResult, u64), ProtocolError> {
         let node = self.node.clone();
         let (ns, _) = node.namespaces.resolve(channel)?;
-        let history = history_options(ns);
-        let recoverable = history.enabled() && (ns.force_recovery || params.recoverable);
-        let positioned = history.enabled() && (ns.force_positioning || params.positioned || recoverable);
+        let has_stream = node.has_stream(ns);
+        let recoverable = has_stream && (ns.force_recovery || params.recoverable);
+        let positioned = has_stream && (ns.force_positioning || params.positioned || recoverable);
         let join_leave = ns.join_leave && (params.join_leave || ns.force_push_join_leave);
 
         // Listen first, holding publications, then read the stream: whatever is published
@@ -397,17 +397,14 @@ impl Session {
             if let Some(since) = recover_from {
                 query = HistoryQuery { since: Some(since), limit: None, reverse: false };
             }
-            let page = match node.broker.history(channel, query.clone(), history).await {
+            let page = match node.read_stream(channel, ns, query.clone()).await {
                 Ok(page) => {
                     result.recovered = query.since.is_some();
                     page
                 }
                 Err(EngineError::UnrecoverablePosition) => {
                     let position_only = HistoryQuery { limit: Some(0), ..Default::default() };
-                    node.broker
-                        .history(channel, position_only, history)
-                        .await
-                        .map_err(|e| self.undo(channel, e))?
+                    node.read_stream(channel, ns, position_only).await.map_err(|e| self.undo(channel, e))?
                 }
                 Err(e) => return Err(self.undo(channel, e)),
             };
@@ -536,7 +533,7 @@ impl Session {
 
     async fn history(&mut self, req: HistoryRequest) -> CommandResult {
         let (ns, _) = self.node.namespaces.resolve(&req.channel).map_err(ProtocolError::from)?;
-        if !ns.history_enabled() {
+        if !self.node.has_stream(ns) {
             return Err(ERROR_NOT_AVAILABLE.into());
         }
         self.check_subscriber_access(&req.channel, ns.allow_history_for_subscriber)?;
@@ -549,7 +546,7 @@ impl Session {
     }
 
     async fn rpc(&mut self, req: RpcRequest) -> CommandResult {
-        let Some(handler) = self.node.rpc.get(&req.method).cloned() else {
+        let Some(handler) = self.node.rpc_handler(&req.method) else {
             return Err(ERROR_METHOD_NOT_FOUND.into());
         };
         let caller = Caller { user: self.user.clone().unwrap_or_default(), client: self.conn.client.clone() };
@@ -697,7 +694,7 @@ impl Session {
             self.unsubscribe(&channel).await;
         }
         if let Some(user) = &self.user {
-            self.node.hub.remove_connection(user, &self.conn);
+            self.node.remove_connection(user, &self.conn);
             if self.kind.emulation {
                 self.node.hub.remove_session(&self.session_id);
             }

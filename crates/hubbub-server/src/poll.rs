@@ -15,7 +15,6 @@ use hubbub_core::auth::TokenError;
 use hubbub_core::channel::ChannelError;
 use hubbub_core::engine::{EngineError, HistoryQuery};
 use hubbub_core::hub::Connection;
-use hubbub_core::node::history_options;
 use hubbub_core::Node;
 use hubbub_protocol::codes::*;
 use hubbub_protocol::{ProtocolError, StreamPosition};
@@ -106,17 +105,19 @@ pub async fn poll(
         ChannelError::Empty => ApiError::bad_request("bad request: `channel` is required".into()),
         ChannelError::TooLong => ApiError::bad_request("bad request: `channel` is too long".into()),
     })?;
-    if !ns.history_enabled() {
+    if !node.has_stream(ns) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, ERROR_NOT_AVAILABLE));
     }
-    node.authorize_subscribe(&claims.sub, &channel, &name, ns, "")
-        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e))?;
-    let history = history_options(ns);
+    let forbidden = |e| ApiError::new(StatusCode::FORBIDDEN, e);
+    node.authorize_subscribe(&claims.sub, &channel, &name, ns, "").map_err(forbidden)?;
+    if let Some(hooks) = node.channel_hooks(ns) {
+        hooks.authorize_subscribe(&claims.sub, &channel).await.map_err(forbidden)?;
+    }
     let engine = |e: EngineError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ProtocolError::from(e));
 
     let position_only = HistoryQuery { limit: Some(0), ..Default::default() };
     let current =
-        node.broker.history(&channel, position_only.clone(), history).await.map_err(engine)?.position;
+        node.read_stream(&channel, ns, position_only.clone()).await.map_err(engine)?.position;
     let Some(since) = since else {
         return Ok(answer(Vec::new(), current));
     };
@@ -127,14 +128,14 @@ pub async fn poll(
     let waiter = if wait > 0 { Some(Waiter::listen(node, &channel).await.map_err(engine)?) } else { None };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
-        match node.broker.history(&channel, after.clone(), history).await {
+        match node.read_stream(&channel, ns, after.clone()).await {
             Ok(page) if !page.publications.is_empty() || waiter.is_none() => {
                 return Ok(answer(page.publications, page.position));
             }
             Ok(_) => {}
             Err(EngineError::UnrecoverablePosition) => {
                 let current =
-                    node.broker.history(&channel, position_only, history).await.map_err(engine)?.position;
+                    node.read_stream(&channel, ns, position_only).await.map_err(engine)?.position;
                 let body = json!({
                     "error": ProtocolError::from(ERROR_UNRECOVERABLE_POSITION),
                     "offset": current.offset,

@@ -116,7 +116,8 @@ impl Broker for MemoryBroker {
     ) -> Result<StreamPosition, EngineError> {
         let events = self.events()?;
         if !history.enabled() {
-            publication.offset = 0;
+            // Without a stream here, an offset is the caller's (an application-kept stream
+            // such as a chat room's) and passes through untouched.
             events.on_publication(channel, publication);
             return Ok(StreamPosition::default());
         }

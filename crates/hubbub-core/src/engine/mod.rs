@@ -75,7 +75,8 @@ pub trait Broker: Send + Sync + 'static {
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
     /// Appends to the channel's stream when history is enabled (assigning the offset) and
     /// delivers to every node subscribed. Returns the publication's position (offset 0
-    /// without history).
+    /// without history). Without history, the publication's own offset (set by an
+    /// application that keeps the stream itself) is delivered unchanged.
     async fn publish(
         &self,
         channel: &str,

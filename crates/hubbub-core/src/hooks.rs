@@ -1,0 +1,23 @@
+//! Extension points for an application built into the node (the chat): channels whose
+//! access and stream it owns, and the moments users come online and go offline.
+
+use crate::engine::{EngineError, HistoryPage, HistoryQuery};
+use async_trait::async_trait;
+use hubbub_protocol::ProtocolError;
+
+/// An application's rules and stream for the channels of one namespace.
+#[async_trait]
+pub trait ChannelHooks: Send + Sync + 'static {
+    /// Whether `user` may subscribe to `channel` (and so read its history and presence).
+    /// Called after the namespace's own rules allowed it.
+    async fn authorize_subscribe(&self, user: &str, channel: &str) -> Result<(), ProtocolError>;
+    /// The channel's stream, when the application keeps it durably (history and recovery
+    /// are served from here instead of the broker's memory).
+    async fn history(&self, channel: &str, query: HistoryQuery) -> Result<HistoryPage, EngineError>;
+}
+
+/// Told when a user's first connection on this node opens and its last one closes.
+pub trait UserEvents: Send + Sync + 'static {
+    fn online(&self, user: &str);
+    fn offline(&self, user: &str);
+}
