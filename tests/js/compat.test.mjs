@@ -2,15 +2,18 @@
 //
 // The contract is docs/PROTOCOL.md. One server (default config of harness.mjs) serves
 // most tests; tests that need other settings start their own. Every test uses its own
-// channels. The transport comes from env TRANSPORT (default websocket).
+// channels. The transport comes from env TRANSPORT (default websocket; also http_stream,
+// sse, and fallback = [websocket refused, http_stream, sse]).
 //
-// Run: cd tests/js && npm ci && npm test   (HUBBUB_BIN=path overrides the binary)
+// Run: cd tests/js && npm ci && npm test   (all transports; HUBBUB_BIN=path overrides the binary)
+//      TRANSPORT=sse npm run test:one      (one transport)
 
 import assert from 'node:assert/strict';
 import { after, before } from 'node:test';
 import {
   compatTest, startServer, connToken, subToken, nowSec, parsedFrames, rejection,
-  eventually, sleep, withTimeout, TRANSPORT, WebSocket,
+  eventually, sleep, withTimeout, TRANSPORT, EXPECTED_TRANSPORT, EMULATION, REFUSING_WS_PATH,
+  WebSocket,
 } from './harness.mjs';
 
 let server;
@@ -45,7 +48,7 @@ t('connect: connected event carries the client id', async (ctx) => {
   const connected = await c.connect();
   await connecting;
   assert.match(connected.client, UUID_RE, 'client id is a UUID');
-  assert.equal(connected.transport, TRANSPORT);
+  assert.equal(connected.transport, EXPECTED_TRANSPORT);
   assert.equal(c.centrifuge.state, 'connected');
 
   const sent = parsedFrames(c, '>').find((f) => f.connect);
@@ -207,7 +210,17 @@ t('publish: order of many client publications is kept', async (ctx) => {
   const a = await ctx.subscribed('alice', ch);
   const b = await ctx.subscribed('bob', ch);
   const N = 30;
-  await Promise.all(Array.from({ length: N }, (_, i) => a.sub.publish({ i })));
+  // Over an emulation transport every command is its own POST /emulation, and parallel
+  // HTTP requests may reach the server in any order: batch them into one request, whose
+  // order the server must keep (as it keeps the order of one WebSocket's frames).
+  if (EMULATION) a.c.centrifuge.startBatching();
+  const done = Promise.all(Array.from({ length: N }, (_, i) => a.sub.publish({ i })));
+  if (EMULATION) a.c.centrifuge.stopBatching();
+  await done;
+  if (EMULATION) {
+    const posts = parsedFrames(a.c, '>').filter((f) => f.publish).length;
+    assert.equal(posts, N, 'all publish commands sent');
+  }
   const pubs = await b.events.take('publication', N);
   assert.deepEqual(pubs.map((p) => p.data.i), Array.from({ length: N }, (_, i) => i));
   const offsets = pubs.map((p) => p.offset);
@@ -829,4 +842,54 @@ t('websocket: the server answers a client Close frame (closing handshake)', asyn
   const [code] = await withTimeout(new Promise((r) => ws.on('close', (c, reason) => r([c, String(reason)]))), 2000, 'close');
   // 1006 means the TCP connection ended without the server's Close frame (RFC 6455 5.5.1).
   assert.notEqual(code, 1006, 'server dropped the TCP connection without echoing the Close frame');
-}, { skip: TRANSPORT !== 'websocket' && 'websocket only' });
+}, { skip: TRANSPORT !== 'websocket' && 'raw ws closing handshake: WebSocket transport only (TRANSPORT=websocket)' });
+
+// ---------------------------------------------------------------------------
+// Emulation transports (http_stream / sse through the SDK)
+// ---------------------------------------------------------------------------
+
+t('fallback: websocket refused (404) → SDK falls back to http_stream and connects', async (ctx) => {
+  const c = ctx.client({ user: 'alice' });
+  const transportError = c.events.next('error', (e) => e.type === 'transport');
+  const connected = await c.connect(8000);
+  assert.equal(connected.transport, 'http_stream');
+  const err = await transportError;
+  assert.equal(err.transport, 'websocket', 'the failed transport was the websocket');
+  assert.equal(c.sockets.length, 1, 'one websocket attempt');
+  assert.ok(c.sockets[0].url.endsWith(REFUSING_WS_PATH), c.sockets[0].url);
+  // And it works over the fallback transport.
+  const r = await c.centrifuge.rpc('echo', { via: 'fallback' });
+  assert.deepEqual(r.data, { via: 'fallback' });
+}, { skip: TRANSPORT !== 'fallback' && 'TRANSPORT=fallback only' });
+
+t('emulation: the connect reply names the session and node used by /emulation', async (ctx) => {
+  const c = ctx.client({ user: 'alice' });
+  await c.connect();
+  const reply = parsedFrames(c, '<').find((f) => f.connect);
+  assert.ok(reply, 'connect reply received over the stream');
+  assert.match(reply.connect.session, UUID_RE);
+  assert.ok(reply.connect.node, 'node in the connect reply');
+  // Commands after connect go through POST /emulation and their replies come back on the stream.
+  const ch = uniq('emu');
+  const s = c.sub(ch);
+  s.sub.subscribe();
+  await s.events.next('subscribed');
+  const sub = parsedFrames(c, '>').find((f) => f.subscribe && f.subscribe.channel === ch);
+  assert.ok(sub, 'subscribe command sent through /emulation');
+  const failed = c.frames.filter((f) => f.meta && f.data.startsWith('[POST /emulation'));
+  assert.deepEqual(failed.map((f) => f.data), [], 'no failed emulation request');
+}, { skip: !EMULATION && 'emulation transports only (TRANSPORT=http_stream|sse|fallback)' });
+
+t('emulation: server shutdown ends the stream with a disconnect push 3001 (reconnect)', async (ctx) => {
+  const srv = await ctx.startServer({});
+  const c = ctx.client({ user: 'alice', server: srv, minReconnectDelay: 5000, maxReconnectDelay: 5000 });
+  await c.connect();
+  const connecting = c.events.next('connecting', (e) => e.code !== 0, 6000);
+  await srv.stop();
+  const cn = await connecting;
+  assert.equal(cn.code, 3001, `reason ${JSON.stringify(cn.reason)}`);
+  const push = parsedFrames(c, '<').find((f) => f.push && f.push.disconnect);
+  assert.ok(push, 'a disconnect push arrived on the stream');
+  assert.deepEqual(push.push.disconnect, { code: 3001, reason: 'shutdown', reconnect: true });
+  c.centrifuge.disconnect();
+}, { skip: !EMULATION && 'emulation transports only (TRANSPORT=http_stream|sse|fallback)', timeout: 15000 });

@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { test as nodeTest } from 'node:test';
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
+import { EventSource } from 'eventsource';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -288,14 +289,30 @@ export function subToken(user, channel, { ttl, exp, info, secret } = {}) {
 // Transports
 // ---------------------------------------------------------------------------
 
-/** The transport under test: env TRANSPORT, default websocket. */
+/**
+ * The transport under test: env TRANSPORT, default websocket.
+ * - websocket, http_stream, sse: the SDK uses that transport only;
+ * - fallback: the SDK gets [websocket (a path answering 404), http_stream, sse] and must
+ *   fall back by itself to http_stream.
+ */
 export const TRANSPORT = process.env.TRANSPORT || 'websocket';
+
+/** The SDK transport a connected client ends up on (`connected.transport`). */
+export const EXPECTED_TRANSPORT = TRANSPORT === 'fallback' ? 'http_stream' : TRANSPORT;
+
+/** True when the transport under test is a bidirectional emulation (HTTP) transport. */
+export const EMULATION = EXPECTED_TRANSPORT !== 'websocket';
+
+export const KNOWN_TRANSPORTS = ['websocket', 'http_stream', 'sse', 'fallback'];
 
 const TRANSPORT_PATHS = {
   websocket: '/connection/websocket',
   http_stream: '/connection/http_stream',
   sse: '/connection/sse',
 };
+
+/** A path the server does not serve: the WebSocket of TRANSPORT=fallback fails on it (404). */
+export const REFUSING_WS_PATH = '/connection/websocket-absent-for-fallback-test';
 
 /** A WebSocket class (ws) that records every frame into `frames`. */
 function recordingWebSocket(frames, sockets) {
@@ -309,6 +326,9 @@ function recordingWebSocket(frames, sockets) {
       this.addEventListener('close', (ev) => {
         frames.push({ t: Date.now(), dir: '<', data: `[close ${ev.code} ${JSON.stringify(ev.reason)}]` });
       });
+      this.addEventListener('error', (ev) => {
+        frames.push({ t: Date.now(), dir: '<', meta: true, data: `[ws error ${ev.message || ev.error?.message || ''}]` });
+      });
     }
 
     send(data) {
@@ -318,11 +338,119 @@ function recordingWebSocket(frames, sockets) {
   };
 }
 
-/** A fetch that records request bodies (for emulation transports). */
-function recordingFetch(frames) {
-  return (input, init = {}) => {
-    if (init && init.body) frames.push({ t: Date.now(), dir: '>', data: String(init.body) });
-    return fetch(input, init);
+/** Splits a byte stream into lines; `onLine` gets every complete line. */
+function lineRecorder(onLine) {
+  const decoder = new TextDecoder();
+  let buf = '';
+  return (chunk) => {
+    buf += typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true });
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      if (line.trim()) onLine(line);
+    }
+  };
+}
+
+/**
+ * A fetch for the emulation transports that records what goes over it:
+ * - the body of the stream request (the connect command) and the `data` of every
+ *   `/emulation` POST as frames sent (`>`);
+ * - every line of a streaming response (http_stream) as a frame received (`<`);
+ * - a failed or unexpected HTTP answer as a meta frame.
+ */
+function recordingFetch(frames, onResponse = () => {}) {
+  return async (input, init = {}) => {
+    const url = String(input && input.url ? input.url : input);
+    const isEmulation = /\/emulation(\?|$)/.test(url);
+    if (init && init.body) {
+      let data = String(init.body);
+      if (isEmulation) {
+        try { data = JSON.parse(data).data; } catch { /* keep raw */ }
+      }
+      frames.push({ t: Date.now(), dir: '>', data: String(data) });
+    }
+    let res;
+    try {
+      res = await fetch(input, init);
+    } catch (e) {
+      frames.push({ t: Date.now(), dir: '<', meta: true, data: `[fetch ${url} failed: ${e.message}]` });
+      throw e;
+    }
+    onResponse(url, res);
+    if (isEmulation) {
+      if (res.status !== 204) {
+        const text = await res.text().catch(() => '');
+        frames.push({ t: Date.now(), dir: '<', meta: true, data: `[POST /emulation answered ${res.status} ${text.slice(0, 300)}]` });
+        return new Response(text, { status: res.status, headers: res.headers });
+      }
+      return res;
+    }
+    if (!res.ok || !res.body) {
+      frames.push({ t: Date.now(), dir: '<', meta: true, data: `[stream ${url} answered ${res.status}]` });
+      return res;
+    }
+    // The SDK reads response.body.getReader(): hand it a reader that records every line.
+    const record = lineRecorder((line) => frames.push({ t: Date.now(), dir: '<', data: line }));
+    const body = res.body;
+    return {
+      ok: res.ok,
+      status: res.status,
+      statusText: res.statusText,
+      headers: res.headers,
+      url: res.url,
+      body: {
+        getReader() {
+          const reader = body.getReader();
+          return {
+            async read() {
+              const r = await reader.read();
+              if (!r.done && r.value) record(r.value);
+              if (r.done) frames.push({ t: Date.now(), dir: '<', data: '[close stream ended]' });
+              return r;
+            },
+            cancel: (reason) => reader.cancel(reason),
+            releaseLock: () => reader.releaseLock(),
+            get closed() { return reader.closed; },
+          };
+        },
+      },
+    };
+  };
+}
+
+/**
+ * An EventSource class (npm `eventsource`) recording the connect command carried in the
+ * URL (`cf_connect`) as a frame sent and every message event as a frame received.
+ */
+function recordingEventSource(frames) {
+  return class RecordingEventSource extends EventSource {
+    constructor(url, init) {
+      super(url, init);
+      try {
+        const cf = new URL(String(url)).searchParams.get('cf_connect');
+        if (cf) frames.push({ t: Date.now(), dir: '>', data: cf });
+      } catch { /* not a URL: nothing to record */ }
+    }
+
+    get onmessage() { return super.onmessage; }
+
+    set onmessage(fn) {
+      super.onmessage = fn && ((ev) => {
+        frames.push({ t: Date.now(), dir: '<', data: String(ev.data) });
+        return fn.call(this, ev);
+      });
+    }
+
+    get onerror() { return super.onerror; }
+
+    set onerror(fn) {
+      super.onerror = fn && ((ev) => {
+        frames.push({ t: Date.now(), dir: '<', data: `[close eventsource error ${ev && (ev.code || '')} ${ev && ev.message ? ev.message : ''}]` });
+        return fn.call(this, ev);
+      });
+    }
   };
 }
 
@@ -332,18 +460,23 @@ export function transportSetup(server, frames, sockets, transport = TRANSPORT) {
   if (transport === 'websocket') {
     return { endpoint: server.wsUrl, deps };
   }
-  if (!(transport in TRANSPORT_PATHS)) {
-    throw new Error(`unsupported TRANSPORT=${transport} (known: ${Object.keys(TRANSPORT_PATHS).join(', ')})`);
+  if (!KNOWN_TRANSPORTS.includes(transport)) {
+    throw new Error(`unsupported TRANSPORT=${transport} (known: ${KNOWN_TRANSPORTS.join(', ')})`);
   }
   deps.fetch = recordingFetch(frames);
   deps.readableStream = globalThis.ReadableStream;
-  if (transport === 'sse') {
-    if (typeof globalThis.EventSource === 'undefined') {
-      throw new Error('TRANSPORT=sse needs an EventSource implementation (none in this Node)');
-    }
-    deps.eventsource = globalThis.EventSource;
-  }
+  deps.eventsource = recordingEventSource(frames);
   deps.emulationEndpoint = `${server.url}/emulation`;
+  if (transport === 'fallback') {
+    return {
+      endpoint: [
+        { transport: 'websocket', endpoint: `ws://${server.addr}${REFUSING_WS_PATH}` },
+        { transport: 'http_stream', endpoint: server.url + TRANSPORT_PATHS.http_stream },
+        { transport: 'sse', endpoint: server.url + TRANSPORT_PATHS.sse },
+      ],
+      deps,
+    };
+  }
   return {
     endpoint: [{ transport, endpoint: server.url + TRANSPORT_PATHS[transport] }],
     deps,
@@ -643,7 +776,7 @@ export function compatTest(name, fn, { getServer = () => null, timeout = 15000, 
 export function parsedFrames(c, dir) {
   const out = [];
   for (const f of c.frames) {
-    if (f.dir !== dir || f.data.startsWith('[close')) continue;
+    if (f.dir !== dir || f.meta || f.data.startsWith('[close')) continue;
     for (const line of f.data.split('\n')) {
       if (!line.trim()) continue;
       try { out.push(JSON.parse(line)); } catch { out.push({ unparsable: line }); }
@@ -652,4 +785,4 @@ export function parsedFrames(c, dir) {
   return out;
 }
 
-export { Centrifuge, WebSocket };
+export { Centrifuge, WebSocket, EventSource };
