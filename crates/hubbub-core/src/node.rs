@@ -8,9 +8,9 @@ use crate::engine::{
     Broker, BrokerEvents, EngineError, HistoryOptions, HistoryPage, HistoryQuery, PresenceStats,
     PresenceStore,
 };
+use crate::hooks::{ChannelHooks, UserEvents};
 use crate::hub::Hub;
 use crate::outbox::Control;
-use crate::hooks::{ChannelHooks, UserEvents};
 use crate::rpc::RpcRegistry;
 use hubbub_protocol::codes::*;
 use hubbub_protocol::{ClientInfo, Disconnect, Json, ProtocolError, Publication, StreamPosition};

@@ -24,6 +24,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub client: ClientConfig,
     pub http: HttpConfig,
+    pub chat: hubbub_chat::ChatConfig,
     /// Channel namespaces; the one named "" is the default namespace.
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -38,6 +39,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             client: ClientConfig::default(),
             http: HttpConfig::default(),
+            chat: hubbub_chat::ChatConfig::default(),
             namespaces: vec![NamespaceConfig::default()],
         }
     }

@@ -7,8 +7,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+/// The server's routes plus the application's (`app`), all behind the origin check.
+pub fn router(state: Arc<AppState>, app: Router) -> Router {
+    let core = Router::new()
         .route("/", get(index))
         .route("/health", get(health))
         .route("/connection/websocket", get(websocket::bidirectional))
@@ -20,8 +21,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/emulation", post(emulation::handle))
         .route("/api/poll", get(poll::poll))
         .route("/api/{method}", post(api::handle))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), origin::guard))
-        .with_state(state)
+        .with_state(state.clone());
+    core.merge(app).layer(axum::middleware::from_fn_with_state(state, origin::guard))
 }
 
 async fn index() -> impl IntoResponse {

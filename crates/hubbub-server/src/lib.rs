@@ -23,7 +23,12 @@ use std::time::Duration;
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Shared by every request handler.
@@ -54,6 +59,19 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
     let addr = listener.local_addr()?;
 
+    // The chat's rooms live in their own namespace, unless the configuration defines it.
+    let mut namespaces = config.namespaces.clone();
+    if !namespaces.iter().any(|ns| ns.name == hubbub_chat::ROOM_NAMESPACE) {
+        namespaces.push(hubbub_chat::room_namespace());
+    }
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!("cannot create data_dir {} (config key `data_dir`)", config.data_dir.display())
+    })?;
+    let db = config.data_dir.join("hubbub.db");
+    let store = hubbub_store::sqlite::SqliteStore::open(&db)
+        .await
+        .with_context(|| format!("cannot open the database {}", db.display()))?;
+
     let mut rpc = RpcRegistry::new();
     rpc.register("echo", Echo);
     let broker = Arc::new(MemoryBroker::new());
@@ -61,7 +79,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         name: if config.node_name.is_empty() { addr.to_string() } else { config.node_name.clone() },
         version: env!("CARGO_PKG_VERSION").to_owned(),
         client: config.client.clone(),
-        namespaces: Namespaces::new(&config.namespaces).map_err(anyhow::Error::msg)?,
+        namespaces: Namespaces::new(&namespaces).map_err(anyhow::Error::msg)?,
         tokens: Tokens::new(&config.auth.token_secret),
         allow_anonymous: config.auth.allow_anonymous,
         broker: broker.clone(),
@@ -77,13 +95,16 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         }
     });
 
+    let chat = hubbub_chat::Chat::install(node.clone(), Arc::new(store), config.chat.clone());
+
     let grace = config.shutdown_grace;
     let state = Arc::new(AppState { node: node.clone(), config });
-    let app = http::router(state);
+    let app = http::router(state, hubbub_chat::rest::router(chat));
     println!("hubbub listening on http://{addr}");
     tracing::info!(%addr, node = %node.id, "serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|stop| *stop).await;

@@ -116,8 +116,7 @@ pub async fn poll(
     let engine = |e: EngineError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ProtocolError::from(e));
 
     let position_only = HistoryQuery { limit: Some(0), ..Default::default() };
-    let current =
-        node.read_stream(&channel, ns, position_only.clone()).await.map_err(engine)?.position;
+    let current = node.read_stream(&channel, ns, position_only.clone()).await.map_err(engine)?.position;
     let Some(since) = since else {
         return Ok(answer(Vec::new(), current));
     };
@@ -134,8 +133,7 @@ pub async fn poll(
             }
             Ok(_) => {}
             Err(EngineError::UnrecoverablePosition) => {
-                let current =
-                    node.read_stream(&channel, ns, position_only).await.map_err(engine)?.position;
+                let current = node.read_stream(&channel, ns, position_only).await.map_err(engine)?.position;
                 let body = json!({
                     "error": ProtocolError::from(ERROR_UNRECOVERABLE_POSITION),
                     "offset": current.offset,

@@ -1,0 +1,129 @@
+//! The chat application, built into the node rather than beside it: rooms are channels
+//! `room:{id}` whose stream is the room's durable event log (kept by [`ChatStore`]), each
+//! user has a personal channel `user#{id}` for notifications, and clients act through REST
+//! ([`rest`]) or RPC over their real-time connection ([`rpc`]).
+//!
+//! * [`accounts`]: sign-up, log-in, access and refresh tokens.
+//! * [`rooms`]: rooms, members, messages, receipts, typing, notifications, search.
+//! * [`stream`]: the `room` namespace's hooks (membership, durable history), ordered
+//!   publication of stored events, and presence.
+
+pub mod accounts;
+pub mod error;
+pub mod openapi;
+pub mod rest;
+pub mod rooms;
+pub mod rpc;
+pub mod stream;
+
+use hubbub_core::channel::NamespaceConfig;
+use hubbub_core::duration::serde_human;
+use hubbub_core::Node;
+use hubbub_store::ChatStore;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{ChatError, ChatResult};
+
+/// The `[chat]` configuration section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Lifetime of an access token (the connection JWT).
+    #[serde(with = "serde_human")]
+    pub access_token_ttl: Duration,
+    #[serde(with = "serde_human")]
+    pub refresh_token_ttl: Duration,
+    /// Longest message, in characters.
+    pub max_message_length: usize,
+    /// A user's typing events in one room are forwarded at most this often.
+    #[serde(with = "serde_human")]
+    pub typing_throttle: Duration,
+    /// Failed log-ins allowed per minute for one account, and for one address.
+    pub login_failures_per_account: usize,
+    pub login_failures_per_address: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_message_length: 4000,
+            typing_throttle: Duration::from_secs(2),
+            login_failures_per_account: 5,
+            login_failures_per_address: 20,
+        }
+    }
+}
+
+/// The namespace of room channels. History is 0 here because the room's stream is the
+/// store's event log, served through the hooks.
+pub fn room_namespace() -> NamespaceConfig {
+    NamespaceConfig {
+        name: ROOM_NAMESPACE.into(),
+        presence: true,
+        join_leave: false,
+        force_push_join_leave: false,
+        history_size: 0,
+        history_ttl: Duration::ZERO,
+        force_recovery: true,
+        force_positioning: true,
+        allow_publish_for_client: false,
+        allow_subscribe_for_client: true,
+        allow_presence_for_subscriber: true,
+        allow_history_for_subscriber: true,
+    }
+}
+
+pub const ROOM_NAMESPACE: &str = "room";
+
+pub fn room_channel(room: i64) -> String {
+    format!("{ROOM_NAMESPACE}:{room}")
+}
+
+pub fn user_channel(user: i64) -> String {
+    format!("user#{user}")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub struct Chat {
+    pub node: Arc<Node>,
+    pub store: Arc<dyn ChatStore>,
+    pub config: ChatConfig,
+    limiter: accounts::LoginLimiter,
+    publishers: stream::Publishers,
+    typing: rooms::TypingThrottle,
+}
+
+impl Chat {
+    /// Builds the chat and plugs it into the node: the `room` namespace's hooks, the chat's
+    /// RPC methods and presence events. The node must have the [`room_namespace`].
+    pub fn install(node: Arc<Node>, store: Arc<dyn ChatStore>, config: ChatConfig) -> Arc<Chat> {
+        let limiter = accounts::LoginLimiter::new(
+            Duration::from_secs(60),
+            config.login_failures_per_account,
+            config.login_failures_per_address,
+        );
+        let chat = Arc::new(Chat {
+            node: node.clone(),
+            store,
+            typing: rooms::TypingThrottle::new(config.typing_throttle),
+            config,
+            limiter,
+            publishers: stream::Publishers::default(),
+        });
+        node.register_channel_hooks(ROOM_NAMESPACE, Arc::new(stream::RoomHooks(Arc::downgrade(&chat))));
+        node.set_user_events(Arc::new(stream::Presence(Arc::downgrade(&chat))));
+        rpc::register(&node, &chat);
+        chat
+    }
+}

@@ -1,0 +1,391 @@
+//! The chat's REST API under `/api` (described by `/api/openapi.json`). Calls take
+//! `Authorization: Bearer <access token>`; every error is
+//! `{"error":{"code","message"}}` with the matching HTTP status.
+
+use crate::error::{ChatError, ChatResult};
+use crate::rpc::{page, MarkRequest};
+use crate::Chat;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use hubbub_store::User;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+type AppState = Arc<Chat>;
+
+/// The user of the request's access token.
+pub struct AuthUser(pub User);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ChatError;
+
+    async fn from_request_parts(parts: &mut Parts, chat: &AppState) -> Result<Self, ChatError> {
+        let header = parts.headers.get("authorization").and_then(|v| v.to_str().ok());
+        let token = header
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .ok_or_else(|| {
+                ChatError::unauthorized("log in first: Authorization: Bearer <access token> is missing")
+            })?;
+        Ok(AuthUser(chat.authenticate(token).await?))
+    }
+}
+
+/// The client's address, for log-in rate limiting.
+pub struct ClientAddr(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ChatError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ChatError> {
+        let addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        Ok(ClientAddr(addr.unwrap_or_else(|| "unknown".into())))
+    }
+}
+
+/// Decodes a JSON body with an error a person can read.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> ChatResult<T> {
+    let text = if bytes.iter().all(u8::is_ascii_whitespace) { &b"{}"[..] } else { &bytes[..] };
+    serde_json::from_slice(text)
+        .map_err(|e| ChatError::bad_request(format!("the request body is not valid: {e}")))
+}
+
+fn param<T: std::str::FromStr>(params: &HashMap<String, String>, key: &str) -> ChatResult<T> {
+    params
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ChatError::bad_request(format!("`{key}` in the path must be a number")))
+}
+
+fn query_number<T: std::str::FromStr>(query: &HashMap<String, String>, key: &str) -> ChatResult<Option<T>> {
+    match query.get(key).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => {
+            v.parse().map(Some).map_err(|_| ChatError::bad_request(format!("`{key}` must be a number")))
+        }
+    }
+}
+
+fn ok<T: serde::Serialize>(value: T) -> Response {
+    Json(value).into_response()
+}
+
+fn created<T: serde::Serialize>(value: T) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+#[derive(Deserialize)]
+struct NameBody {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct UsernameBody {
+    username: String,
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    text: String,
+    #[serde(default)]
+    client_msg_id: String,
+    #[serde(default)]
+    reply_to: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct TextBody {
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct EmojiBody {
+    emoji: String,
+}
+
+#[derive(Deserialize)]
+struct ReceiptBody {
+    #[serde(default)]
+    delivered_seq: Option<u64>,
+    #[serde(default)]
+    read_seq: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct IdsBody {
+    #[serde(default)]
+    ids: Vec<i64>,
+}
+
+async fn signup(State(chat): State<AppState>, raw: Bytes) -> ChatResult<Response> {
+    let c: Credentials = body(&raw)?;
+    Ok(created(chat.signup(c.username.trim(), &c.password).await?))
+}
+
+async fn login(
+    State(chat): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    raw: Bytes,
+) -> ChatResult<Response> {
+    let c: Credentials = body(&raw)?;
+    Ok(ok(chat.login(c.username.trim(), &c.password, &addr).await?))
+}
+
+async fn refresh(State(chat): State<AppState>, raw: Bytes) -> ChatResult<Response> {
+    let r: RefreshBody = body(&raw)?;
+    Ok(ok(chat.refresh(&r.refresh_token).await?))
+}
+
+async fn logout(State(chat): State<AppState>, raw: Bytes) -> ChatResult<Response> {
+    let r: RefreshBody = body(&raw)?;
+    chat.logout(&r.refresh_token).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn me(AuthUser(user): AuthUser) -> Response {
+    ok(user)
+}
+
+async fn list_rooms(State(chat): State<AppState>, AuthUser(user): AuthUser) -> ChatResult<Response> {
+    Ok(ok(chat.rooms(user.id).await?))
+}
+
+async fn create_room(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    raw: Bytes,
+) -> ChatResult<Response> {
+    let b: NameBody = body(&raw)?;
+    Ok(created(chat.create_room(&user, &b.name).await?))
+}
+
+async fn get_room(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(p): Path<HashMap<String, String>>,
+) -> ChatResult<Response> {
+    Ok(ok(chat.room_view(param(&p, "id")?, user.id).await?))
+}
+
+async fn rename_room(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(p): Path<HashMap<String, String>>,
+    raw: Bytes,
+) -> ChatResult<Response> {
+    let room = param(&p, "id")?;
+    let b: NameBody = body(&raw)?;
+    Ok(ok(chat.rename(&user, room, &b.name).await?))
+}
+
+async fn invite(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(p): Path<HashMap<String, String>>,
+    raw: Bytes,
+) -> ChatResult<Response> {
+    let room = param(&p, "id")?;
+    let b: UsernameBody = body(&raw)?;
+    Ok(ok(chat.invite(&user, room, &b.username).await?))
+}
+
+async fn leave(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(p): Path<HashMap<String, String>>,
+) -> ChatResult<Response> {
+    chat.leave(&user, param(&p, "id")?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn open_dm(State(chat): State<AppState>, AuthUser(user): AuthUser, raw: Bytes) -> ChatResult<Response> {
+    let b: UsernameBody = body(&raw)?;
+    Ok(ok(chat.open_dm(&user, &b.username).await?))
+}
+
+async fn list_messages(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(p): Path<HashMap<String, String>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ChatResult<Response> {
+    let page = page(query_number(&q, "before")?, query_number(&q, "after")?)?;
+    let limit = query_number(&q, "limit")?.unwrap_or(50);
+    Ok(ok(chat.messages(&user, param(&p, "id")?, page, limit).await?))
+}
+
+async fn send_message(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(p): Path<HashMap<String, String>>,
+    raw: Bytes,
+) -> ChatResult<Response> {
+    let room = param(&p, "id")?;
+    let b: SendBody = body(&raw)?;
+    Ok(created(chat.send(&user, room, &b.text, &b.client_msg_id, b.reply_to).await?))
+}
+
+async fn edit_message(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(p): Path<HashMap<String, String>>,
+    raw: Bytes,
+) -> ChatResult<Response> {
+    let (room, seq) = (param(&p, "id")?, param(&p, "seq")?);
+    let b: TextBody = body(&raw)?;
+    Ok(ok(chat.edit(&user, room, seq, &b.text).await?))
+}
+
+async fn delete_message(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(p): Path<HashMap<String, String>>,
+) -> ChatResult<Response> {
+    Ok(ok(chat.delete(&user, param(&p, "id")?, param(&p, "seq")?).await?))
+}
+
+async fn add_reaction(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(p): Path<HashMap<String, String>>,
+    raw: Bytes,
+) -> ChatResult<Response> {
+    let (room, seq) = (param(&p, "id")?, param(&p, "seq")?);
+    let b: EmojiBody = body(&raw)?;
+    Ok(ok(chat.react(&user, room, seq, &b.emoji, true).await?))
+}
+
+async fn remove_reaction(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(p): Path<HashMap<String, String>>,
+) -> ChatResult<Response> {
+    let emoji = p.get("emoji").cloned().unwrap_or_default();
+    Ok(ok(chat.react(&user, param(&p, "id")?, param(&p, "seq")?, &emoji, false).await?))
+}
+
+async fn receipts(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(p): Path<HashMap<String, String>>,
+    raw: Bytes,
+) -> ChatResult<Response> {
+    let room_id = param(&p, "id")?;
+    let b: ReceiptBody = body(&raw)?;
+    let r = MarkRequest { room_id, delivered_seq: b.delivered_seq, read_seq: b.read_seq };
+    Ok(ok(chat.mark(&user, r.room_id, r.delivered_seq, r.read_seq).await?))
+}
+
+async fn typing(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(p): Path<HashMap<String, String>>,
+) -> ChatResult<Response> {
+    chat.typing(&user, param(&p, "id")?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn notifications(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(q): Query<HashMap<String, String>>,
+) -> ChatResult<Response> {
+    Ok(ok(chat.notifications(&user, query_number(&q, "limit")?.unwrap_or(50)).await?))
+}
+
+async fn read_notifications(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    raw: Bytes,
+) -> ChatResult<Response> {
+    let b: IdsBody = body(&raw)?;
+    chat.read_notifications(&user, &b.ids).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn search(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(q): Query<HashMap<String, String>>,
+) -> ChatResult<Response> {
+    let text = q.get("q").cloned().unwrap_or_default();
+    Ok(ok(chat.search(&user, &text, query_number(&q, "limit")?.unwrap_or(20)).await?))
+}
+
+async fn openapi() -> Response {
+    ok(crate::openapi::document())
+}
+
+/// Every route of the chat's REST API, as (method, path): the OpenAPI test checks the
+/// document against this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/auth/signup"),
+    ("post", "/api/auth/login"),
+    ("post", "/api/auth/refresh"),
+    ("post", "/api/auth/logout"),
+    ("get", "/api/me"),
+    ("get", "/api/rooms"),
+    ("post", "/api/rooms"),
+    ("get", "/api/rooms/{id}"),
+    ("patch", "/api/rooms/{id}"),
+    ("post", "/api/rooms/{id}/members"),
+    ("delete", "/api/rooms/{id}/members/me"),
+    ("post", "/api/dms"),
+    ("get", "/api/rooms/{id}/messages"),
+    ("post", "/api/rooms/{id}/messages"),
+    ("patch", "/api/rooms/{id}/messages/{seq}"),
+    ("delete", "/api/rooms/{id}/messages/{seq}"),
+    ("post", "/api/rooms/{id}/messages/{seq}/reactions"),
+    ("delete", "/api/rooms/{id}/messages/{seq}/reactions/{emoji}"),
+    ("post", "/api/rooms/{id}/receipts"),
+    ("post", "/api/rooms/{id}/typing"),
+    ("get", "/api/notifications"),
+    ("post", "/api/notifications/read"),
+    ("get", "/api/search"),
+    ("get", "/api/openapi.json"),
+];
+
+pub fn router(chat: Arc<Chat>) -> Router {
+    Router::new()
+        .route("/api/auth/signup", post(signup))
+        .route("/api/auth/login", post(login))
+        .route("/api/auth/refresh", post(refresh))
+        .route("/api/auth/logout", post(logout))
+        .route("/api/me", get(me))
+        .route("/api/rooms", get(list_rooms).post(create_room))
+        .route("/api/rooms/{id}", get(get_room).patch(rename_room))
+        .route("/api/rooms/{id}/members", post(invite))
+        .route("/api/rooms/{id}/members/me", delete(leave))
+        .route("/api/dms", post(open_dm))
+        .route("/api/rooms/{id}/messages", get(list_messages).post(send_message))
+        .route("/api/rooms/{id}/messages/{seq}", axum::routing::patch(edit_message).delete(delete_message))
+        .route("/api/rooms/{id}/messages/{seq}/reactions", post(add_reaction))
+        .route("/api/rooms/{id}/messages/{seq}/reactions/{emoji}", delete(remove_reaction))
+        .route("/api/rooms/{id}/receipts", post(receipts))
+        .route("/api/rooms/{id}/typing", post(typing))
+        .route("/api/notifications", get(notifications))
+        .route("/api/notifications/read", post(read_notifications))
+        .route("/api/search", get(search))
+        .route("/api/openapi.json", get(openapi))
+        .with_state(chat)
+}

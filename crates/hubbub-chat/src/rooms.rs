@@ -1,0 +1,454 @@
+//! Rooms, members, messages, receipts, typing, notifications and search: the chat's rules,
+//! shared by the REST API and the RPC methods.
+
+use crate::error::{ChatError, ChatResult, Kind};
+use crate::{now_millis, room_channel, user_channel, Chat};
+use hubbub_store::{
+    Appended, Member, Message, NewMessage, Notification, Page, Role, Room, RoomId, RoomKind, SearchHit, User,
+    UserId,
+};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Longest room name, in characters.
+const MAX_ROOM_NAME: usize = 80;
+const MAX_CLIENT_MSG_ID: usize = 64;
+const MAX_EMOJI: usize = 16;
+
+/// At most one typing event per user and room per interval.
+pub struct TypingThrottle {
+    every: Duration,
+    last: Mutex<HashMap<(RoomId, UserId), Instant>>,
+}
+
+impl TypingThrottle {
+    pub fn new(every: Duration) -> Self {
+        TypingThrottle { every, last: Mutex::new(HashMap::new()) }
+    }
+
+    fn allow(&self, room: RoomId, user: UserId) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if last.len() > 10_000 {
+            let every = self.every;
+            last.retain(|_, t| now.duration_since(*t) < every);
+        }
+        match last.get(&(room, user)) {
+            Some(t) if now.duration_since(*t) < self.every => false,
+            _ => {
+                last.insert((room, user), now);
+                true
+            }
+        }
+    }
+}
+
+/// A member as the room list shows them.
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    pub id: UserId,
+    pub username: String,
+    pub role: Role,
+    pub online: bool,
+    pub last_seen: Option<i64>,
+    pub delivered_seq: u64,
+    pub read_seq: u64,
+}
+
+/// A room as the room list shows it.
+#[derive(Debug, Serialize)]
+pub struct RoomView {
+    pub id: RoomId,
+    pub kind: RoomKind,
+    pub name: String,
+    pub channel: String,
+    pub last_seq: u64,
+    pub role: Role,
+    pub last_message: Option<Message>,
+    pub unread: u64,
+    pub members: Vec<MemberView>,
+}
+
+/// The delivered and read markers of one member.
+#[derive(Debug, Serialize)]
+pub struct Markers {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub delivered_seq: u64,
+    pub read_seq: u64,
+}
+
+fn validate_room_name(name: &str) -> ChatResult<String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(ChatError::bad_request("the room needs a name"));
+    }
+    if name.chars().count() > MAX_ROOM_NAME {
+        return Err(ChatError::bad_request(format!("room names are at most {MAX_ROOM_NAME} characters")));
+    }
+    Ok(name.to_owned())
+}
+
+/// `@name` mentions in a text.
+fn mentions(text: &str) -> Vec<&str> {
+    text.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':' | '!' | '?' | '(' | ')'))
+        .filter_map(|w| w.strip_prefix('@'))
+        .map(|w| w.trim_end_matches('.'))
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+impl Chat {
+    fn member_view(&self, m: &Member) -> MemberView {
+        MemberView {
+            id: m.user.id,
+            username: m.user.username.clone(),
+            role: m.role,
+            online: self.node.hub.is_online(&m.user.id.to_string()),
+            last_seen: m.user.last_seen,
+            delivered_seq: m.delivered_seq,
+            read_seq: m.read_seq,
+        }
+    }
+
+    pub async fn require_member(&self, room: RoomId, user: UserId) -> ChatResult<Role> {
+        if self.store.room(room).await?.is_none() {
+            return Err(ChatError::not_found("no such room"));
+        }
+        self.store.role(room, user).await?.ok_or_else(ChatError::not_member)
+    }
+
+    async fn require_admin(&self, room: RoomId, user: UserId) -> ChatResult<Room> {
+        let role = self.require_member(room, user).await?;
+        let room = self.store.room(room).await?.ok_or_else(|| ChatError::not_found("no such room"))?;
+        if room.kind == RoomKind::Dm {
+            return Err(ChatError::bad_request("direct conversations have exactly two members"));
+        }
+        if role < Role::Admin {
+            return Err(ChatError::forbidden("only the room's owner and admins can do this"));
+        }
+        Ok(room)
+    }
+
+    pub async fn room_view(&self, room: RoomId, user: UserId) -> ChatResult<RoomView> {
+        self.require_member(room, user).await?;
+        let rooms = self.rooms(user).await?;
+        rooms.into_iter().find(|r| r.id == room).ok_or_else(ChatError::not_member)
+    }
+
+    pub async fn rooms(&self, user: UserId) -> ChatResult<Vec<RoomView>> {
+        let summaries = self.store.rooms_of(user).await?;
+        Ok(summaries
+            .into_iter()
+            .map(|s| RoomView {
+                id: s.room.id,
+                kind: s.room.kind,
+                name: s.room.name.clone(),
+                channel: room_channel(s.room.id),
+                last_seq: s.room.last_seq,
+                role: s.role,
+                last_message: s.last_message,
+                unread: s.unread,
+                members: s.members.iter().map(|m| self.member_view(m)).collect(),
+            })
+            .collect())
+    }
+
+    pub async fn create_room(&self, owner: &User, name: &str) -> ChatResult<RoomView> {
+        let name = validate_room_name(name)?;
+        let room = self.store.create_group(&name, owner.id).await?;
+        self.room_view(room.id, owner.id).await
+    }
+
+    pub async fn open_dm(&self, user: &User, username: &str) -> ChatResult<RoomView> {
+        let other = self
+            .store
+            .user_by_name(username.trim())
+            .await?
+            .ok_or_else(|| ChatError::not_found(format!("there is no user named {}", username.trim())))?;
+        if other.id == user.id {
+            return Err(ChatError::bad_request("a direct conversation needs another person"));
+        }
+        let room = self.store.dm(user.id, other.id).await?;
+        self.room_view(room.id, user.id).await
+    }
+
+    pub async fn invite(&self, by: &User, room: RoomId, username: &str) -> ChatResult<RoomView> {
+        let r = self.require_admin(room, by.id).await?;
+        let invitee = self
+            .store
+            .user_by_name(username.trim())
+            .await?
+            .ok_or_else(|| ChatError::not_found(format!("there is no user named {}", username.trim())))?;
+        self.prepare_publisher(room).await?;
+        if self.store.add_member(room, invitee.id, Role::Member).await?.is_some() {
+            self.publish_stored(room).await;
+            let payload = serde_json::json!({ "room_name": r.name, "by": by.username });
+            self.notify(invitee.id, "invite", Some(room), None, payload).await;
+        }
+        self.room_view(room, by.id).await
+    }
+
+    pub async fn leave(&self, user: &User, room: RoomId) -> ChatResult<()> {
+        let role = self.require_member(room, user.id).await?;
+        let r = self.store.room(room).await?.ok_or_else(|| ChatError::not_found("no such room"))?;
+        if r.kind == RoomKind::Dm {
+            return Err(ChatError::bad_request("you cannot leave a direct conversation"));
+        }
+        if role == Role::Owner {
+            let others = self.store.members(room).await?.into_iter().filter(|m| m.user.id != user.id).count();
+            if others > 0 {
+                return Err(ChatError::bad_request("the owner can leave only as the last member"));
+            }
+        }
+        self.prepare_publisher(room).await?;
+        self.store.remove_member(room, user.id).await?;
+        self.publish_stored(room).await;
+        // Their subscriptions to the room end now, on every device.
+        let _ = self.node.unsubscribe_user(&user.id.to_string(), &room_channel(room), None);
+        Ok(())
+    }
+
+    pub async fn rename(&self, by: &User, room: RoomId, name: &str) -> ChatResult<RoomView> {
+        self.require_admin(room, by.id).await?;
+        let name = validate_room_name(name)?;
+        self.prepare_publisher(room).await?;
+        self.store.rename_room(room, &name).await?;
+        self.publish_stored(room).await;
+        self.room_view(room, by.id).await
+    }
+
+    fn validate_text(&self, text: &str) -> ChatResult<String> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err(ChatError::bad_request("the message is empty"));
+        }
+        let n = trimmed.chars().count();
+        if n > self.config.max_message_length {
+            return Err(ChatError::new(
+                Kind::TooLarge,
+                format!(
+                    "the message is too long: {n} characters, at most {} allowed",
+                    self.config.max_message_length
+                ),
+            ));
+        }
+        Ok(trimmed.to_owned())
+    }
+
+    /// Stores a message and publishes it. Acknowledged (returns) only once stored durably;
+    /// the same `client_msg_id` from the same sender returns the original message.
+    pub async fn send(
+        &self,
+        sender: &User,
+        room: RoomId,
+        text: &str,
+        client_msg_id: &str,
+        reply_to: Option<u64>,
+    ) -> ChatResult<Message> {
+        let text = self.validate_text(text)?;
+        let client_msg_id = client_msg_id.trim();
+        if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
+            return Err(ChatError::bad_request(format!(
+                "client_msg_id is required (1 to {MAX_CLIENT_MSG_ID} characters): it makes retries safe"
+            )));
+        }
+        self.require_member(room, sender.id).await?;
+        if let Some(seq) = reply_to {
+            if self.store.message(room, seq).await?.is_none() {
+                return Err(ChatError::bad_request(format!(
+                    "the message replied to (seq {seq}) is not in this room"
+                )));
+            }
+        }
+        self.prepare_publisher(room).await?;
+        let appended = self
+            .store
+            .append_message(NewMessage {
+                room_id: room,
+                sender_id: sender.id,
+                text,
+                client_msg_id: client_msg_id.to_owned(),
+                reply_to,
+            })
+            .await?;
+        match appended {
+            Appended::Duplicate(original) => Ok(original),
+            Appended::New { message, .. } => {
+                self.publish_stored(room).await;
+                self.after_send(sender, &message).await;
+                Ok(message)
+            }
+        }
+    }
+
+    /// Notices for the other members: a new-message notice (with their unread count) on
+    /// their personal channel, and a stored notification for each @mention.
+    async fn after_send(&self, sender: &User, message: &Message) {
+        let members = match self.store.members(message.room_id).await {
+            Ok(m) => m,
+            Err(e) => return tracing::warn!(error = %e, "notices not sent"),
+        };
+        let mentioned: Vec<String> = mentions(&message.text).into_iter().map(str::to_lowercase).collect();
+        let preview: String = message.text.chars().take(140).collect();
+        for m in members.iter().filter(|m| m.user.id != sender.id) {
+            let unread = self.store.unread(message.room_id, m.user.id).await.unwrap_or(0);
+            let notice = serde_json::json!({
+                "type": "message", "room_id": message.room_id, "seq": message.seq,
+                "from": sender.username, "preview": preview, "unread": unread,
+            });
+            self.publish_ephemeral(&user_channel(m.user.id), notice).await;
+            if mentioned.contains(&m.user.username.to_lowercase()) {
+                let payload = serde_json::json!({ "from": sender.username, "preview": preview });
+                self.notify(m.user.id, "mention", Some(message.room_id), Some(message.seq), payload).await;
+            }
+        }
+    }
+
+    /// Stores a notification and pushes it on the user's channel.
+    async fn notify(
+        &self,
+        user: UserId,
+        kind: &str,
+        room: Option<RoomId>,
+        seq: Option<u64>,
+        payload: serde_json::Value,
+    ) {
+        match self.store.add_notification(user, kind, room, seq, &payload).await {
+            Ok(n) => {
+                let event = serde_json::json!({ "type": "notification", "notification": n });
+                self.publish_ephemeral(&user_channel(user), event).await;
+            }
+            Err(e) => tracing::warn!(user, error = %e, "notification not stored"),
+        }
+    }
+
+    pub async fn edit(&self, user: &User, room: RoomId, seq: u64, text: &str) -> ChatResult<Message> {
+        let text = self.validate_text(text)?;
+        self.require_member(room, user.id).await?;
+        self.prepare_publisher(room).await?;
+        let (message, _) = self.store.edit_message(room, seq, user.id, &text).await?;
+        self.publish_stored(room).await;
+        Ok(message)
+    }
+
+    pub async fn delete(&self, user: &User, room: RoomId, seq: u64) -> ChatResult<Message> {
+        self.require_member(room, user.id).await?;
+        self.prepare_publisher(room).await?;
+        let (message, _) = self.store.delete_message(room, seq, user.id).await?;
+        self.publish_stored(room).await;
+        Ok(message)
+    }
+
+    pub async fn react(
+        &self,
+        user: &User,
+        room: RoomId,
+        seq: u64,
+        emoji: &str,
+        add: bool,
+    ) -> ChatResult<Message> {
+        let emoji = emoji.trim();
+        if emoji.is_empty() || emoji.chars().count() > MAX_EMOJI {
+            return Err(ChatError::bad_request("a reaction is one emoji (or a short text)"));
+        }
+        self.require_member(room, user.id).await?;
+        self.prepare_publisher(room).await?;
+        let (message, _) = self.store.react(room, seq, user.id, emoji, add).await?;
+        self.publish_stored(room).await;
+        Ok(message)
+    }
+
+    pub async fn messages(
+        &self,
+        user: &User,
+        room: RoomId,
+        page: Page,
+        limit: u32,
+    ) -> ChatResult<Vec<Message>> {
+        self.require_member(room, user.id).await?;
+        Ok(self.store.messages(room, page, limit.clamp(1, 200)).await?)
+    }
+
+    /// Moves the user's delivered/read markers forward (never back) and tells the room, and
+    /// the user's other devices, where they are.
+    pub async fn mark(
+        &self,
+        user: &User,
+        room: RoomId,
+        delivered: Option<u64>,
+        read: Option<u64>,
+    ) -> ChatResult<Markers> {
+        if delivered.is_none() && read.is_none() {
+            return Err(ChatError::bad_request("give delivered_seq, read_seq or both"));
+        }
+        self.require_member(room, user.id).await?;
+        let (delivered_seq, read_seq) = self.store.mark(room, user.id, delivered, read).await?;
+        let markers = Markers { room_id: room, user_id: user.id, delivered_seq, read_seq };
+        let receipt = serde_json::json!({
+            "type": "receipt", "user_id": user.id, "delivered_seq": delivered_seq, "read_seq": read_seq,
+        });
+        self.publish_ephemeral(&room_channel(room), receipt).await;
+        if read.is_some() {
+            let unread = self.store.unread(room, user.id).await?;
+            let event = serde_json::json!({ "type": "unread", "room_id": room, "unread": unread });
+            self.publish_ephemeral(&user_channel(user.id), event).await;
+        }
+        Ok(markers)
+    }
+
+    /// Forwards a typing event (never stored, throttled); clients drop it after
+    /// `expires_ms` unless another arrives.
+    pub async fn typing(&self, user: &User, room: RoomId) -> ChatResult<()> {
+        self.require_member(room, user.id).await?;
+        if self.typing.allow(room, user.id) {
+            let event = serde_json::json!({
+                "type": "typing", "user_id": user.id, "username": user.username, "expires_ms": 5000,
+                "at": now_millis(),
+            });
+            self.publish_ephemeral(&room_channel(room), event).await;
+        }
+        Ok(())
+    }
+
+    pub async fn notifications(&self, user: &User, limit: u32) -> ChatResult<Vec<Notification>> {
+        Ok(self.store.notifications(user.id, limit.clamp(1, 200)).await?)
+    }
+
+    pub async fn read_notifications(&self, user: &User, ids: &[i64]) -> ChatResult<()> {
+        Ok(self.store.read_notifications(user.id, ids).await?)
+    }
+
+    pub async fn search(&self, user: &User, query: &str, limit: u32) -> ChatResult<Vec<SearchHit>> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Err(ChatError::bad_request("say what to search for"));
+        }
+        if query.chars().count() > 200 {
+            return Err(ChatError::bad_request("the search is longer than 200 characters"));
+        }
+        Ok(self.store.search(user.id, query, limit.clamp(1, 100)).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_mentions() {
+        assert_eq!(mentions("hi @bob, and @Carol. see @dave!"), vec!["bob", "Carol", "dave"]);
+        assert!(mentions("mail me at a@b.c").is_empty());
+    }
+
+    #[test]
+    fn throttles_typing_per_user_and_room() {
+        let t = TypingThrottle::new(Duration::from_secs(60));
+        assert!(t.allow(1, 1));
+        assert!(!t.allow(1, 1));
+        assert!(t.allow(1, 2));
+        assert!(t.allow(2, 1));
+    }
+}

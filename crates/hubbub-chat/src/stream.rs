@@ -1,0 +1,190 @@
+//! Where the chat meets the real-time core: the `room` namespace's hooks (only members
+//! subscribe; history and recovery come from the store's event log), the ordered
+//! publication of stored events, and presence (online / offline / last seen).
+
+use crate::{now_millis, room_channel, Chat, ROOM_NAMESPACE};
+use async_trait::async_trait;
+use hubbub_core::engine::{EngineError, HistoryPage, HistoryQuery};
+use hubbub_core::hooks::{ChannelHooks, UserEvents};
+use hubbub_protocol::codes::{ERROR_PERMISSION_DENIED, ERROR_UNKNOWN_CHANNEL};
+use hubbub_protocol::{json_from_str, ProtocolError, Publication, StreamPosition};
+use hubbub_store::{RoomId, StoredEvent, UserId};
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use tokio::sync::Mutex;
+
+/// Most events replayed by one history read.
+const MAX_REPLAY: u32 = 10_000;
+
+fn parse_room(channel: &str) -> Option<RoomId> {
+    channel.strip_prefix(ROOM_NAMESPACE)?.strip_prefix(':')?.parse().ok()
+}
+
+fn publication(event: &StoredEvent) -> Result<Publication, EngineError> {
+    let data =
+        json_from_str(&event.json).map_err(|e| EngineError::Unavailable(format!("stored event: {e}")))?;
+    Ok(Publication { data, info: None, offset: event.seq, tags: None })
+}
+
+/// The `room` namespace's hooks. Holds the chat weakly: the chat owns the node, which
+/// owns the hooks.
+pub struct RoomHooks(pub Weak<Chat>);
+
+#[async_trait]
+impl ChannelHooks for RoomHooks {
+    async fn authorize_subscribe(&self, user: &str, channel: &str) -> Result<(), ProtocolError> {
+        let chat = self.0.upgrade().ok_or_else(|| ProtocolError::from(ERROR_PERMISSION_DENIED))?;
+        let (Some(room), Ok(user)) = (parse_room(channel), user.parse::<UserId>()) else {
+            return Err(ERROR_UNKNOWN_CHANNEL.into());
+        };
+        match chat.store.role(room, user).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(ERROR_PERMISSION_DENIED.into()),
+            Err(e) => Err(crate::ChatError::from(e).into()),
+        }
+    }
+
+    async fn history(&self, channel: &str, query: HistoryQuery) -> Result<HistoryPage, EngineError> {
+        let chat = self.0.upgrade().ok_or_else(|| EngineError::Unavailable("chat stopped".into()))?;
+        let room_id = parse_room(channel).ok_or(EngineError::UnrecoverablePosition)?;
+        let unavailable = |e: hubbub_store::StoreError| EngineError::Unavailable(e.to_string());
+        let room =
+            chat.store.room(room_id).await.map_err(unavailable)?.ok_or(EngineError::UnrecoverablePosition)?;
+        let position = StreamPosition { offset: room.last_seq, epoch: room.epoch.clone() };
+        let after = match &query.since {
+            Some(since) if since.epoch != room.epoch || since.offset > room.last_seq => {
+                return Err(EngineError::UnrecoverablePosition)
+            }
+            Some(since) => since.offset,
+            None => 0,
+        };
+        let limit = query.limit.map_or(MAX_REPLAY, |l| (l as u32).min(MAX_REPLAY));
+        if limit == 0 {
+            return Ok(HistoryPage { publications: Vec::new(), position });
+        }
+        let events = if query.reverse && query.since.is_none() {
+            let from = room.last_seq.saturating_sub(limit as u64);
+            let mut e = chat.store.events_after(room_id, from, limit).await.map_err(unavailable)?;
+            e.reverse();
+            e
+        } else {
+            let mut e = chat.store.events_after(room_id, after, limit).await.map_err(unavailable)?;
+            if query.reverse {
+                e.reverse();
+            }
+            e
+        };
+        let publications = events.iter().map(publication).collect::<Result<_, _>>()?;
+        Ok(HistoryPage { publications, position })
+    }
+}
+
+/// Per room, the seq of the last event published. Stored events are published by reading
+/// the log after that seq, under the room's lock, so every subscriber sees the room's events
+/// in seq order, with no gap, however commits and publishers interleave.
+#[derive(Default)]
+pub struct Publishers {
+    rooms: Mutex<HashMap<RoomId, Arc<Mutex<u64>>>>,
+}
+
+impl Chat {
+    /// Makes sure the room's publisher exists *before* an event is stored, so that its
+    /// starting point is below every event stored after.
+    pub(crate) async fn prepare_publisher(&self, room: RoomId) -> crate::ChatResult<()> {
+        let mut rooms = self.publishers.rooms.lock().await;
+        if let std::collections::hash_map::Entry::Vacant(entry) = rooms.entry(room) {
+            let last = self.store.room(room).await?.map_or(0, |r| r.last_seq);
+            entry.insert(Arc::new(Mutex::new(last)));
+        }
+        Ok(())
+    }
+
+    /// Publishes the room's stored events that are not published yet, in order.
+    pub(crate) async fn publish_stored(&self, room: RoomId) {
+        let Some(publisher) = self.publishers.rooms.lock().await.get(&room).cloned() else {
+            tracing::error!(room, "publish without a prepared publisher");
+            return;
+        };
+        let mut last = publisher.lock().await;
+        let events = match self.store.events_after(room, *last, MAX_REPLAY).await {
+            Ok(e) => e,
+            Err(e) => {
+                // Subscribers recover the events from the log when they resubscribe.
+                tracing::error!(room, error = %e, "could not read events to publish");
+                return;
+            }
+        };
+        let channel = room_channel(room);
+        for event in events {
+            match json_from_str(&event.json) {
+                Ok(data) => {
+                    if let Err(e) = self.node.publish_with_offset(&channel, data, event.seq).await {
+                        tracing::error!(room, seq = event.seq, error = %e, "publish failed");
+                    }
+                }
+                Err(e) => tracing::error!(room, seq = event.seq, error = %e, "stored event is not JSON"),
+            }
+            *last = event.seq;
+        }
+    }
+
+    /// Publishes an ephemeral event (typing, receipts, presence): not stored, no offset.
+    pub(crate) async fn publish_ephemeral(&self, channel: &str, event: serde_json::Value) {
+        let Ok(data) = json_from_str(&event.to_string()) else { return };
+        if let Err(e) = self.node.publish_with_offset(channel, data, 0).await {
+            tracing::warn!(%channel, error = %e, "ephemeral event not published");
+        }
+    }
+
+    /// Tells everyone who shares a room with `user` that they came online or went offline.
+    async fn announce_presence(&self, user: UserId, online: bool) {
+        let now = now_millis();
+        if !online {
+            if let Err(e) = self.store.set_last_seen(user, now).await {
+                tracing::warn!(user, error = %e, "last seen not stored");
+            }
+        }
+        let rooms = match self.store.rooms_of(user).await {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!(user, error = %e, "presence not announced"),
+        };
+        let event = serde_json::json!({
+            "type": "presence", "user_id": user, "online": online, "last_seen": now,
+        });
+        for summary in rooms {
+            self.publish_ephemeral(&room_channel(summary.room.id), event.clone()).await;
+        }
+    }
+}
+
+/// Presence: online while any connection of the user is open.
+pub struct Presence(pub Weak<Chat>);
+
+impl Presence {
+    fn announce(&self, user: &str, online: bool) {
+        let (Some(chat), Ok(id)) = (self.0.upgrade(), user.parse::<UserId>()) else { return };
+        tokio::spawn(async move { chat.announce_presence(id, online).await });
+    }
+}
+
+impl UserEvents for Presence {
+    fn online(&self, user: &str) {
+        self.announce(user, true);
+    }
+    fn offline(&self, user: &str) {
+        self.announce(user, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_room;
+
+    #[test]
+    fn room_channels() {
+        assert_eq!(parse_room("room:42"), Some(42));
+        assert_eq!(parse_room("room:x"), None);
+        assert_eq!(parse_room("roomy:1"), None);
+        assert_eq!(parse_room("news"), None);
+    }
+}

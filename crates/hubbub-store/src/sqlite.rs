@@ -1,0 +1,1419 @@
+//! SQLite implementation of [`ChatStore`]: one file in the data dir, WAL, migrations applied
+//! at open.
+//!
+//! # Connections
+//!
+//! * **Writer**: a pool of exactly one connection. Every write runs on it, in a
+//!   `BEGIN IMMEDIATE` transaction, so writers queue (fairly) in the pool instead of spinning
+//!   on `SQLITE_BUSY`, and a read-then-write transaction (`dm`, `rotate_refresh`, seq
+//!   assignment) can never be interleaved with another writer. SQLite has one writer at a
+//!   time anyway, so nothing is lost.
+//! * **Readers**: a small read-only pool. With WAL, readers never block the writer nor each
+//!   other, and see every transaction committed before they start.
+//!
+//! # Durability and group commit
+//!
+//! `synchronous = FULL`: with WAL, `NORMAL` only syncs the WAL at checkpoints, so the last
+//! commits can be lost on power failure (they survive a process crash). A message is
+//! acknowledged to its sender as stored, so its commit must be on disk first: `FULL` syncs the
+//! WAL at every commit. What makes this affordable is group commit: [`ChatStore::append_message`]
+//! does not write itself but hands the message to a single writer task, which takes everything
+//! queued (up to [`MAX_BATCH`]), stores all of it in one transaction (one savepoint per
+//! message, so a bad one does not fail the others), commits once (one fsync), and only then
+//! answers every caller.
+//!
+//! # Event stream
+//!
+//! Every change to a room takes `rooms.last_seq + 1` as its seq and inserts its event in the
+//! same transaction, so a room's stream is contiguous, never reused, and durable with the
+//! change itself.
+//!
+//! # Choices the trait leaves open
+//!
+//! * A room starts with `last_seq == 0`: creating it (group or DM, with its first members)
+//!   appends no event; later membership changes do.
+//! * A member who joins starts with both markers at the join event's seq: earlier history is
+//!   not unread for them.
+//! * `RoomSummary::last_message` is the room's latest message, a tombstone included (marked
+//!   `deleted`, empty text): the room list then agrees with the history view.
+//! * `append_message` requires the room to exist (`NotFound`) and the sender to be a member
+//!   (`Forbidden`); `reply_to` must name a message of the room (`NotFound`). An empty
+//!   `client_msg_id` means "no deduplication".
+//! * `delete_message` is allowed to the sender and to the room's admins and owner.
+//! * `react`: `Forbidden` for a non-member; adding a reaction already there is `Conflict` and
+//!   removing one that is not there is `NotFound` (no change, so no event).
+//! * Membership changes and renames of a DM are `Forbidden`.
+//! * `unread` and `mark` are `NotFound` for a non-member.
+//! * `search` returns the newest matches first; every word of the query must match, the last
+//!   one as a prefix.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sqlx::error::ErrorKind;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    Appended, ChatStore, Member, Message, Millis, NewMessage, Notification, Page, Reaction, RefreshOutcome,
+    Role, Room, RoomEvent, RoomId, RoomKind, RoomSummary, SearchHit, StoreError, StoreResult, StoredEvent,
+    User, UserAuth, UserId,
+};
+
+/// Most appends stored by one group commit.
+pub const MAX_BATCH: usize = 256;
+/// Appends that may wait for the writer task before senders wait to enqueue.
+const QUEUE: usize = 4096;
+/// How long a connection waits for another process's lock before `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const READERS: u32 = 4;
+/// Most words of a search query that are used.
+const MAX_SEARCH_TERMS: usize = 16;
+
+/// The schema, as an ordered list of scripts. Script `i` brings the schema to version `i + 1`.
+/// NEVER edit a script once released (the checksum recorded at apply time is verified at every
+/// open): append a new one instead.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    r#"
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_seen INTEGER
+);
+
+CREATE TABLE refresh_tokens (
+    hash TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    family TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    used_at INTEGER,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX refresh_tokens_family ON refresh_tokens(family);
+CREATE INDEX refresh_tokens_user ON refresh_tokens(user_id);
+
+CREATE TABLE rooms (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('group', 'dm')),
+    name TEXT NOT NULL,
+    -- "{min user id}:{max user id}" for a DM, NULL for a group.
+    dm_key TEXT UNIQUE,
+    epoch TEXT NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    CHECK ((kind = 'dm') = (dm_key IS NOT NULL))
+);
+
+CREATE TABLE members (
+    room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    role TEXT NOT NULL CHECK (role IN ('member', 'admin', 'owner')),
+    delivered_seq INTEGER NOT NULL DEFAULT 0,
+    read_seq INTEGER NOT NULL DEFAULT 0,
+    joined_at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
+CREATE INDEX members_user ON members(user_id);
+
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    sender_id INTEGER NOT NULL REFERENCES users(id),
+    text TEXT NOT NULL,
+    -- NULL when the client gave none (no deduplication).
+    client_msg_id TEXT,
+    reply_to INTEGER,
+    created_at INTEGER NOT NULL,
+    edited_at INTEGER,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (room_id, seq),
+    UNIQUE (sender_id, client_msg_id)
+);
+
+CREATE TABLE reactions (
+    id INTEGER PRIMARY KEY,
+    room_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    emoji TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (room_id, seq, emoji, user_id),
+    FOREIGN KEY (room_id, seq) REFERENCES messages(room_id, seq) ON DELETE CASCADE
+);
+
+CREATE TABLE events (
+    room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, seq)
+);
+
+CREATE TABLE notifications (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    room_id INTEGER REFERENCES rooms(id) ON DELETE SET NULL,
+    seq INTEGER,
+    payload TEXT NOT NULL,
+    read INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX notifications_user ON notifications(user_id, id);
+
+-- Full-text index over the text of messages (external content: the text is stored once, in
+-- `messages`), mirroring it exactly through the triggers. A tombstone's text is empty, so it
+-- has no token and matches nothing.
+CREATE VIRTUAL TABLE messages_fts USING fts5(
+    text,
+    content = 'messages',
+    content_rowid = 'id',
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts(rowid, text) VALUES (new.id, new.text);
+END;
+
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF text ON messages BEGIN
+    INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    INSERT INTO messages_fts(rowid, text) VALUES (new.id, new.text);
+END;
+"#,
+];
+
+/// The columns of a [`Message`] (without reactions), for [`message_from_row`].
+macro_rules! message_sql {
+    ($tail:literal) => {
+        concat!(
+            "SELECT m.room_id, m.seq, m.sender_id, u.username, m.text, m.client_msg_id, m.reply_to, \
+             m.created_at, m.edited_at, m.deleted \
+             FROM messages m JOIN users u ON u.id = m.sender_id ",
+            $tail
+        )
+    };
+}
+
+/// The columns of a [`Member`], for [`member_from_row`].
+macro_rules! member_sql {
+    ($tail:literal) => {
+        concat!(
+            "SELECT mm.room_id, u.id, u.username, u.created_at, u.last_seen, mm.role, mm.delivered_seq, \
+             mm.read_seq, mm.joined_at \
+             FROM members mm JOIN users u ON u.id = mm.user_id ",
+            $tail
+        )
+    };
+}
+
+const ROOM_SQL: &str = "SELECT id, kind, name, epoch, last_seq, created_at FROM rooms WHERE id = ?";
+macro_rules! user_sql {
+    ($tail:literal) => {
+        concat!("SELECT id, username, created_at, last_seen, password_hash FROM users ", $tail)
+    };
+}
+
+/// The SQLite [`ChatStore`]. Cheap to clone (all clones share the database and writer task).
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+    appends: mpsc::Sender<AppendRequest>,
+    commits: Arc<AtomicU64>,
+}
+
+struct AppendRequest {
+    message: NewMessage,
+    reply: oneshot::Sender<StoreResult<Appended>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its parent directory if needed) the database at `path` and
+    /// applies pending migrations. Must be called within a Tokio runtime (it spawns the writer
+    /// task, which ends when the last clone of the store is dropped).
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let dir = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || std::fs::create_dir_all(dir))
+                .await
+                .map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))?
+                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        }
+        let base = SqliteConnectOptions::new().filename(path).foreign_keys(true).busy_timeout(BUSY_TIMEOUT);
+        let writer_options = base
+            .clone()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            // Kept open for the life of the store: no reconnect in the middle of the traffic.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .connect_with(writer_options)
+            .await?;
+        migrate(&writer).await?;
+        // Opened after the writer: the file exists and is in WAL mode (persistent).
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .test_before_acquire(false)
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(Self::start(writer, readers))
+    }
+
+    /// A private in-memory database (for tests): one connection serves reads and writes.
+    pub async fn open_in_memory() -> StoreResult<SqliteStore> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            // The database lives as long as its connection.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await?;
+        migrate(&pool).await?;
+        Ok(Self::start(pool.clone(), pool))
+    }
+
+    fn start(writer: SqlitePool, readers: SqlitePool) -> SqliteStore {
+        let (appends, queue) = mpsc::channel(QUEUE);
+        let commits = Arc::new(AtomicU64::new(0));
+        tokio::spawn(writer_task(writer.clone(), queue, commits.clone()));
+        SqliteStore { writer, readers, appends, commits }
+    }
+
+    /// How many transactions the group-commit writer has committed (each stores one or more
+    /// appended messages).
+    pub fn append_commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connections (waiting for those in use); later calls fail.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.readers.close().await;
+    }
+
+    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migrations.
+
+/// FNV-1a: a stable checksum of a migration script (std's hashers are not stable).
+fn checksum(script: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in script.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version INTEGER PRIMARY KEY,
+            checksum TEXT NOT NULL,
+            applied_at INTEGER NOT NULL
+        )",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let applied = sqlx::query("SELECT version, checksum FROM schema_version ORDER BY version")
+        .fetch_all(&mut *tx)
+        .await?;
+    for (i, row) in applied.iter().enumerate() {
+        let version: i64 = row.try_get(0)?;
+        let sum: String = row.try_get(1)?;
+        let expected = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        if version != expected {
+            return Err(StoreError::Migration(format!(
+                "schema_version has {version} where {expected} was expected"
+            )));
+        }
+        let Some(script) = MIGRATIONS.get(i) else {
+            return Err(StoreError::Migration(format!(
+                "the database is at schema version {}, newer than this program ({})",
+                applied.len(),
+                MIGRATIONS.len()
+            )));
+        };
+        if checksum(script) != sum {
+            return Err(StoreError::Migration(format!(
+                "migration {version} was edited after it was applied"
+            )));
+        }
+    }
+    for (i, script) in MIGRATIONS.iter().enumerate().skip(applied.len()) {
+        let version = i + 1;
+        sqlx::raw_sql(script)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::Migration(format!("migration {version}: {e}")))?;
+        sqlx::query("INSERT INTO schema_version (version, checksum, applied_at) VALUES (?, ?, ?)")
+            .bind(i64::try_from(version).unwrap_or(i64::MAX))
+            .bind(checksum(script))
+            .bind(now_millis())
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(version, "applied store migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Group commit.
+
+async fn writer_task(pool: SqlitePool, mut queue: mpsc::Receiver<AppendRequest>, commits: Arc<AtomicU64>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        run_batch(&pool, &mut batch, &commits).await;
+        batch.clear();
+    }
+}
+
+/// Stores `batch` in one transaction, then answers every request.
+async fn run_batch(pool: &SqlitePool, batch: &mut Vec<AppendRequest>, commits: &AtomicU64) {
+    let mut results: Vec<StoreResult<Appended>> = Vec::with_capacity(batch.len());
+    let outcome: Result<(), sqlx::Error> = async {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        for request in batch.iter() {
+            // A savepoint per message: a failed one is undone alone.
+            let mut savepoint = Connection::begin(&mut *tx).await?;
+            match append_one(&mut savepoint, &request.message).await {
+                Ok(appended) => {
+                    savepoint.commit().await?;
+                    results.push(Ok(appended));
+                }
+                Err(e) => {
+                    savepoint.rollback().await?;
+                    results.push(Err(e));
+                }
+            }
+        }
+        tx.commit().await
+    }
+    .await;
+    match outcome {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            for (request, result) in batch.drain(..).zip(results) {
+                let _ = request.reply.send(result);
+            }
+        }
+        Err(e) => {
+            // Nothing of the batch is stored (the transaction rolls back when dropped).
+            tracing::error!(error = %e, size = batch.len(), "group commit failed");
+            let message = format!("group commit failed: {e}");
+            let mut results = results.into_iter();
+            for request in batch.drain(..) {
+                let result = match results.next() {
+                    // Errors that did not depend on the commit stay what they were.
+                    Some(Err(e @ (StoreError::NotFound | StoreError::Forbidden | StoreError::Conflict))) => {
+                        Err(e)
+                    }
+                    _ => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::other(message.clone())))),
+                };
+                let _ = request.reply.send(result);
+            }
+        }
+    }
+}
+
+/// Stores one message (or finds its original) inside the batch's transaction.
+async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResult<Appended> {
+    let client_msg_id = (!new.client_msg_id.is_empty()).then_some(new.client_msg_id.as_str());
+    if let Some(id) = client_msg_id {
+        let original = sqlx::query(message_sql!("WHERE m.sender_id = ? AND m.client_msg_id = ?"))
+            .bind(new.sender_id)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(row) = original {
+            let mut message = message_from_row(&row)?;
+            attach_reactions(conn, std::slice::from_mut(&mut message)).await?;
+            return Ok(Appended::Duplicate(message));
+        }
+    }
+    let row = sqlx::query(
+        "SELECT u.username, EXISTS (SELECT 1 FROM members WHERE room_id = r.id AND user_id = u.id) \
+         FROM rooms r, users u WHERE r.id = ? AND u.id = ?",
+    )
+    .bind(new.room_id)
+    .bind(new.sender_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    let sender: String = row.try_get(0)?;
+    if !row.try_get::<bool, _>(1)? {
+        return Err(StoreError::Forbidden);
+    }
+    if let Some(reply_to) = new.reply_to {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM messages WHERE room_id = ? AND seq = ?)")
+                .bind(new.room_id)
+                .bind(to_i64(reply_to))
+                .fetch_one(&mut *conn)
+                .await?;
+        if !exists {
+            return Err(StoreError::NotFound);
+        }
+    }
+    let seq = next_seq(conn, new.room_id).await?;
+    let now = now_millis();
+    sqlx::query(
+        "INSERT INTO messages (room_id, seq, sender_id, text, client_msg_id, reply_to, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(new.room_id)
+    .bind(to_i64(seq))
+    .bind(new.sender_id)
+    .bind(&new.text)
+    .bind(client_msg_id)
+    .bind(new.reply_to.map(to_i64))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let message = Message {
+        room_id: new.room_id,
+        seq,
+        sender_id: new.sender_id,
+        sender,
+        text: new.text.clone(),
+        client_msg_id: new.client_msg_id.clone(),
+        reply_to: new.reply_to,
+        created_at: now,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
+    };
+    let event =
+        insert_event(conn, new.room_id, seq, &RoomEvent::Message { message: message.clone() }).await?;
+    Ok(Appended::New { message, event })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers shared by the methods.
+
+fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn decode_error(what: String) -> StoreError {
+    StoreError::Database(sqlx::Error::Decode(what.into()))
+}
+
+/// Maps constraint violations to `Conflict` (unique) and `NotFound` (foreign key).
+fn constraint(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        match db.kind() {
+            ErrorKind::UniqueViolation => return StoreError::Conflict,
+            ErrorKind::ForeignKeyViolation => return StoreError::NotFound,
+            _ => {}
+        }
+    }
+    StoreError::Database(e)
+}
+
+fn role_str(role: Role) -> &'static str {
+    match role {
+        Role::Member => "member",
+        Role::Admin => "admin",
+        Role::Owner => "owner",
+    }
+}
+
+fn parse_role(s: &str) -> StoreResult<Role> {
+    match s {
+        "member" => Ok(Role::Member),
+        "admin" => Ok(Role::Admin),
+        "owner" => Ok(Role::Owner),
+        other => Err(decode_error(format!("unknown role {other:?}"))),
+    }
+}
+
+fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
+    Ok(User {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        created_at: row.try_get("created_at")?,
+        last_seen: row.try_get("last_seen")?,
+    })
+}
+
+fn room_from_row(row: &SqliteRow) -> StoreResult<Room> {
+    let kind: String = row.try_get("kind")?;
+    Ok(Room {
+        id: row.try_get("id")?,
+        kind: match kind.as_str() {
+            "group" => RoomKind::Group,
+            "dm" => RoomKind::Dm,
+            other => return Err(decode_error(format!("unknown room kind {other:?}"))),
+        },
+        name: row.try_get("name")?,
+        epoch: row.try_get("epoch")?,
+        last_seq: to_u64(row.try_get("last_seq")?),
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn message_from_row(row: &SqliteRow) -> StoreResult<Message> {
+    Ok(Message {
+        room_id: row.try_get("room_id")?,
+        seq: to_u64(row.try_get("seq")?),
+        sender_id: row.try_get("sender_id")?,
+        sender: row.try_get("username")?,
+        text: row.try_get("text")?,
+        client_msg_id: row.try_get::<Option<String>, _>("client_msg_id")?.unwrap_or_default(),
+        reply_to: row.try_get::<Option<i64>, _>("reply_to")?.map(to_u64),
+        created_at: row.try_get("created_at")?,
+        edited_at: row.try_get("edited_at")?,
+        deleted: row.try_get("deleted")?,
+        reactions: Vec::new(),
+    })
+}
+
+fn member_from_row(row: &SqliteRow) -> StoreResult<Member> {
+    Ok(Member {
+        user: user_from_row(row)?,
+        role: parse_role(row.try_get("role")?)?,
+        delivered_seq: to_u64(row.try_get("delivered_seq")?),
+        read_seq: to_u64(row.try_get("read_seq")?),
+        joined_at: row.try_get("joined_at")?,
+    })
+}
+
+fn notification_from_row(row: &SqliteRow) -> StoreResult<Notification> {
+    let payload: String = row.try_get("payload")?;
+    Ok(Notification {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        kind: row.try_get("kind")?,
+        room_id: row.try_get("room_id")?,
+        seq: row.try_get::<Option<i64>, _>("seq")?.map(to_u64),
+        payload: serde_json::from_str(&payload)
+            .map_err(|e| decode_error(format!("notification payload: {e}")))?,
+        read: row.try_get("read")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Groups reaction rows `(room_id, seq, emoji, user_id)`, ordered by when they were added,
+/// per message and emoji (emojis in the order of their first reaction).
+fn group_reactions(rows: &[SqliteRow]) -> StoreResult<HashMap<(RoomId, u64), Vec<Reaction>>> {
+    let mut grouped: HashMap<(RoomId, u64), Vec<Reaction>> = HashMap::new();
+    for row in rows {
+        let key = (row.try_get::<i64, _>(0)?, to_u64(row.try_get(1)?));
+        let emoji: String = row.try_get(2)?;
+        let user_id: UserId = row.try_get(3)?;
+        let reactions = grouped.entry(key).or_default();
+        match reactions.iter_mut().find(|r| r.emoji == emoji) {
+            Some(reaction) => reaction.user_ids.push(user_id),
+            None => reactions.push(Reaction { emoji, user_ids: vec![user_id] }),
+        }
+    }
+    Ok(grouped)
+}
+
+/// Fills in the reactions of `messages`, which all belong to one room.
+async fn attach_reactions(conn: &mut SqliteConnection, messages: &mut [Message]) -> StoreResult<()> {
+    let (Some(first), Some(last)) = (messages.first(), messages.last()) else { return Ok(()) };
+    let (lo, hi) = (first.seq.min(last.seq), first.seq.max(last.seq));
+    let rows = sqlx::query(
+        "SELECT room_id, seq, emoji, user_id FROM reactions WHERE room_id = ? AND seq BETWEEN ? AND ? ORDER BY id",
+    )
+    .bind(first.room_id)
+    .bind(to_i64(lo))
+    .bind(to_i64(hi))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut grouped = group_reactions(&rows)?;
+    for message in messages {
+        message.reactions = grouped.remove(&(message.room_id, message.seq)).unwrap_or_default();
+    }
+    Ok(())
+}
+
+async fn load_message(conn: &mut SqliteConnection, room: RoomId, seq: u64) -> StoreResult<Option<Message>> {
+    let row = sqlx::query(message_sql!("WHERE m.room_id = ? AND m.seq = ?"))
+        .bind(room)
+        .bind(to_i64(seq))
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut message = message_from_row(&row)?;
+    attach_reactions(conn, std::slice::from_mut(&mut message)).await?;
+    Ok(Some(message))
+}
+
+async fn load_room(conn: &mut SqliteConnection, room: RoomId) -> StoreResult<Option<Room>> {
+    let row = sqlx::query(ROOM_SQL).bind(room).fetch_optional(&mut *conn).await?;
+    row.as_ref().map(room_from_row).transpose()
+}
+
+async fn member_ids(conn: &mut SqliteConnection, room: RoomId) -> StoreResult<Vec<UserId>> {
+    Ok(sqlx::query_scalar("SELECT user_id FROM members WHERE room_id = ? ORDER BY joined_at, user_id")
+        .bind(room)
+        .fetch_all(&mut *conn)
+        .await?)
+}
+
+/// Takes the room's next seq (`NotFound` for an unknown room).
+async fn next_seq(conn: &mut SqliteConnection, room: RoomId) -> StoreResult<u64> {
+    let seq: Option<i64> =
+        sqlx::query_scalar("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq")
+            .bind(room)
+            .fetch_optional(&mut *conn)
+            .await?;
+    seq.map(to_u64).ok_or(StoreError::NotFound)
+}
+
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    room: RoomId,
+    seq: u64,
+    event: &RoomEvent,
+) -> StoreResult<StoredEvent> {
+    let json = serde_json::to_string(event).map_err(|e| decode_error(format!("event encoding: {e}")))?;
+    sqlx::query("INSERT INTO events (room_id, seq, json, created_at) VALUES (?, ?, ?, ?)")
+        .bind(room)
+        .bind(to_i64(seq))
+        .bind(&json)
+        .bind(now_millis())
+        .execute(&mut *conn)
+        .await?;
+    Ok(StoredEvent { room_id: room, seq, json })
+}
+
+/// Appends a `RoomUpdated` event carrying the room as it is after the change.
+async fn room_updated(conn: &mut SqliteConnection, room: RoomId) -> StoreResult<StoredEvent> {
+    let seq = next_seq(conn, room).await?;
+    let room_now = load_room(conn, room).await?.ok_or(StoreError::NotFound)?;
+    let member_ids = member_ids(conn, room).await?;
+    insert_event(conn, room, seq, &RoomEvent::RoomUpdated { room: room_now, member_ids }).await
+}
+
+/// A live (not deleted) message and its sender, for edit/delete/react.
+async fn live_message_sender(conn: &mut SqliteConnection, room: RoomId, seq: u64) -> StoreResult<UserId> {
+    let sender: Option<i64> =
+        sqlx::query_scalar("SELECT sender_id FROM messages WHERE room_id = ? AND seq = ? AND deleted = 0")
+            .bind(room)
+            .bind(to_i64(seq))
+            .fetch_optional(&mut *conn)
+            .await?;
+    sender.ok_or(StoreError::NotFound)
+}
+
+async fn role_in(conn: &mut SqliteConnection, room: RoomId, user: UserId) -> StoreResult<Option<Role>> {
+    let role: Option<String> =
+        sqlx::query_scalar("SELECT role FROM members WHERE room_id = ? AND user_id = ?")
+            .bind(room)
+            .bind(user)
+            .fetch_optional(&mut *conn)
+            .await?;
+    role.as_deref().map(parse_role).transpose()
+}
+
+/// A group room (`NotFound` when unknown, `Forbidden` for a DM).
+async fn group_room(conn: &mut SqliteConnection, room: RoomId) -> StoreResult<Room> {
+    let room = load_room(conn, room).await?.ok_or(StoreError::NotFound)?;
+    if room.kind == RoomKind::Dm {
+        return Err(StoreError::Forbidden);
+    }
+    Ok(room)
+}
+
+/// Turns a user's search text into an FTS5 query that cannot be a syntax error: every word
+/// becomes a quoted string (implicit AND), the last one a prefix. `None` when there is no word.
+fn fts_query(query: &str) -> Option<String> {
+    let terms: Vec<String> = query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .take(MAX_SEARCH_TERMS)
+        .map(|t| format!("\"{t}\""))
+        .collect();
+    if terms.is_empty() {
+        return None;
+    }
+    Some(terms.join(" ") + "*")
+}
+
+#[async_trait]
+impl ChatStore for SqliteStore {
+    async fn create_user(&self, username: &str, password_hash: &str) -> StoreResult<User> {
+        let now = now_millis();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?) RETURNING id",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(now)
+        .fetch_one(&self.writer)
+        .await
+        .map_err(constraint)?;
+        Ok(User { id, username: username.to_owned(), created_at: now, last_seen: None })
+    }
+
+    async fn user_auth(&self, username: &str) -> StoreResult<Option<UserAuth>> {
+        let row =
+            sqlx::query(user_sql!("WHERE username = ?")).bind(username).fetch_optional(&self.readers).await?;
+        row.map(|row| {
+            Ok(UserAuth { user: user_from_row(&row)?, password_hash: row.try_get("password_hash")? })
+        })
+        .transpose()
+    }
+
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
+        let row = sqlx::query(user_sql!("WHERE id = ?")).bind(id).fetch_optional(&self.readers).await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
+        Ok(self.user_auth(username).await?.map(|auth| auth.user))
+    }
+
+    async fn set_last_seen(&self, id: UserId, at: Millis) -> StoreResult<()> {
+        let done = sqlx::query("UPDATE users SET last_seen = ? WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn insert_refresh(
+        &self,
+        hash: &str,
+        user_id: UserId,
+        family: &str,
+        expires_at: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (hash, user_id, family, expires_at, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(hash)
+        .bind(user_id)
+        .bind(family)
+        .bind(expires_at)
+        .bind(now_millis())
+        .execute(&self.writer)
+        .await
+        .map_err(constraint)?;
+        Ok(())
+    }
+
+    async fn rotate_refresh(
+        &self,
+        hash: &str,
+        new_hash: &str,
+        new_expires_at: Millis,
+        now: Millis,
+    ) -> StoreResult<RefreshOutcome> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "SELECT user_id, family, expires_at, used_at IS NOT NULL AS used, revoked FROM refresh_tokens \
+             WHERE hash = ?",
+        )
+        .bind(hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(RefreshOutcome::Invalid) };
+        let user_id: UserId = row.try_get("user_id")?;
+        let family: String = row.try_get("family")?;
+        let expires_at: Millis = row.try_get("expires_at")?;
+        if row.try_get::<bool, _>("used")? || row.try_get::<bool, _>("revoked")? {
+            // Presented twice: whoever holds the family may have stolen it.
+            sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family = ?")
+                .bind(&family)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Reused);
+        }
+        if expires_at <= now {
+            return Ok(RefreshOutcome::Invalid);
+        }
+        sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE hash = ?")
+            .bind(now)
+            .bind(hash)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (hash, user_id, family, expires_at, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(new_hash)
+        .bind(user_id)
+        .bind(&family)
+        .bind(new_expires_at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(constraint)?;
+        tx.commit().await?;
+        Ok(RefreshOutcome::Rotated { user_id })
+    }
+
+    async fn revoke_refresh(&self, hash: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked = 1 \
+             WHERE family = (SELECT family FROM refresh_tokens WHERE hash = ?)",
+        )
+        .bind(hash)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn create_group(&self, name: &str, owner: UserId) -> StoreResult<Room> {
+        let now = now_millis();
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "INSERT INTO rooms (kind, name, epoch, created_at) VALUES ('group', ?, lower(hex(randomblob(4))), ?) \
+             RETURNING id, kind, name, epoch, last_seq, created_at",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let room = room_from_row(&row)?;
+        sqlx::query("INSERT INTO members (room_id, user_id, role, joined_at) VALUES (?, ?, 'owner', ?)")
+            .bind(room.id)
+            .bind(owner)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(constraint)?;
+        tx.commit().await?;
+        Ok(room)
+    }
+
+    async fn dm(&self, a: UserId, b: UserId) -> StoreResult<Room> {
+        let (lo, hi) = (a.min(b), a.max(b));
+        let key = format!("{lo}:{hi}");
+        let mut tx = self.begin_write().await?;
+        let existing =
+            sqlx::query("SELECT id, kind, name, epoch, last_seq, created_at FROM rooms WHERE dm_key = ?")
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(row) = existing {
+            return room_from_row(&row);
+        }
+        let now = now_millis();
+        let row = sqlx::query(
+            "INSERT INTO rooms (kind, name, dm_key, epoch, created_at) \
+             VALUES ('dm', '', ?, lower(hex(randomblob(4))), ?) \
+             RETURNING id, kind, name, epoch, last_seq, created_at",
+        )
+        .bind(&key)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let room = room_from_row(&row)?;
+        for user in [lo, hi] {
+            sqlx::query(
+                "INSERT INTO members (room_id, user_id, role, joined_at) VALUES (?, ?, 'member', ?) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(room.id)
+            .bind(user)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(constraint)?;
+        }
+        tx.commit().await?;
+        Ok(room)
+    }
+
+    async fn room(&self, id: RoomId) -> StoreResult<Option<Room>> {
+        load_room(&mut *self.readers.acquire().await?, id).await
+    }
+
+    async fn role(&self, room: RoomId, user: UserId) -> StoreResult<Option<Role>> {
+        role_in(&mut *self.readers.acquire().await?, room, user).await
+    }
+
+    async fn add_member(&self, room: RoomId, user: UserId, role: Role) -> StoreResult<Option<StoredEvent>> {
+        let mut tx = self.begin_write().await?;
+        let current = group_room(&mut tx, room).await?;
+        if role_in(&mut tx, room, user).await?.is_some() {
+            return Ok(None);
+        }
+        // Joins at the seq of its own event: earlier history is not unread.
+        let join_seq = to_i64(current.last_seq + 1);
+        sqlx::query(
+            "INSERT INTO members (room_id, user_id, role, delivered_seq, read_seq, joined_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(room)
+        .bind(user)
+        .bind(role_str(role))
+        .bind(join_seq)
+        .bind(join_seq)
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(constraint)?;
+        let event = room_updated(&mut tx, room).await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    async fn remove_member(&self, room: RoomId, user: UserId) -> StoreResult<StoredEvent> {
+        let mut tx = self.begin_write().await?;
+        group_room(&mut tx, room).await?;
+        let done = sqlx::query("DELETE FROM members WHERE room_id = ? AND user_id = ?")
+            .bind(room)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let event = room_updated(&mut tx, room).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    async fn rename_room(&self, room: RoomId, name: &str) -> StoreResult<StoredEvent> {
+        let mut tx = self.begin_write().await?;
+        group_room(&mut tx, room).await?;
+        sqlx::query("UPDATE rooms SET name = ? WHERE id = ?").bind(name).bind(room).execute(&mut *tx).await?;
+        let event = room_updated(&mut tx, room).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    async fn members(&self, room: RoomId) -> StoreResult<Vec<Member>> {
+        let rows = sqlx::query(member_sql!("WHERE mm.room_id = ? ORDER BY mm.joined_at, mm.user_id"))
+            .bind(room)
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(member_from_row).collect()
+    }
+
+    async fn rooms_of(&self, user: UserId) -> StoreResult<Vec<RoomSummary>> {
+        // One read transaction: the four queries see the same snapshot.
+        let mut tx = self.readers.begin().await?;
+        let rooms = sqlx::query(
+            "SELECT r.id, r.kind, r.name, r.epoch, r.last_seq, r.created_at, me.role, \
+               (SELECT COUNT(*) FROM messages x WHERE x.room_id = r.id AND x.seq > me.read_seq \
+                  AND x.sender_id != me.user_id AND x.deleted = 0) AS unread, \
+               COALESCE((SELECT e.created_at FROM events e WHERE e.room_id = r.id AND e.seq = r.last_seq), \
+                  r.created_at) AS activity \
+             FROM members me JOIN rooms r ON r.id = me.room_id \
+             WHERE me.user_id = ? \
+             ORDER BY activity DESC, r.id DESC",
+        )
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        // The latest message of each of the user's rooms.
+        let last_messages = sqlx::query(message_sql!(
+            "WHERE (m.room_id, m.seq) IN (SELECT me.room_id, \
+               (SELECT MAX(x.seq) FROM messages x WHERE x.room_id = me.room_id) \
+             FROM members me WHERE me.user_id = ?)"
+        ))
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        let reactions = sqlx::query(
+            "SELECT re.room_id, re.seq, re.emoji, re.user_id FROM reactions re \
+             WHERE (re.room_id, re.seq) IN (SELECT me.room_id, \
+               (SELECT MAX(x.seq) FROM messages x WHERE x.room_id = me.room_id) \
+             FROM members me WHERE me.user_id = ?) \
+             ORDER BY re.id",
+        )
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        let members = sqlx::query(member_sql!(
+            "JOIN members me ON me.room_id = mm.room_id AND me.user_id = ? \
+             ORDER BY mm.room_id, mm.joined_at, mm.user_id"
+        ))
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+
+        let mut reactions = group_reactions(&reactions)?;
+        let mut last_by_room = HashMap::new();
+        for row in &last_messages {
+            let mut message = message_from_row(row)?;
+            message.reactions = reactions.remove(&(message.room_id, message.seq)).unwrap_or_default();
+            last_by_room.insert(message.room_id, message);
+        }
+        let mut members_by_room: HashMap<RoomId, Vec<Member>> = HashMap::new();
+        for row in &members {
+            members_by_room.entry(row.try_get("room_id")?).or_default().push(member_from_row(row)?);
+        }
+        rooms
+            .iter()
+            .map(|row| {
+                let room = room_from_row(row)?;
+                Ok(RoomSummary {
+                    role: parse_role(row.try_get("role")?)?,
+                    last_message: last_by_room.remove(&room.id),
+                    unread: to_u64(row.try_get("unread")?),
+                    members: members_by_room.remove(&room.id).unwrap_or_default(),
+                    room,
+                })
+            })
+            .collect()
+    }
+
+    async fn append_message(&self, message: NewMessage) -> StoreResult<Appended> {
+        let (reply, answer) = oneshot::channel();
+        self.appends
+            .send(AppendRequest { message, reply })
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?;
+        answer.await.map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?
+    }
+
+    async fn edit_message(
+        &self,
+        room: RoomId,
+        seq: u64,
+        editor: UserId,
+        text: &str,
+    ) -> StoreResult<(Message, StoredEvent)> {
+        let mut tx = self.begin_write().await?;
+        if live_message_sender(&mut tx, room, seq).await? != editor {
+            return Err(StoreError::Forbidden);
+        }
+        sqlx::query("UPDATE messages SET text = ?, edited_at = ? WHERE room_id = ? AND seq = ?")
+            .bind(text)
+            .bind(now_millis())
+            .bind(room)
+            .bind(to_i64(seq))
+            .execute(&mut *tx)
+            .await?;
+        let message = load_message(&mut tx, room, seq).await?.ok_or(StoreError::NotFound)?;
+        let event_seq = next_seq(&mut tx, room).await?;
+        let event =
+            insert_event(&mut tx, room, event_seq, &RoomEvent::Edit { message: message.clone() }).await?;
+        tx.commit().await?;
+        Ok((message, event))
+    }
+
+    async fn delete_message(
+        &self,
+        room: RoomId,
+        seq: u64,
+        by: UserId,
+    ) -> StoreResult<(Message, StoredEvent)> {
+        let mut tx = self.begin_write().await?;
+        let sender = live_message_sender(&mut tx, room, seq).await?;
+        if sender != by && !matches!(role_in(&mut tx, room, by).await?, Some(Role::Admin | Role::Owner)) {
+            return Err(StoreError::Forbidden);
+        }
+        sqlx::query("UPDATE messages SET text = '', deleted = 1 WHERE room_id = ? AND seq = ?")
+            .bind(room)
+            .bind(to_i64(seq))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM reactions WHERE room_id = ? AND seq = ?")
+            .bind(room)
+            .bind(to_i64(seq))
+            .execute(&mut *tx)
+            .await?;
+        let message = load_message(&mut tx, room, seq).await?.ok_or(StoreError::NotFound)?;
+        let event_seq = next_seq(&mut tx, room).await?;
+        let event =
+            insert_event(&mut tx, room, event_seq, &RoomEvent::Delete { message: message.clone() }).await?;
+        tx.commit().await?;
+        Ok((message, event))
+    }
+
+    async fn react(
+        &self,
+        room: RoomId,
+        seq: u64,
+        user: UserId,
+        emoji: &str,
+        add: bool,
+    ) -> StoreResult<(Message, StoredEvent)> {
+        let mut tx = self.begin_write().await?;
+        live_message_sender(&mut tx, room, seq).await?;
+        if role_in(&mut tx, room, user).await?.is_none() {
+            return Err(StoreError::Forbidden);
+        }
+        let done = if add {
+            sqlx::query(
+                "INSERT INTO reactions (room_id, seq, user_id, emoji, created_at) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(room)
+            .bind(to_i64(seq))
+            .bind(user)
+            .bind(emoji)
+            .bind(now_millis())
+            .execute(&mut *tx)
+            .await?
+        } else {
+            sqlx::query("DELETE FROM reactions WHERE room_id = ? AND seq = ? AND user_id = ? AND emoji = ?")
+                .bind(room)
+                .bind(to_i64(seq))
+                .bind(user)
+                .bind(emoji)
+                .execute(&mut *tx)
+                .await?
+        };
+        if done.rows_affected() == 0 {
+            return Err(if add { StoreError::Conflict } else { StoreError::NotFound });
+        }
+        let message = load_message(&mut tx, room, seq).await?.ok_or(StoreError::NotFound)?;
+        let event_seq = next_seq(&mut tx, room).await?;
+        let event =
+            insert_event(&mut tx, room, event_seq, &RoomEvent::Reaction { message: message.clone() }).await?;
+        tx.commit().await?;
+        Ok((message, event))
+    }
+
+    async fn message(&self, room: RoomId, seq: u64) -> StoreResult<Option<Message>> {
+        let mut tx = self.readers.begin().await?;
+        let message = load_message(&mut tx, room, seq).await?;
+        tx.commit().await?;
+        Ok(message)
+    }
+
+    async fn messages(&self, room: RoomId, page: Page, limit: u32) -> StoreResult<Vec<Message>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.readers.begin().await?;
+        let rows = match page {
+            Page::Latest => {
+                sqlx::query(message_sql!("WHERE m.room_id = ? ORDER BY m.seq DESC LIMIT ?"))
+                    .bind(room)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+            Page::Before(seq) => {
+                sqlx::query(message_sql!("WHERE m.room_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"))
+                    .bind(room)
+                    .bind(to_i64(seq))
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+            Page::After(seq) => {
+                sqlx::query(message_sql!("WHERE m.room_id = ? AND m.seq > ? ORDER BY m.seq ASC LIMIT ?"))
+                    .bind(room)
+                    .bind(to_i64(seq))
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+        };
+        let mut messages = rows.iter().map(message_from_row).collect::<StoreResult<Vec<_>>>()?;
+        if !matches!(page, Page::After(_)) {
+            messages.reverse();
+        }
+        attach_reactions(&mut tx, &mut messages).await?;
+        tx.commit().await?;
+        Ok(messages)
+    }
+
+    async fn events_after(&self, room: RoomId, after: u64, limit: u32) -> StoreResult<Vec<StoredEvent>> {
+        let rows =
+            sqlx::query("SELECT seq, json FROM events WHERE room_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+                .bind(room)
+                .bind(to_i64(after))
+                .bind(i64::from(limit))
+                .fetch_all(&self.readers)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    room_id: room,
+                    seq: to_u64(row.try_get("seq")?),
+                    json: row.try_get("json")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn mark(
+        &self,
+        room: RoomId,
+        user: UserId,
+        delivered: Option<u64>,
+        read: Option<u64>,
+    ) -> StoreResult<(u64, u64)> {
+        // SET expressions see the old row, so the new read marker is spelled out twice.
+        let row = sqlx::query(
+            "UPDATE members SET \
+               read_seq = MAX(read_seq, MIN(?3, (SELECT last_seq FROM rooms WHERE id = ?1))), \
+               delivered_seq = MAX(delivered_seq, \
+                 MIN(?4, (SELECT last_seq FROM rooms WHERE id = ?1)), \
+                 MAX(read_seq, MIN(?3, (SELECT last_seq FROM rooms WHERE id = ?1)))) \
+             WHERE room_id = ?1 AND user_id = ?2 \
+             RETURNING delivered_seq, read_seq",
+        )
+        .bind(room)
+        .bind(user)
+        .bind(to_i64(read.unwrap_or(0)))
+        .bind(to_i64(delivered.unwrap_or(0)))
+        .fetch_optional(&self.writer)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Ok((to_u64(row.try_get(0)?), to_u64(row.try_get(1)?)))
+    }
+
+    async fn unread(&self, room: RoomId, user: UserId) -> StoreResult<u64> {
+        let count: Option<i64> = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM messages x WHERE x.room_id = me.room_id AND x.seq > me.read_seq \
+               AND x.sender_id != me.user_id AND x.deleted = 0) \
+             FROM members me WHERE me.room_id = ? AND me.user_id = ?",
+        )
+        .bind(room)
+        .bind(user)
+        .fetch_optional(&self.readers)
+        .await?;
+        count.map(to_u64).ok_or(StoreError::NotFound)
+    }
+
+    async fn add_notification(
+        &self,
+        user: UserId,
+        kind: &str,
+        room: Option<RoomId>,
+        seq: Option<u64>,
+        payload: &serde_json::Value,
+    ) -> StoreResult<Notification> {
+        let now = now_millis();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO notifications (user_id, kind, room_id, seq, payload, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(user)
+        .bind(kind)
+        .bind(room)
+        .bind(seq.map(to_i64))
+        .bind(payload.to_string())
+        .bind(now)
+        .fetch_one(&self.writer)
+        .await
+        .map_err(constraint)?;
+        Ok(Notification {
+            id,
+            user_id: user,
+            kind: kind.to_owned(),
+            room_id: room,
+            seq,
+            payload: payload.clone(),
+            read: false,
+            created_at: now,
+        })
+    }
+
+    async fn notifications(&self, user: UserId, limit: u32) -> StoreResult<Vec<Notification>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, kind, room_id, seq, payload, read, created_at FROM notifications \
+             WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(user)
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
+    async fn read_notifications(&self, user: UserId, ids: &[i64]) -> StoreResult<()> {
+        let ids = (!ids.is_empty()).then(|| serde_json::Value::from(ids.to_vec()).to_string());
+        sqlx::query(
+            "UPDATE notifications SET read = 1 \
+             WHERE user_id = ?1 AND read = 0 AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2)))",
+        )
+        .bind(user)
+        .bind(ids)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn search(&self, user: UserId, query: &str, limit: u32) -> StoreResult<Vec<SearchHit>> {
+        let Some(fts) = fts_query(query) else { return Ok(Vec::new()) };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT m.room_id, r.name, m.seq, u.username, \
+               snippet(messages_fts, 0, '[', ']', '…', 24) AS snippet, m.created_at \
+             FROM messages_fts \
+             JOIN messages m ON m.id = messages_fts.rowid \
+             JOIN rooms r ON r.id = m.room_id \
+             JOIN users u ON u.id = m.sender_id \
+             WHERE messages_fts MATCH ?1 AND m.deleted = 0 \
+               AND m.room_id IN (SELECT room_id FROM members WHERE user_id = ?2) \
+             ORDER BY m.created_at DESC, m.id DESC \
+             LIMIT ?3",
+        )
+        .bind(fts)
+        .bind(user)
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SearchHit {
+                    room_id: row.try_get("room_id")?,
+                    room_name: row.try_get("name")?,
+                    seq: to_u64(row.try_get("seq")?),
+                    sender: row.try_get("username")?,
+                    snippet: row.try_get("snippet")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
