@@ -54,8 +54,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         config.auth.api_key = generated_secret();
         tracing::warn!(api_key = %config.auth.api_key, "auth.api_key is not configured: generated one for this run only");
     }
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
+    let listener = listen(&config.listen)
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
     let addr = listener.local_addr()?;
 
@@ -131,6 +130,17 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     sweeper.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds with a deep accept backlog: a reconnect storm after a restart must not drop SYNs.
+fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let addr: std::net::SocketAddr =
+        addr.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn shutdown_signal() {

@@ -45,26 +45,34 @@ pub async fn drive<T: Transport>(mut session: Session, mut transport: T, first_f
     let conn = session.connection().clone();
     let mut drained = Vec::new();
     let mut frames = Vec::new();
+    // The futures of command handling are large (kilobytes) and rarely alive: boxing them
+    // keeps them out of this loop's state, which every idle connection holds for its life.
     let refused = match first_frame {
-        Some(frame) => session.handle_frame(&frame).await.err(),
+        Some(frame) => Box::pin(session.handle_frame(&frame)).await.err(),
         None => None,
     };
+    // One timer for the connection's life, moved only when the session's deadline moves.
+    let timer = tokio::time::sleep_until(session.next_timer());
+    tokio::pin!(timer);
     let end = if let Some(disconnect) = refused {
         Some(disconnect)
     } else {
         loop {
-            let timer = tokio::time::sleep_until(session.next_timer());
+            let deadline = session.next_timer();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             let step = tokio::select! {
                 _ = conn.outbox.ready() => {
                     conn.outbox.drain(&mut drained);
-                    flush(&mut session, &mut transport, &mut drained, &mut frames).await
+                    Box::pin(flush(&mut session, &mut transport, &mut drained, &mut frames)).await
                 }
                 inbound = transport.read() => match inbound {
-                    Inbound::Frame(text) => session.handle_frame(&text).await.map_err(Some),
+                    Inbound::Frame(text) => Box::pin(session.handle_frame(&text)).await.map_err(Some),
                     Inbound::Gone => Err(None),
                     Inbound::Violation(d) => Err(Some(d)),
                 },
-                _ = timer => session.on_timer().map_err(Some),
+                _ = &mut timer => session.on_timer().map_err(Some),
             };
             if let Err(end) = step {
                 break end;
@@ -79,10 +87,10 @@ pub async fn drive<T: Transport>(mut session: Session, mut transport: T, first_f
             Outgoing::Control(_) => None,
         }));
         if transport.write(&mut frames).await.is_ok() {
-            transport.close(disconnect).await;
+            Box::pin(transport.close(disconnect)).await;
         }
     }
-    session.close().await;
+    Box::pin(session.close()).await;
 }
 
 /// Writes queued frames and carries out queued instructions, in queue order. `Err` ends

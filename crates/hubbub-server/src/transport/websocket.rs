@@ -14,9 +14,10 @@ use hubbub_protocol::command::ConnectRequest;
 use hubbub_protocol::Disconnect;
 use std::sync::Arc;
 
-/// Read buffer per connection: small, since most frames are; larger frames still fit (the
-/// buffer grows up to the message size limit).
-const READ_BUFFER: usize = 4096;
+/// Read buffer per connection, allocated up front for every connection: small, since
+/// client frames are (commands of a few hundred bytes); larger frames still fit, read in
+/// several steps up to the message size limit.
+const READ_BUFFER: usize = 1024;
 
 const UNI_WEBSOCKET: TransportKind =
     TransportKind { name: "uni_websocket", emulation: false, unidirectional: true };

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The standard bench set: idle, fanout, many, connect-storm, each against Hubbub, the raw
+# WebSocket fan-out baseline (raw-ws) and Socket.IO 4 on Node. Writes one table per scenario
+# to bench/results/<date>-<scenario>.md (…-quick.md with --quick).
+#
+#   bench/run.sh           full set, under 10 minutes on 2 cores (after the build)
+#   bench/run.sh --quick   small set, under 2 minutes
+#
+# Loads go to 127.0.0.0/8 only. Needs cargo; node + npm for the Socket.IO peer (skipped
+# without them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=0
+case "${1:-}" in
+  --quick) QUICK=1 ;;
+  "") ;;
+  *) echo "usage: bench/run.sh [--quick]" >&2; exit 2 ;;
+esac
+
+echo "== build (release)"
+cargo build --release -p hubbub-server -p hubbub-bench
+
+SERVERS="hubbub,raw,socketio"
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  echo "== Socket.IO peer: npm ci"
+  (cd bench/peers/socketio && npm ci --no-audit --no-fund --loglevel=error)
+else
+  echo "node/npm not found: the Socket.IO peer is skipped (apt-get install nodejs npm)" >&2
+  SERVERS="hubbub,raw"
+fi
+
+# Every connection costs a descriptor in the load generator and in the server (which
+# inherits this limit): take the hard limit.
+ulimit -n "$(ulimit -Hn)"
+echo "== open files limit: $(ulimit -n)"
+
+BENCH=(target/release/hubbub-bench --servers "$SERVERS" --out bench/results)
+started=$(date +%s)
+if [ "$QUICK" = 1 ]; then
+  BENCH+=(--quick)
+  "${BENCH[@]}" idle --connections 10000 --channels 1000
+  "${BENCH[@]}" fanout --subscribers 1000 --phase 2.5
+  "${BENCH[@]}" many --channels 500 --subscribers-per-channel 5 --phase 2.5
+  "${BENCH[@]}" connect-storm --connections 2000 --channels 100 --rate 200
+else
+  # 100,000 idle connections are asked; the harness runs as many as the open-files limit
+  # allows and says so in the table.
+  "${BENCH[@]}" idle --connections 100000 --channels 1000
+  "${BENCH[@]}" fanout --subscribers 10000 --phase 10
+  "${BENCH[@]}" many --channels 4000 --subscribers-per-channel 10 --channels-per-connection 5 --phase 10
+  "${BENCH[@]}" connect-storm --connections 10000 --channels 500 --rate 500
+fi
+echo "== done in $(( $(date +%s) - started )) s; tables in bench/results/"

@@ -1,0 +1,308 @@
+//! `hubbub-bench`: the load generator and bench harness. Each scenario starts Hubbub and the
+//! peers (the raw WebSocket fan-out baseline `raw-ws`, and Socket.IO 4 on Node) one after the
+//! other, runs the same workload against each, and prints one table with the ratios
+//! Hubbub / peer (written to `--out DIR` as `<date>-<scenario>.md`).
+//!
+//! Loads go to 127.0.0.0/8 only; every loop is bounded in count and time.
+
+mod client;
+mod publish;
+mod report;
+mod scenarios;
+mod servers;
+mod stats;
+mod sys;
+
+use clap::{Args, Parser, Subcommand};
+use report::{verdict, Report};
+use scenarios::{Common, Shape, Storm};
+use servers::{Kind, Programs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "hubbub-bench",
+    about = "Load generator and bench harness for Hubbub (against raw-ws and Socket.IO)"
+)]
+struct Cli {
+    #[command(flatten)]
+    opts: Opts,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args)]
+struct Opts {
+    /// Servers to run, comma separated: hubbub, raw, socketio.
+    #[arg(long, global = true, default_value = "hubbub,raw,socketio")]
+    servers: String,
+    /// The hubbub binary (default: next to this one).
+    #[arg(long, global = true)]
+    hubbub_bin: Option<PathBuf>,
+    /// The raw-ws binary (default: next to this one).
+    #[arg(long, global = true)]
+    raw_bin: Option<PathBuf>,
+    /// The Socket.IO peer's folder, with node_modules installed (npm ci).
+    #[arg(long, global = true)]
+    socketio_dir: Option<PathBuf>,
+    /// Write the table to DIR/<date>-<scenario>.md.
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+    /// Marks the report as a quick run (file <date>-<scenario>-quick.md).
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Padding in each payload, bytes (the payload is ~40 bytes more).
+    #[arg(long, global = true, default_value_t = 64)]
+    payload: usize,
+    /// Closed loop (max rate): publications in flight, not yet received by every subscriber.
+    #[arg(long, global = true, default_value_t = 32)]
+    window: u64,
+    /// Connection set-ups in flight at once (Hubbub's listen backlog is 128: more than that
+    /// in flight drops SYNs, which the client retries a second later).
+    #[arg(long, global = true, default_value_t = 100)]
+    concurrency: usize,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N idle connections, each then subscribed to one channel: memory per connection.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        connections: u64,
+        #[arg(long, default_value_t = 1000)]
+        channels: u32,
+    },
+    /// One channel, many subscribers: highest sustained delivery rate, then latency at 50%.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: u64,
+        /// Seconds per measured phase.
+        #[arg(long, default_value_t = 5.0)]
+        phase: f64,
+    },
+    /// Many channels with a few subscribers each.
+    Many {
+        #[arg(long, default_value_t = 1000)]
+        channels: u32,
+        #[arg(long, default_value_t = 5)]
+        subscribers_per_channel: u64,
+        #[arg(long, default_value_t = 1)]
+        channels_per_connection: u32,
+        /// Seconds per measured phase.
+        #[arg(long, default_value_t = 5.0)]
+        phase: f64,
+    },
+    /// Everyone reconnecting at once after a server restart (Hubbub: with recovery).
+    ConnectStorm {
+        #[arg(long, default_value_t = 2000)]
+        connections: u64,
+        #[arg(long, default_value_t = 100)]
+        channels: u32,
+        /// Publications per second, all along.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Reconnect delay window: each client waits a random time up to this.
+        #[arg(long, default_value_t = 500)]
+        jitter_ms: u64,
+    },
+    /// Chat workload: not yet.
+    Chat,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Scenario::Chat = cli.scenario {
+        eprintln!(
+            "hubbub-bench chat: not yet. The chat scenario needs the chat application (rooms, \
+             history, storage), which is not built yet; nothing was measured."
+        );
+        std::process::exit(2);
+    }
+    let nofile = sys::raise_nofile();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let code = runtime.block_on(run(cli, nofile));
+    // Connection tasks still winding down are dropped with the runtime.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+fn programs(opts: &Opts) -> Programs {
+    let exe_dir =
+        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.to_owned())).unwrap_or_default();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    Programs {
+        hubbub: opts.hubbub_bin.clone().unwrap_or_else(|| exe_dir.join("hubbub")),
+        raw: opts.raw_bin.clone().unwrap_or_else(|| exe_dir.join("raw-ws")),
+        socketio_dir: opts.socketio_dir.clone().unwrap_or_else(|| repo.join("bench/peers/socketio")),
+        node: std::env::var("NODE").unwrap_or_else(|_| "node".into()),
+        work: std::env::temp_dir().join(format!("hubbub-bench-{}", std::process::id())),
+    }
+}
+
+/// Connections possible with this many open files (each side holds one per connection;
+/// the servers inherit this process's limit). Leaves room for everything else.
+fn connection_cap(nofile: u64) -> u64 {
+    nofile.saturating_sub(300)
+}
+
+async fn run(cli: Cli, nofile: u64) -> i32 {
+    let opts = cli.opts;
+    let mut kinds = Vec::new();
+    for name in opts.servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match Kind::parse(name) {
+            Some(k) => kinds.push(k),
+            None => {
+                eprintln!("unknown server {name:?} (hubbub, raw, socketio)");
+                return 2;
+            }
+        }
+    }
+    let programs = programs(&opts);
+    let mut notes = Vec::new();
+    if kinds.contains(&Kind::SocketIo) && !programs.socketio_dir.join("node_modules/socket.io").is_dir() {
+        notes.push(format!(
+            "socket.io skipped: {} has no node_modules (run `npm ci` there)",
+            programs.socketio_dir.display()
+        ));
+        kinds.retain(|k| *k != Kind::SocketIo);
+    }
+    let common = Common { programs: programs.clone(), payload: opts.payload, concurrency: opts.concurrency };
+    let cap = connection_cap(nofile);
+    let mut cap_note = |wanted: u64| -> u64 {
+        if wanted > cap {
+            notes.push(format!(
+                "{wanted} connections asked, {cap} run: RLIMIT_NOFILE is {nofile} here (hard limit; raising it needs \
+                 CAP_SYS_RESOURCE), and both the load generator and each server hold one descriptor per connection"
+            ));
+            cap
+        } else {
+            wanted
+        }
+    };
+    let mut params: Vec<(String, String)> =
+        vec![("payload".into(), format!("{} bytes of padding", opts.payload))];
+    let mut targets = Vec::new();
+    let mut columns = Vec::new();
+    let scenario_name;
+    match cli.scenario {
+        Scenario::Idle { connections, channels } => {
+            scenario_name = "idle";
+            let n = cap_note(connections);
+            params.push(("connections".into(), n.to_string()));
+            params.push(("channels".into(), channels.to_string()));
+            for &kind in &kinds {
+                eprintln!("idle: {} with {n} connections", kind.name());
+                columns.push((kind, scenarios::idle(kind, &common, n, channels).await));
+            }
+            let per_conn = columns
+                .iter()
+                .find(|c| c.0 == Kind::Hubbub)
+                .and_then(|c| c.1.get("memory per idle connection, KiB (lower is better)"));
+            targets.push(format!(
+                "memory per idle WebSocket connection < 8 KiB (asked at 100,000 connections, run at {n}): {} ({})",
+                per_conn.map(|v| format!("{v:.2} KiB")).unwrap_or_else(|| "–".into()),
+                verdict(per_conn.map(|v| v < 8.0))
+            ));
+        }
+        Scenario::Fanout { subscribers, phase } => {
+            scenario_name = "fanout";
+            let s = cap_note(subscribers);
+            let shape = Shape {
+                channels: 1,
+                subscribers_per_channel: s,
+                channels_per_connection: 1,
+                phase: Duration::from_secs_f64(phase),
+                window: opts.window,
+            };
+            params.push(("subscribers".into(), s.to_string()));
+            params.push(("phase".into(), format!("{phase} s")));
+            params.push(("closed-loop window".into(), format!("{} publications", opts.window)));
+            for &kind in &kinds {
+                eprintln!("fanout: {} with {s} subscribers", kind.name());
+                columns.push((kind, scenarios::throughput(kind, &common, shape).await));
+            }
+            throughput_targets(&columns, &mut targets);
+        }
+        Scenario::Many { channels, subscribers_per_channel, channels_per_connection, phase } => {
+            scenario_name = "many";
+            let k = channels_per_connection.clamp(1, channels.max(1));
+            let mut shape = Shape {
+                channels,
+                subscribers_per_channel,
+                channels_per_connection: k,
+                phase: Duration::from_secs_f64(phase),
+                window: opts.window,
+            };
+            let n = cap_note(shape.connections());
+            if n < shape.connections() {
+                shape.subscribers_per_channel = n * u64::from(k) / u64::from(channels);
+            }
+            params.push(("channels".into(), channels.to_string()));
+            params.push(("subscribers per channel".into(), shape.subscribers_per_channel.to_string()));
+            params.push(("channels per connection".into(), k.to_string()));
+            params.push(("connections".into(), shape.connections().to_string()));
+            params.push(("phase".into(), format!("{phase} s")));
+            params.push(("closed-loop window".into(), format!("{} publications", opts.window)));
+            for &kind in &kinds {
+                eprintln!("many: {} with {} connections", kind.name(), shape.connections());
+                columns.push((kind, scenarios::throughput(kind, &common, shape).await));
+            }
+            throughput_targets(&columns, &mut targets);
+        }
+        Scenario::ConnectStorm { connections, channels, rate, jitter_ms } => {
+            scenario_name = "connect-storm";
+            let n = cap_note(connections);
+            let storm = Storm { connections: n, channels, rate, jitter: Duration::from_millis(jitter_ms) };
+            params.push(("connections".into(), n.to_string()));
+            params.push(("channels".into(), channels.to_string()));
+            params.push(("publish rate".into(), format!("{rate}/s")));
+            params.push(("reconnect jitter".into(), format!("{jitter_ms} ms")));
+            for &kind in &kinds {
+                eprintln!("connect-storm: {} with {n} connections", kind.name());
+                columns.push((kind, scenarios::connect_storm(kind, &common, storm).await));
+            }
+            notes.push(
+                "Hubbub clients resubscribe with recover:true and their last offset and epoch; raw-ws and \
+                 Socket.IO (without connectionStateRecovery) have no recovery, so what was published while a \
+                 client was away is lost for it by design."
+                    .into(),
+            );
+        }
+        Scenario::Chat => unreachable!("handled before the runtime starts"),
+    }
+    if kinds.contains(&Kind::SocketIo) {
+        notes.push(
+            "Socket.IO peer: bench/peers/socketio/server.js on Node (socket.io 4, WebSocket transport only, no \
+             per-message deflate); the Rust load generator speaks Engine.IO v4 / Socket.IO framing over that \
+             WebSocket (`42[\"m\",{..}]`), the same bytes socket.io-client sends with transports: [\"websocket\"]."
+                .into(),
+        );
+    }
+    let report =
+        Report { scenario: scenario_name.into(), quick: opts.quick, params, columns, targets, notes };
+    report.emit(opts.out.as_deref());
+    let _ = std::fs::remove_dir_all(&programs.work);
+    0
+}
+
+fn throughput_targets(columns: &[(Kind, report::Column)], targets: &mut Vec<String>) {
+    let get = |k: Kind, label: &str| columns.iter().find(|c| c.0 == k).and_then(|c| c.1.get(label));
+    let rate = "max: deliveries/s (higher is better)";
+    let h = get(Kind::Hubbub, rate);
+    for (peer, goal) in [(Kind::Raw, 0.8), (Kind::SocketIo, 5.0)] {
+        let ratio = h.zip(get(peer, rate)).map(|(a, b)| a / b);
+        targets.push(format!(
+            "deliveries/s Hubbub / {} >= {goal}: {} ({})",
+            peer.name(),
+            ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "–".into()),
+            verdict(ratio.map(|r| r >= goal))
+        ));
+    }
+    let p99 = get(Kind::Hubbub, "50%: latency p99, ms (lower is better)");
+    targets.push(format!(
+        "Hubbub p99 latency at 50% of its max sustained rate < 5 ms: {} ({})",
+        p99.map(|v| format!("{v:.2} ms")).unwrap_or_else(|| "–".into()),
+        verdict(p99.map(|v| v < 5.0))
+    ));
+}

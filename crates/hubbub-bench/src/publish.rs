@@ -1,0 +1,285 @@
+//! The publisher: HTTP/1.1 keep-alive POSTs to the server under test (Hubbub's
+//! `POST /api/publish` with `X-API-Key`; the peers' `POST /publish/<channel>`), either
+//! closed-loop (as fast as deliveries keep up, a bounded number of deliveries in flight) or
+//! open-loop at a set rate.
+//!
+//! The HTTP client is a few lines over a `TcpStream` (requests with Content-Length,
+//! responses with Content-Length): every server here answers that way, and it costs no
+//! dependency.
+
+use crate::client::{payload, Target};
+use crate::servers::{Kind, API_KEY};
+use crate::stats::Shared;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct HttpClient {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+    line: String,
+}
+
+impl HttpClient {
+    pub fn new(addr: SocketAddr) -> HttpClient {
+        HttpClient { addr, conn: None, line: String::new() }
+    }
+
+    /// One POST; returns the status and the body. On any error the connection is dropped
+    /// (and made again by the next call): a request is never sent twice.
+    pub async fn post(&mut self, path: &str, headers: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(path, headers, body)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.conn = None;
+                Err("timed out".into())
+            }
+        }
+    }
+
+    async fn exchange(&mut self, path: &str, headers: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+        if self.conn.is_none() {
+            let stream = TcpStream::connect(self.addr).await.map_err(|e| format!("connect: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            self.conn = Some(BufReader::new(stream));
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        conn.get_mut().write_all(&request).await.map_err(|e| format!("write: {e}"))?;
+        self.line.clear();
+        if conn.read_line(&mut self.line).await.map_err(|e| format!("read: {e}"))? == 0 {
+            return Err("connection closed".into());
+        }
+        let status: u16 = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {:?}", self.line))?;
+        let mut length = None;
+        loop {
+            self.line.clear();
+            if conn.read_line(&mut self.line).await.map_err(|e| format!("read: {e}"))? == 0 {
+                return Err("connection closed in headers".into());
+            }
+            let header = self.line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let length = length.ok_or("response without content-length")?;
+        let mut answer = vec![0u8; length];
+        conn.read_exact(&mut answer).await.map_err(|e| format!("read body: {e}"))?;
+        Ok((status, answer))
+    }
+}
+
+/// Which publications were made: per channel, the last sequence number handed out, and the
+/// ones whose publish failed (never accepted by the server, or unknown).
+pub struct Book {
+    pub seq: Vec<AtomicU64>,
+    pub failed: Mutex<Vec<(u32, u64)>>,
+    pub published: AtomicU64,
+    pub errors: AtomicU64,
+    pub first_error: Mutex<Option<String>>,
+}
+
+impl Book {
+    pub fn new(channels: u32) -> Arc<Book> {
+        Arc::new(Book {
+            seq: (0..channels).map(|_| AtomicU64::new(0)).collect(),
+            failed: Mutex::new(Vec::new()),
+            published: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+        })
+    }
+
+    fn failed(&self, channel: u32, seq: u64, why: String) {
+        self.errors.fetch_add(1, Relaxed);
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).push((channel, seq));
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            *first = Some(why);
+        }
+    }
+
+    pub fn first_error(&self) -> Option<String> {
+        self.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Accepted publications of `channel` with a sequence number in `from..=to`.
+    fn accepted_in(&self, failed: &[(u32, u64)], channel: u32, from: u64, to: u64) -> u64 {
+        if to < from {
+            return 0;
+        }
+        let gone = failed.iter().filter(|&&(c, s)| c == channel && s >= from && s <= to).count() as u64;
+        (to - from + 1).saturating_sub(gone)
+    }
+
+    /// Lost deliveries: for every subscription, accepted publications of its channel that
+    /// it never received (in a gap, or after the last one it got).
+    pub fn lost(&self, results: &[crate::stats::SubResult]) -> u64 {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut lost = 0;
+        for r in results {
+            let top = self.seq.get(r.channel as usize).map(|s| s.load(Relaxed)).unwrap_or(0);
+            for &(from, to) in &r.gaps {
+                lost += self.accepted_in(&failed, r.channel, from, to);
+            }
+            lost += self.accepted_in(&failed, r.channel, r.last + 1, top);
+        }
+        lost
+    }
+}
+
+/// Everything a publishing task needs.
+pub struct Publisher {
+    pub target: Arc<Target>,
+    pub shared: Arc<Shared>,
+    pub book: Arc<Book>,
+    pub channels: u32,
+    pub pad: String,
+}
+
+/// How a phase publishes.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// Keep at most this many deliveries in flight (published but not yet received);
+    /// `per_message` deliveries are expected per publication.
+    Closed { window: u64, per_message: u64 },
+    /// This many publications per second.
+    Open { rate: f64 },
+}
+
+/// What a phase published.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Published {
+    pub messages: u64,
+    pub elapsed: Duration,
+    /// The closed loop waited more than 3 s for deliveries: messages were lost.
+    pub stalled: bool,
+}
+
+impl Publisher {
+    /// Publishing tasks (one HTTP connection each, one request at a time): each channel
+    /// belongs to one task, so that a channel's publications are made one after the other
+    /// and arrive in order. Up to 16, so that many channels can keep a server busy.
+    fn tasks(&self) -> u64 {
+        [16u32, 8, 4, 2, 1].into_iter().find(|&k| self.channels.is_multiple_of(k)).unwrap_or(1) as u64
+    }
+
+    async fn publish(&self, http: &mut HttpClient, channel: u32) {
+        let seq = self.book.seq[channel as usize].fetch_add(1, Relaxed) + 1;
+        let data = payload(channel, seq, self.shared.now_micros(), &self.pad);
+        let name = self.target.channel_name(channel);
+        let result = match self.target.kind {
+            Kind::Hubbub => {
+                let body = format!(r#"{{"channel":"{name}","data":{data}}}"#);
+                http.post("/api/publish", &format!("x-api-key: {API_KEY}\r\n"), body.as_bytes()).await
+            }
+            _ => http.post(&format!("/publish/{name}"), "", data.as_bytes()).await,
+        };
+        match result {
+            Ok((200, body)) if self.target.kind != Kind::Hubbub || body.starts_with(br#"{"result""#) => {
+                self.book.published.fetch_add(1, Relaxed);
+            }
+            Ok((status, body)) => {
+                self.book.failed(channel, seq, format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
+            }
+            Err(e) => self.book.failed(channel, seq, e),
+        }
+    }
+
+    /// Waits until `need` deliveries have arrived; false after 3 s without progress.
+    async fn wait_deliveries(&self, need: u64) -> bool {
+        let shared = &self.shared;
+        let mut last = shared.delivered.load(Relaxed);
+        let mut since = Instant::now();
+        loop {
+            let notified = shared.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            shared.wake_at.fetch_min(need, Relaxed);
+            let now = shared.delivered.load(Relaxed);
+            if now >= need {
+                return true;
+            }
+            if now != last {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() > Duration::from_secs(3) {
+                return false;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
+        }
+    }
+
+    /// Publishes for `duration` (message `i` goes to channel `i % channels`).
+    pub async fn run(self: &Arc<Self>, mode: Mode, duration: Duration) -> Published {
+        let tasks = self.tasks();
+        let start = Instant::now();
+        let deadline = start + duration;
+        let mut handles = Vec::new();
+        for k in 0..tasks {
+            let me = self.clone();
+            handles.push(tokio::spawn(async move {
+                let mut http = HttpClient::new(me.target.addr);
+                let mut sent = 0u64;
+                let mut stalled = false;
+                let mut i = k;
+                while Instant::now() < deadline {
+                    match mode {
+                        Mode::Closed { window, per_message } => {
+                            let need = ((i + 1) * per_message).saturating_sub(window);
+                            if !me.wait_deliveries(need).await {
+                                stalled = true;
+                                break;
+                            }
+                        }
+                        Mode::Open { rate } => {
+                            let at = start + Duration::from_secs_f64(i as f64 / rate);
+                            if at >= deadline {
+                                break;
+                            }
+                            tokio::time::sleep_until(at.into()).await;
+                        }
+                    }
+                    me.publish(&mut http, (i % u64::from(me.channels)) as u32).await;
+                    sent += 1;
+                    i += tasks;
+                }
+                (sent, stalled)
+            }));
+        }
+        let mut out = Published::default();
+        for h in handles {
+            if let Ok((sent, stalled)) = h.await {
+                out.messages += sent;
+                out.stalled |= stalled;
+            }
+        }
+        out.elapsed = start.elapsed();
+        out
+    }
+}
