@@ -41,6 +41,13 @@ enum Command {
         #[arg(long)]
         channel: Option<String>,
     },
+    /// Run the load generator (`hubbub-bench`, built beside this binary with
+    /// `cargo build --release -p hubbub-bench`); arguments are passed on.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +58,14 @@ fn main() -> anyhow::Result<()> {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(hubbub_server::serve(config))
+        }
+        Command::Bench { args } => {
+            let exe = std::env::current_exe()?;
+            let bench = exe.with_file_name("hubbub-bench");
+            let status = std::process::Command::new(&bench).args(&args).status().with_context(|| {
+                format!("cannot run {} (build it: cargo build --release -p hubbub-bench)", bench.display())
+            })?;
+            std::process::exit(status.code().unwrap_or(1));
         }
         Command::Token { config, user, ttl, channel } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
