@@ -8,6 +8,7 @@ mod http;
 mod origin;
 mod poll;
 mod transport;
+mod web;
 
 use anyhow::Context;
 use config::Config;
