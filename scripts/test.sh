@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: Rust unit and integration tests (real server, real
-# sockets) and the compatibility suite with the real centrifuge-js SDK.
-# Installs what it needs (npm packages for tests/js) from the registries itself.
+# sockets), the compatibility suite with the real centrifuge-js SDK over every transport,
+# and the browser tests of the web UI (Debian's Chromium driven by playwright-core).
+# Installs what it needs (npm packages, Chromium) from the registries itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,14 @@ if ! command -v node >/dev/null 2>&1; then
 fi
 (
   cd tests/js
+  npm ci --no-audit --no-fund --loglevel=error
+  HUBBUB_BIN="$PWD/../../target/debug/hubbub" npm test
+)
+
+echo "== browser tests of the web UI"
+bash scripts/setup-browser.sh
+(
+  cd tests/e2e
   npm ci --no-audit --no-fund --loglevel=error
   HUBBUB_BIN="$PWD/../../target/debug/hubbub" npm test
 )

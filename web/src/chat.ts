@@ -72,6 +72,8 @@ export function start() {
     },
   });
   client = c;
+  // For the browser tests and for debugging from the console: the live client.
+  (window as unknown as { hubbub?: unknown }).hubbub = { client: c, subscriptions: subs };
   c.on('connecting', () => {
     const s = getState();
     setState({ conn: s.everConnected ? 'offline' : 'connecting' });
