@@ -172,6 +172,9 @@ impl Chat {
             return Err(ChatError::bad_request("a direct conversation needs another person"));
         }
         let room = self.store.dm(user.id, other.id).await?;
+        // The other person's room list learns of it now, not at the first message.
+        let notice = serde_json::json!({ "type": "room_added", "room_id": room.id, "by": user.username });
+        self.publish_ephemeral(&user_channel(other.id), notice).await;
         self.room_view(room.id, user.id).await
     }
 
