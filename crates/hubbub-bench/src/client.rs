@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<TcpStream>;
 
 /// Client connections come from 127.0.0.2 .. 127.0.0.(1 + SOURCE_ADDRS): each source
 /// address has its own ephemeral port range, so more than 64k connections are possible.
@@ -65,7 +65,7 @@ pub fn payload(channel: u32, seq: u64, t: u64, pad: &str) -> String {
     format!(r#"{{"c":{channel},"s":{seq},"t":{t},"p":"{pad}"}}"#)
 }
 
-fn digits(b: &[u8], i: &mut usize) -> Option<u64> {
+pub fn digits(b: &[u8], i: &mut usize) -> Option<u64> {
     let start = *i;
     let mut v: u64 = 0;
     while *i < b.len() && b[*i].is_ascii_digit() {
@@ -75,7 +75,7 @@ fn digits(b: &[u8], i: &mut usize) -> Option<u64> {
     (*i > start).then_some(v)
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
@@ -268,7 +268,7 @@ fn source_addr(index: usize) -> SocketAddr {
 }
 
 /// TCP connection from a spread source address, then the WebSocket handshake.
-async fn open(target: &Target, index: usize) -> Result<Ws, String> {
+pub async fn open(target: &Target, index: usize) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     socket.set_reuseaddr(true).map_err(|e| format!("SO_REUSEADDR: {e}"))?;
     socket.bind(source_addr(index)).map_err(|e| format!("bind {}: {e}", source_addr(index)))?;

@@ -5,6 +5,8 @@
 //!
 //! Loads go to 127.0.0.0/8 only; every loop is bounded in count and time.
 
+mod chat;
+mod chat_scenarios;
 mod client;
 mod publish;
 mod report;
@@ -58,8 +60,8 @@ struct Opts {
     /// Closed loop (max rate): publications in flight, not yet received by every subscriber.
     #[arg(long, global = true, default_value_t = 32)]
     window: u64,
-    /// Connection set-ups in flight at once (Hubbub's listen backlog is 128: more than that
-    /// in flight drops SYNs, which the client retries a second later).
+    /// Connection set-ups in flight at once (first connections; reconnects are not limited).
+    /// Every server here listens with a backlog of at least 511 (Hubbub and raw-ws 4096).
     #[arg(long, global = true, default_value_t = 100)]
     concurrency: usize,
 }
@@ -105,20 +107,40 @@ enum Scenario {
         /// Reconnect delay window: each client waits a random time up to this.
         #[arg(long, default_value_t = 500)]
         jitter_ms: u64,
+        /// On chat rooms (Hubbub only): `--channels` rooms whose stream is durable, clients
+        /// subscribed to `room:{id}` as `--users` members, messages sent with `chat.send`
+        /// right after the restart. Writes `<date>-connect-storm-rooms.md`.
+        #[arg(long)]
+        rooms: bool,
+        /// With --rooms: users signed up (each a member of one room; connections are spread
+        /// over them).
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// With --rooms: sender connections (the rooms' owner).
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
     },
-    /// Chat workload: not yet.
-    Chat,
+    /// Chat (Hubbub only): sign-ups, group rooms, members; every user connected and
+    /// subscribed to its rooms' `room:{id}`; messages sent with the `chat.send` RPC.
+    Chat {
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        #[arg(long, default_value_t = 40)]
+        rooms: usize,
+        /// Members per room (each subscribes to the room's channel).
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        /// Messages per second of the open-loop phase (0: half the closed loop's rate).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Seconds per measured phase.
+        #[arg(long, default_value_t = 5.0)]
+        phase: f64,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
-    if let Scenario::Chat = cli.scenario {
-        eprintln!(
-            "hubbub-bench chat: not yet. The chat scenario needs the chat application (rooms, \
-             history, storage), which is not built yet; nothing was measured."
-        );
-        std::process::exit(2);
-    }
     let nofile = sys::raise_nofile();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = runtime.block_on(run(cli, nofile));
@@ -250,7 +272,39 @@ async fn run(cli: Cli, nofile: u64) -> i32 {
             }
             throughput_targets(&columns, &mut targets);
         }
-        Scenario::ConnectStorm { connections, channels, rate, jitter_ms } => {
+        Scenario::ConnectStorm { connections, channels, rate, jitter_ms, rooms: true, users, senders } => {
+            scenario_name = "connect-storm-rooms";
+            let users = users.max(channels as usize);
+            let n = cap_note(connections.max(users as u64) + senders as u64) - senders as u64;
+            let storm = chat_scenarios::RoomStorm {
+                connections: n,
+                rooms: channels as usize,
+                users,
+                rate,
+                jitter: Duration::from_millis(jitter_ms),
+                senders,
+            };
+            params.push(("connections".into(), n.to_string()));
+            params.push(("rooms".into(), channels.to_string()));
+            params.push(("users".into(), users.to_string()));
+            params.push(("sender connections".into(), senders.to_string()));
+            params.push(("message rate".into(), format!("{rate}/s")));
+            params.push(("reconnect jitter".into(), format!("{jitter_ms} ms")));
+            if only_hubbub(&mut kinds, &mut notes) {
+                eprintln!("connect-storm --rooms: hubbub with {n} connections");
+                columns.push((Kind::Hubbub, chat_scenarios::connect_storm_rooms(&common, storm).await));
+            }
+            notes.push(
+                "Clients subscribe to `room:{id}` (the chat's rooms: the stream is the room's event log in \
+                 SQLite, in the data_dir the harness keeps across the restart) and resubscribe with recover:true \
+                 and their last offset and epoch. Messages are sent with the chat.send RPC by separate sender \
+                 connections, all along at the rate (queued while the server is down) and one per room as soon \
+                 as the senders are back; a send left unanswered by the shutdown is repeated with the same \
+                 client_msg_id. Lost: acknowledged messages a subscriber never received, live or recovered."
+                    .into(),
+            );
+        }
+        Scenario::ConnectStorm { connections, channels, rate, jitter_ms, .. } => {
             scenario_name = "connect-storm";
             let n = cap_note(connections);
             let storm = Storm { connections: n, channels, rate, jitter: Duration::from_millis(jitter_ms) };
@@ -269,7 +323,39 @@ async fn run(cli: Cli, nofile: u64) -> i32 {
                     .into(),
             );
         }
-        Scenario::Chat => unreachable!("handled before the runtime starts"),
+        Scenario::Chat { users, rooms, members, rate, phase } => {
+            scenario_name = "chat";
+            let users = cap_note(users as u64) as usize;
+            let shape = chat_scenarios::ChatShape {
+                users,
+                rooms,
+                members,
+                rate,
+                phase: Duration::from_secs_f64(phase),
+                window: opts.window,
+            };
+            params.push(("users".into(), users.to_string()));
+            params.push(("rooms".into(), rooms.to_string()));
+            params.push(("members per room".into(), members.to_string()));
+            params.push((
+                "open-loop rate".into(),
+                if rate > 0.0 { format!("{rate} messages/s") } else { "half the closed loop's".into() },
+            ));
+            params.push(("phase".into(), format!("{phase} s")));
+            params.push(("closed-loop window".into(), format!("{} messages", opts.window)));
+            if only_hubbub(&mut kinds, &mut notes) {
+                eprintln!("chat: hubbub with {users} users, {rooms} rooms of {members}");
+                columns.push((Kind::Hubbub, chat_scenarios::chat(&common, shape).await));
+            }
+            notes.push(
+                "Stored: the chat.send RPC answered with the message (only after its SQLite commit). Deliveries: \
+                 the message's publication on room:{id} received by the room's other members. Latencies from the \
+                 send time written in the text (same process, monotonic clock). The closed loop keeps the window's \
+                 messages in flight (each waits for its acknowledgement, and deliveries may lag by at most the \
+                 window); the open loop sends at the rate from random members of random rooms."
+                    .into(),
+            );
+        }
     }
     if kinds.contains(&Kind::SocketIo) {
         notes.push(
@@ -284,6 +370,24 @@ async fn run(cli: Cli, nofile: u64) -> i32 {
     report.emit(opts.out.as_deref());
     let _ = std::fs::remove_dir_all(&programs.work);
     0
+}
+
+/// The chat scenarios run against Hubbub only: the peers have no chat. Says so; false when
+/// Hubbub is not among the servers asked.
+fn only_hubbub(kinds: &mut Vec<Kind>, notes: &mut Vec<String>) -> bool {
+    let peers: Vec<&str> = kinds.iter().filter(|k| **k != Kind::Hubbub).map(|k| k.name()).collect();
+    if !peers.is_empty() {
+        notes.push(format!(
+            "Hubbub only: {} have no chat (accounts, rooms, durable history), so there is nothing to compare.",
+            peers.join(" and ")
+        ));
+    }
+    let has = kinds.contains(&Kind::Hubbub);
+    kinds.retain(|k| *k == Kind::Hubbub);
+    if !has {
+        notes.push("hubbub is not among --servers: nothing was measured.".into());
+    }
+    has
 }
 
 fn throughput_targets(columns: &[(Kind, report::Column)], targets: &mut Vec<String>) {

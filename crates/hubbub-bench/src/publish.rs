@@ -211,30 +211,6 @@ impl Publisher {
         }
     }
 
-    /// Waits until `need` deliveries have arrived; false after 3 s without progress.
-    async fn wait_deliveries(&self, need: u64) -> bool {
-        let shared = &self.shared;
-        let mut last = shared.delivered.load(Relaxed);
-        let mut since = Instant::now();
-        loop {
-            let notified = shared.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            shared.wake_at.fetch_min(need, Relaxed);
-            let now = shared.delivered.load(Relaxed);
-            if now >= need {
-                return true;
-            }
-            if now != last {
-                last = now;
-                since = Instant::now();
-            } else if since.elapsed() > Duration::from_secs(3) {
-                return false;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
-        }
-    }
-
     /// Publishes for `duration` (message `i` goes to channel `i % channels`).
     pub async fn run(self: &Arc<Self>, mode: Mode, duration: Duration) -> Published {
         let tasks = self.tasks();
@@ -252,7 +228,7 @@ impl Publisher {
                     match mode {
                         Mode::Closed { window, per_message } => {
                             let need = ((i + 1) * per_message).saturating_sub(window);
-                            if !me.wait_deliveries(need).await {
+                            if !me.shared.wait_delivered(need).await {
                                 stalled = true;
                                 break;
                             }

@@ -21,17 +21,17 @@ pub struct Common {
     pub concurrency: usize,
 }
 
-fn block<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-async fn start(kind: Kind, common: &Common, port: u16) -> Result<ServerProc, String> {
+pub(crate) async fn start(kind: Kind, common: &Common, port: u16) -> Result<ServerProc, String> {
     let programs = common.programs.clone();
     block(|| ServerProc::start(kind, &programs, port))
 }
 
 /// Polls `cond` every 5 ms until it holds or `limit` passes; returns whether it held.
-async fn wait_for(limit: Duration, cond: impl Fn() -> bool) -> bool {
+pub(crate) async fn wait_for(limit: Duration, cond: impl Fn() -> bool) -> bool {
     let until = Instant::now() + limit;
     loop {
         if cond() {
@@ -44,25 +44,25 @@ async fn wait_for(limit: Duration, cond: impl Fn() -> bool) -> bool {
     }
 }
 
-fn ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
+pub(crate) fn ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
     (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0)
 }
 
-fn max_ms(h: &Histogram<u64>) -> Option<f64> {
+pub(crate) fn max_ms(h: &Histogram<u64>) -> Option<f64> {
     (!h.is_empty()).then(|| h.max() as f64 / 1000.0)
 }
 
-fn kib_per(bytes_kib_delta: i64, n: u64) -> Option<f64> {
+pub(crate) fn kib_per(bytes_kib_delta: i64, n: u64) -> Option<f64> {
     (n > 0).then(|| bytes_kib_delta as f64 / n as f64)
 }
 
 /// Stops every connection task and waits for them (bounded).
-async fn stop_clients(shared: &Arc<Shared>, total: u64) {
+pub(crate) async fn stop_clients(shared: &Arc<Shared>, total: u64) {
     let _ = shared.stop.send(true);
     wait_for(Duration::from_secs(30), || shared.finished.load(Relaxed) >= total).await;
 }
 
-fn note_errors(col: &mut Column, shared: &Shared) {
+pub(crate) fn note_errors(col: &mut Column, shared: &Shared) {
     if let Some(e) = shared.first_error() {
         col.notes.push(format!("{} set-up errors, first: {e}", shared.setup_errors.load(Relaxed)));
     }
@@ -80,7 +80,7 @@ fn target(
 
 /// Opens every connection and waits until they are set up (or failed). Returns the
 /// seconds it took; `subscribed` selects which counter means "set up".
-async fn connect_all(shared: &Arc<Shared>, n: u64, subscribed: bool, limit: Duration) -> f64 {
+pub(crate) async fn connect_all(shared: &Arc<Shared>, n: u64, subscribed: bool, limit: Duration) -> f64 {
     let started = Instant::now();
     wait_for(limit, || {
         let done = if subscribed { shared.subscribed.load(Relaxed) } else { shared.connected.load(Relaxed) };

@@ -55,7 +55,9 @@ pub struct ServerProc {
 }
 
 /// Hubbub's config for the bench: the default namespace is plain fan-out (no presence, no
-/// history, like the peers); namespace `r` keeps history for recovery (connect-storm).
+/// history, like the peers); namespace `r` keeps history for recovery (connect-storm). The
+/// chat's `room` namespace is the server's own (durable, in `data_dir`); access tokens live
+/// an hour instead of 15 minutes so that a long run never meets an expiry.
 fn hubbub_config(data_dir: &Path) -> String {
     format!(
         r#"listen = "127.0.0.1:0"
@@ -73,6 +75,9 @@ queue_max_bytes = 1048576
 max_message_size = 65536
 commands_per_second = 1000
 max_channels = 128
+
+[chat]
+access_token_ttl = "1h"
 
 [[namespaces]]
 name = ""
@@ -93,6 +98,11 @@ force_recovery = true
     )
 }
 
+/// Hubbub's `data_dir` (kept across restarts within one run of a scenario).
+pub fn hubbub_data_dir(programs: &Programs) -> PathBuf {
+    programs.work.join("hubbub-data")
+}
+
 impl ServerProc {
     /// Starts a server; `port` 0 picks a free one. Waits for its `listening on` line.
     pub fn start(kind: Kind, programs: &Programs, port: u16) -> Result<ServerProc, String> {
@@ -105,7 +115,7 @@ impl ServerProc {
             .map_err(|e| format!("{}: {e}", log.display()))?;
         let mut cmd = match kind {
             Kind::Hubbub => {
-                let data = programs.work.join("hubbub-data");
+                let data = hubbub_data_dir(programs);
                 std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
                 let config = programs.work.join("hubbub.toml");
                 std::fs::write(&config, hubbub_config(&data)).map_err(|e| e.to_string())?;

@@ -8,13 +8,13 @@ use hdrhistogram::Histogram;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 /// Latencies are in microseconds, up to an hour.
 const MAX_MICROS: u64 = 3_600_000_000;
 
-fn new_histogram() -> Histogram<u64> {
+pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("histogram bounds")
 }
 
@@ -142,6 +142,29 @@ impl Shared {
         if total >= self.wake_at.load(Relaxed) {
             self.wake_at.store(u64::MAX, Relaxed);
             self.wake.notify_waiters();
+        }
+    }
+
+    /// Waits until `need` deliveries have arrived; false after 3 s without progress.
+    pub async fn wait_delivered(&self, need: u64) -> bool {
+        let mut last = self.delivered.load(Relaxed);
+        let mut since = Instant::now();
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.wake_at.fetch_min(need, Relaxed);
+            let now = self.delivered.load(Relaxed);
+            if now >= need {
+                return true;
+            }
+            if now != last {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() > Duration::from_secs(3) {
+                return false;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
         }
     }
 

@@ -175,7 +175,7 @@ const OPS: &[Op] = &[
     Op {
         method: "delete",
         path: "/api/rooms/{id}/messages/{seq}",
-        summary: "Delete one's own message (leaves a tombstone)",
+        summary: "Delete one's own message, or any as the room's owner/admin (leaves a tombstone)",
         auth: true,
         body: None,
         query: &[],

@@ -299,9 +299,25 @@ impl Node {
     }
 
     /// Checks whether `user` may subscribe to `channel` (with the subscription `token`, if
-    /// any), returning the token's info and expiry. The one place these rules live: client
+    /// any), returning the token's info and expiry: the namespace's rules, then the hooks of
+    /// an application that owns the namespace. The one place these rules live: client
     /// subscriptions and long polls both ask here.
-    pub fn authorize_subscribe(
+    pub async fn authorize_subscribe(
+        &self,
+        user: &str,
+        channel: &str,
+        name: &ChannelName<'_>,
+        ns: &NamespaceConfig,
+        token: &str,
+    ) -> ApiResult<(Option<Json>, Option<u64>)> {
+        let granted = self.namespace_allows_subscribe(user, channel, name, ns, token)?;
+        if let Some(hooks) = self.channel_hooks(ns) {
+            hooks.authorize_subscribe(user, channel).await?;
+        }
+        Ok(granted)
+    }
+
+    fn namespace_allows_subscribe(
         &self,
         user: &str,
         channel: &str,

@@ -351,7 +351,7 @@ impl Session {
         }
         let user = self.user.as_deref().unwrap_or_default();
         let (chan_info, expires_at) =
-            self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token)?;
+            self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token).await?;
         let params = SubscribeParams {
             recover_from: req
                 .recover

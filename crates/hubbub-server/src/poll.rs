@@ -109,10 +109,7 @@ pub async fn poll(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, ERROR_NOT_AVAILABLE));
     }
     let forbidden = |e| ApiError::new(StatusCode::FORBIDDEN, e);
-    node.authorize_subscribe(&claims.sub, &channel, &name, ns, "").map_err(forbidden)?;
-    if let Some(hooks) = node.channel_hooks(ns) {
-        hooks.authorize_subscribe(&claims.sub, &channel).await.map_err(forbidden)?;
-    }
+    node.authorize_subscribe(&claims.sub, &channel, &name, ns, "").await.map_err(forbidden)?;
     let engine = |e: EngineError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ProtocolError::from(e));
 
     let position_only = HistoryQuery { limit: Some(0), ..Default::default() };
