@@ -64,6 +64,12 @@ impl Resp {
             self.text
         );
     }
+
+    /// Expect 204 No Content.
+    #[track_caller]
+    fn no_content(&self) {
+        assert_eq!(self.status, 204, "{} → {} {}", self.what, self.status, self.text);
+    }
 }
 
 #[derive(Clone)]
@@ -216,6 +222,56 @@ fn seqs(list: &Value) -> Vec<i64> {
     list.as_array().unwrap_or_else(|| panic!("not a list: {list}")).iter().map(seq).collect()
 }
 
+/// A new server with alice, bob and carol signed up (in that order).
+async fn trio() -> (Server, Http, User, User, User) {
+    let srv = Server::new();
+    let h = Http::new(&srv.addr);
+    let alice = signup(&h, "alice").await;
+    let bob = signup(&h, "bob").await;
+    let carol = signup(&h, "carol").await;
+    (srv, h, alice, bob, carol)
+}
+
+/// A new server where alice and bob signed up, and alice created the room "Team" (`r`, its
+/// channel `ch`) and invited bob.
+struct Team {
+    srv: Server,
+    h: Http,
+    alice: User,
+    bob: User,
+    r: i64,
+    ch: String,
+}
+
+async fn team() -> Team {
+    let srv = Server::new();
+    let h = Http::new(&srv.addr);
+    let alice = signup(&h, "alice").await;
+    let bob = signup(&h, "bob").await;
+    let r = create_room(&h, &alice, "Team").await;
+    invite(&h, &alice, r, &bob).await;
+    Team { srv, h, alice, bob, r, ch: room_ch(r) }
+}
+
+/// Bob subscribes to the team room and hears two messages alice sends over RPC (in order, no
+/// gap); then his connection closes. Returns alice's connection, the room's epoch and the
+/// offset bob got to.
+async fn bob_hears_two_then_goes_away(t: &Team) -> (Client, String, i64) {
+    let Team { srv, alice, bob, r, ch, .. } = t;
+    let mut bw = ws(&srv.addr, bob).await;
+    let sub = bw.subscribe(ch).await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    let o0 = num(&sub, "offset");
+    let mut aw = ws(&srv.addr, alice).await;
+    for i in 1..=2 {
+        rpc_send(&mut aw, *r, &format!("before {i}"), &format!("b{i}")).await;
+        assert_eq!(num(&stored_event(&mut bw, ch).await, "offset"), o0 + i);
+    }
+    bw.close_now().await;
+    drop(bw);
+    (aw, epoch, o0 + 2)
+}
+
 // ---------------------------------------------------------------------------------------------
 // WebSocket: connection, RPC, channel events
 // ---------------------------------------------------------------------------------------------
@@ -247,6 +303,11 @@ async fn rpc_ok(c: &mut Client, method: &str, data: Value) -> Value {
     }
     let res = r.get("rpc").unwrap_or_else(|| panic!("rpc {method} {data}: reply without `rpc`: {r}"));
     res.get("data").cloned().unwrap_or(Value::Null)
+}
+
+/// `chat.send` over RPC that must succeed; returns the message.
+async fn rpc_send(c: &mut Client, room: i64, text: &str, cmid: &str) -> Value {
+    rpc_ok(c, "chat.send", json!({"room_id": room, "text": text, "client_msg_id": cmid})).await
 }
 
 /// RPC that must fail; returns the protocol error code.
@@ -477,7 +538,7 @@ async fn accounts_signup_login_me_refresh_logout() {
         session(&h.post("/api/auth/refresh", None, json!({"refresh_token": login.refresh})).await.ok(200));
     // Logout revokes.
     let r = h.post("/api/auth/logout", None, json!({"refresh_token": l1.refresh})).await;
-    assert_eq!(r.status, 204, "{} → {} {}", r.what, r.status, r.text);
+    r.no_content();
     h.post("/api/auth/refresh", None, json!({"refresh_token": l1.refresh})).await.err(401, "unauthorized");
     // Garbage / missing refresh token.
     h.post("/api/auth/refresh", None, json!({"refresh_token": "not-a-token"})).await.err(401, "unauthorized");
@@ -600,11 +661,7 @@ async fn openapi_document_lists_every_route() {
 
 #[tokio::test]
 async fn rooms_membership_dms_and_authorization() {
-    let srv = Server::new();
-    let h = Http::new(&srv.addr);
-    let alice = signup(&h, "alice").await;
-    let bob = signup(&h, "bob").await;
-    let carol = signup(&h, "carol").await;
+    let (srv, h, alice, bob, carol) = trio().await;
 
     // Create: the caller owns it.
     let b = h.post("/api/rooms", alice.tok(), json!({"name": "Team"})).await.ok(201);
@@ -691,9 +748,7 @@ async fn rooms_membership_dms_and_authorization() {
 
     // Nobody edits or deletes another's message.
     let m1 = send(&h, &alice, r, "alice's words", "a-1").await;
-    let m2 =
-        rpc_ok(&mut bw, "chat.send", json!({"room_id": r, "text": "bob's words", "client_msg_id": "b-1"}))
-            .await;
+    let m2 = rpc_send(&mut bw, r, "bob's words", "b-1").await;
     let (s1, s2) = (seq(&m1), seq(&m2));
     h.patch(&format!("/api/rooms/{r}/messages/{s1}"), bob.tok(), json!({"text": "mine now"}))
         .await
@@ -778,7 +833,7 @@ async fn rooms_membership_dms_and_authorization() {
 
     // Leaving: bob can no longer read or send.
     let r_leave = h.delete(&format!("/api/rooms/{r}/members/me"), bob.tok()).await;
-    assert_eq!(r_leave.status, 204, "{} → {} {}", r_leave.what, r_leave.status, r_leave.text);
+    r_leave.no_content();
     h.get(&format!("/api/rooms/{r}/messages"), bob.tok()).await.err(403, "forbidden");
     h.post(
         &format!("/api/rooms/{r}/messages"),
@@ -813,11 +868,7 @@ async fn rooms_membership_dms_and_authorization() {
 /// ones are listed together.
 #[tokio::test]
 async fn room_channels_are_for_members_only() {
-    let srv = Server::new();
-    let h = Http::new(&srv.addr);
-    let alice = signup(&h, "alice").await;
-    let bob = signup(&h, "bob").await;
-    let carol = signup(&h, "carol").await;
+    let (srv, h, alice, bob, carol) = trio().await;
     let r = create_room(&h, &alice, "Team").await;
     invite(&h, &alice, r, &bob).await;
     let dm =
@@ -856,7 +907,7 @@ async fn room_channels_are_for_members_only() {
 
     // Bob leaves: his subscription ends, and he cannot subscribe again.
     let r_leave = h.delete(&format!("/api/rooms/{r}/members/me"), bob.tok()).await;
-    assert_eq!(r_leave.status, 204, "{} → {} {}", r_leave.what, r_leave.status, r_leave.text);
+    r_leave.no_content();
     let ch = room_ch(r);
     let gone = bw
         .push_where(T, |p| {
@@ -881,13 +932,7 @@ async fn room_channels_are_for_members_only() {
 
 #[tokio::test]
 async fn messages_send_edit_delete_react_bad_input_retry_paging() {
-    let srv = Server::new();
-    let h = Http::new(&srv.addr);
-    let alice = signup(&h, "alice").await;
-    let bob = signup(&h, "bob").await;
-    let r = create_room(&h, &alice, "Team").await;
-    invite(&h, &alice, r, &bob).await;
-    let ch = room_ch(r);
+    let Team { srv, h, alice, bob, r, ch } = team().await;
 
     let mut bw = ws(&srv.addr, &bob).await;
     let sub = bw.subscribe(&ch).await;
@@ -906,8 +951,7 @@ async fn messages_send_edit_delete_react_bad_input_retry_paging() {
     }
 
     // chat.send over RPC: the message, acknowledged with its seq.
-    let m1 =
-        rpc_ok(&mut aw, "chat.send", json!({"room_id": r, "text": "hello bob", "client_msg_id": "c1"})).await;
+    let m1 = rpc_send(&mut aw, r, "hello bob", "c1").await;
     assert_eq!(m1["room_id"].as_i64(), Some(r), "{m1}");
     assert_eq!(m1["sender_id"].as_i64(), Some(alice.id));
     assert_eq!(m1["sender"], "alice");
@@ -990,15 +1034,12 @@ async fn messages_send_edit_delete_react_bad_input_retry_paging() {
     assert!(matches!(again.status, 200 | 201), "{} → {} {}", again.what, again.status, again.text);
     assert_eq!(seq(&again.body), seq(&d), "retry must return the original: {}", again.text);
     assert_eq!(again.body["text"], "dup");
-    let via_rpc =
-        rpc_ok(&mut aw, "chat.send", json!({"room_id": r, "text": "dup", "client_msg_id": "dup-1"})).await;
+    let via_rpc = rpc_send(&mut aw, r, "dup", "dup-1").await;
     assert_eq!(seq(&via_rpc), seq(&d), "{via_rpc}");
     no_stored_event(&mut bw, &ch, QUIET).await;
     assert_eq!(h.get(&format!("/api/rooms/{r}"), at).await.ok(200)["last_seq"].as_i64(), Some(last));
     // Another sender's same client_msg_id is another message.
-    let other =
-        rpc_ok(&mut bw, "chat.send", json!({"room_id": r, "text": "bob dup", "client_msg_id": "dup-1"}))
-            .await;
+    let other = rpc_send(&mut bw, r, "bob dup", "dup-1").await;
     assert_eq!(seq(&other), last + 1, "{other}");
     next_stored(&mut bw, &ch, &mut last, "message").await;
 
@@ -1129,13 +1170,7 @@ async fn messages_send_edit_delete_react_bad_input_retry_paging() {
 
 #[tokio::test]
 async fn receipts_monotonic_pushed_and_unread_across_devices() {
-    let srv = Server::new();
-    let h = Http::new(&srv.addr);
-    let alice = signup(&h, "alice").await;
-    let bob = signup(&h, "bob").await;
-    let r = create_room(&h, &alice, "Team").await;
-    invite(&h, &alice, r, &bob).await;
-    let ch = room_ch(r);
+    let Team { srv, h, alice, bob, r, ch } = team().await;
     let bch = user_ch(&bob);
 
     let mut aw = ws(&srv.addr, &alice).await;
@@ -1250,13 +1285,7 @@ async fn receipts_monotonic_pushed_and_unread_across_devices() {
 
 #[tokio::test]
 async fn typing_throttled_and_presence_first_and_last_connection() {
-    let srv = Server::new();
-    let h = Http::new(&srv.addr);
-    let alice = signup(&h, "alice").await;
-    let bob = signup(&h, "bob").await;
-    let r = create_room(&h, &alice, "Team").await;
-    invite(&h, &alice, r, &bob).await;
-    let ch = room_ch(r);
+    let Team { srv, h, alice, bob, r, ch } = team().await;
     let mut aw = ws(&srv.addr, &alice).await;
     aw.subscribe(&ch).await;
     let is_bob =
@@ -1287,7 +1316,7 @@ async fn typing_throttled_and_presence_first_and_last_connection() {
     assert_eq!(p["data"]["expires_ms"], json!(5000), "{p}");
     rpc_ok(&mut b1, "chat.typing", json!({"room_id": r})).await;
     let rt = h.post(&format!("/api/rooms/{r}/typing"), bob.tok(), json!({})).await;
-    assert_eq!(rt.status, 204, "{} → {} {}", rt.what, rt.status, rt.text);
+    rt.no_content();
     rpc_ok(&mut b2, "chat.typing", json!({"room_id": r})).await;
     assert!(t0.elapsed() < Duration::from_millis(1500), "too slow to check the throttle");
     no_event(&mut aw, &ch, "typing", QUIET).await;
@@ -1295,7 +1324,7 @@ async fn typing_throttled_and_presence_first_and_last_connection() {
     let wait = Duration::from_millis(2300).saturating_sub(t0.elapsed());
     tokio::time::sleep(wait).await;
     let rt = h.post(&format!("/api/rooms/{r}/typing"), bob.tok(), json!({})).await;
-    assert_eq!(rt.status, 204, "{} → {} {}", rt.what, rt.status, rt.text);
+    rt.no_content();
     let p = event(&mut aw, &ch, "typing").await;
     assert_eq!(p["data"]["user_id"].as_i64(), Some(bob.id), "{p}");
     // Typing is never stored: the next message takes the next seq after the invite.
@@ -1327,11 +1356,7 @@ async fn typing_throttled_and_presence_first_and_last_connection() {
 
 #[tokio::test]
 async fn notifications_mentions_invitations_and_scoped_search() {
-    let srv = Server::new();
-    let h = Http::new(&srv.addr);
-    let alice = signup(&h, "alice").await;
-    let bob = signup(&h, "bob").await;
-    let carol = signup(&h, "carol").await;
+    let (srv, h, alice, bob, carol) = trio().await;
     let bch = user_ch(&bob);
     let mut bw = ws(&srv.addr, &bob).await;
     bw.subscribe(&bch).await;
@@ -1376,7 +1401,7 @@ async fn notifications_mentions_invitations_and_scoped_search() {
 
     // Mark one read, then all.
     let rr = h.post("/api/notifications/read", bob.tok(), json!({"ids": [inv["id"]]})).await;
-    assert_eq!(rr.status, 204, "{} → {} {}", rr.what, rr.status, rr.text);
+    rr.no_content();
     let list = h.get("/api/notifications", bob.tok()).await.ok(200);
     assert_eq!((list[0]["read"].clone(), list[1]["read"].clone()), (json!(false), json!(true)), "{list}");
     // Someone else cannot mark bob's notifications read.
@@ -1388,7 +1413,7 @@ async fn notifications_mentions_invitations_and_scoped_search() {
         .await
         .err(400, "bad_request");
     let rr = h.post("/api/notifications/read", bob.tok(), json!({})).await;
-    assert_eq!(rr.status, 204, "{} → {} {}", rr.what, rr.status, rr.text);
+    rr.no_content();
     let list = h.get("/api/notifications", bob.tok()).await.ok(200);
     assert!(list.as_array().unwrap().iter().all(|n| n["read"] == json!(true)), "{list}");
 
@@ -1442,31 +1467,9 @@ async fn notifications_mentions_invitations_and_scoped_search() {
 
 #[tokio::test]
 async fn recovery_after_being_away_and_ordered_concurrent_sends() {
-    let srv = Server::new();
-    let h = Http::new(&srv.addr);
-    let alice = signup(&h, "alice").await;
-    let bob = signup(&h, "bob").await;
-    let r = create_room(&h, &alice, "Team").await;
-    invite(&h, &alice, r, &bob).await;
-    let ch = room_ch(r);
-
-    let mut bw = ws(&srv.addr, &bob).await;
-    let sub = bw.subscribe(&ch).await;
-    let epoch = sub["epoch"].as_str().unwrap().to_string();
-    let o0 = num(&sub, "offset");
-    let mut aw = ws(&srv.addr, &alice).await;
-    for i in 1..=2 {
-        rpc_ok(
-            &mut aw,
-            "chat.send",
-            json!({"room_id": r, "text": format!("before {i}"), "client_msg_id": format!("b{i}")}),
-        )
-        .await;
-        assert_eq!(num(&stored_event(&mut bw, &ch).await, "offset"), o0 + i);
-    }
-    let last = o0 + 2;
-    bw.close_now().await;
-    drop(bw);
+    let t = team().await;
+    let (mut aw, epoch, last) = bob_hears_two_then_goes_away(&t).await;
+    let Team { srv, h, alice, bob, r, ch } = t;
 
     // While bob is away: 5 messages and an edit.
     let mut sent = Vec::new();
@@ -1474,12 +1477,7 @@ async fn recovery_after_being_away_and_ordered_concurrent_sends() {
         let m = if i % 2 == 0 {
             send(&h, &alice, r, &format!("away {i}"), &format!("w{i}")).await
         } else {
-            rpc_ok(
-                &mut aw,
-                "chat.send",
-                json!({"room_id": r, "text": format!("away {i}"), "client_msg_id": format!("w{i}")}),
-            )
-            .await
+            rpc_send(&mut aw, r, &format!("away {i}"), &format!("w{i}")).await
         };
         sent.push(seq(&m));
     }
@@ -1499,8 +1497,7 @@ async fn recovery_after_being_away_and_ordered_concurrent_sends() {
     assert_eq!(texts, (1..=5).map(|i| json!(format!("away {i}"))).collect::<Vec<_>>());
     assert_eq!(pubs[5]["data"]["message"]["text"], "away 1 (edited)");
     assert_eq!(num(&rec, "offset"), last + 6, "{rec}");
-    let live =
-        rpc_ok(&mut aw, "chat.send", json!({"room_id": r, "text": "live", "client_msg_id": "l1"})).await;
+    let live = rpc_send(&mut aw, r, "live", "l1").await;
     let p = stored_event(&mut bw, &ch).await;
     assert_eq!(num(&p, "offset"), last + 7, "{p}");
     assert_eq!(seq(&live), last + 7);
@@ -1555,42 +1552,15 @@ async fn recovery_after_being_away_and_ordered_concurrent_sends() {
 
 #[tokio::test]
 async fn recovery_after_full_server_restart_on_same_data_dir() {
-    let mut srv = Server::new();
-    let h = Http::new(&srv.addr);
-    let alice = signup(&h, "alice").await;
-    let bob = signup(&h, "bob").await;
-    let r = create_room(&h, &alice, "Team").await;
-    invite(&h, &alice, r, &bob).await;
-    let ch = room_ch(r);
-
-    let mut bw = ws(&srv.addr, &bob).await;
-    let sub = bw.subscribe(&ch).await;
-    let epoch = sub["epoch"].as_str().unwrap().to_string();
-    let o0 = num(&sub, "offset");
-    let mut aw = ws(&srv.addr, &alice).await;
-    for i in 1..=2 {
-        rpc_ok(
-            &mut aw,
-            "chat.send",
-            json!({"room_id": r, "text": format!("before {i}"), "client_msg_id": format!("b{i}")}),
-        )
-        .await;
-        assert_eq!(num(&stored_event(&mut bw, &ch).await, "offset"), o0 + i);
-    }
-    let last = o0 + 2;
-    bw.close_now().await;
-    drop(bw);
+    let t = team().await;
+    let (mut aw, epoch, last) = bob_hears_two_then_goes_away(&t).await;
+    let Team { mut srv, h, alice, bob, r, ch } = t;
 
     // Sent (and acknowledged) while bob is away; then the server dies at once (SIGKILL).
     let mut expected = Vec::new();
     for i in 1..=5 {
         let text = format!("missed {i}");
-        let m = rpc_ok(
-            &mut aw,
-            "chat.send",
-            json!({"room_id": r, "text": text, "client_msg_id": format!("m{i}")}),
-        )
-        .await;
+        let m = rpc_send(&mut aw, r, &text, &format!("m{i}")).await;
         assert_eq!(seq(&m), last + i, "{m}");
         expected.push(text);
     }
@@ -1622,17 +1592,14 @@ async fn recovery_after_full_server_restart_on_same_data_dir() {
 
     // Live again, no duplicate.
     let mut aw = ws(&srv2.addr, &alice).await;
-    let m =
-        rpc_ok(&mut aw, "chat.send", json!({"room_id": r, "text": "after restart", "client_msg_id": "a1"}))
-            .await;
+    let m = rpc_send(&mut aw, r, "after restart", "a1").await;
     assert_eq!(seq(&m), last + 7, "seqs continue after a restart: {m}");
     let p = stored_event(&mut bw, &ch).await;
     assert_eq!(num(&p, "offset"), last + 7, "{p}");
     assert_eq!(p["data"]["message"]["text"], "after restart");
     no_stored_event(&mut bw, &ch, QUIET).await;
     // A retry of a message acknowledged before the crash is still deduplicated.
-    let again =
-        rpc_ok(&mut aw, "chat.send", json!({"room_id": r, "text": "missed 1", "client_msg_id": "m1"})).await;
+    let again = rpc_send(&mut aw, r, "missed 1", "m1").await;
     assert_eq!(seq(&again), last + 1, "{again}");
     no_stored_event(&mut bw, &ch, QUIET).await;
 
@@ -1644,8 +1611,7 @@ async fn recovery_after_full_server_restart_on_same_data_dir() {
     assert_eq!(room["last_seq"].as_i64(), Some(last + 7));
     let list = h2.get(&format!("/api/rooms/{r}/messages?after={last}"), bob.tok()).await.ok(200);
     assert_eq!(seqs(&list), (last + 1..=last + 7).collect::<Vec<_>>(), "{list}");
-    let mut c = Client::open(&format!("ws://{}/connection/websocket", srv2.addr)).await;
-    c.connect(&bob.access).await;
+    let mut c = ws(&srv2.addr, &bob).await;
     let fresh = c.subscribe(&ch).await;
     assert_eq!(num(&fresh, "offset"), last + 7, "{fresh}");
     assert_eq!(fresh["epoch"], json!(epoch));
