@@ -2,24 +2,19 @@
 //! with `Authorization: Bearer <connection token>` (docs/PROTOCOL.md, "Long polling and
 //! polling").
 //!
-//! Self-contained (no `mod common;`): spawns the real `hubbub` binary with a temporary TOML
-//! config, waits for `hubbub listening on http://ADDR`, kills it on drop. Every request has
-//! a timeout; nothing here can hang.
+//! Each test starts the real `hubbub` binary through `common` (temporary TOML config, killed
+//! on drop) with the namespaces below, and polls it over plain HTTP. Every request has a
+//! timeout; nothing here can hang.
 //!
 //! `cargo test -p hubbub-server --test polling -- --nocapture` shows the timings and the
 //! memory per held poll.
+mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::{jwt_with_secret, token, token_exp, Api, Ns, Server, API_KEY};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hubbub");
-const SECRET: &str = "polling-test-secret-0123456789";
-const API_KEY: &str = "polling-test-api-key";
 /// Bound of any single HTTP request that is not a long poll.
 const REQ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -27,126 +22,40 @@ const REQ_TIMEOUT: Duration = Duration::from_secs(5);
 // Server process
 // ---------------------------------------------------------------------------------------------
 
-struct Server {
-    child: Child,
+/// A server (see [`PollServer::start`]), its server API, and the HTTP client the tests poll
+/// with.
+struct PollServer {
+    srv: Server,
+    api: Api,
     url: String,
-    dir: tempfile::TempDir,
     http: reqwest::Client,
 }
 
-/// The config of every server here. Namespaces: "" (history 100), `small` (history 3),
-/// `bare` (no history).
-fn config(dir: &std::path::Path) -> String {
-    let ns = |name: &str, history_size: u32| {
-        format!(
-            r#"
-[[namespaces]]
-name = "{name}"
-presence = true
-join_leave = true
-force_push_join_leave = false
-history_size = {history_size}
-history_ttl = "10m"
-force_recovery = true
-force_positioning = false
-allow_publish_for_client = true
-allow_subscribe_for_client = true
-allow_presence_for_subscriber = true
-allow_history_for_subscriber = true
-"#
-        )
-    };
-    format!(
-        r#"listen = "127.0.0.1:0"
-data_dir = "{data}"
-shutdown_grace = "1s"
-
-[auth]
-token_secret = "{SECRET}"
-api_key = "{API_KEY}"
-allow_anonymous = false
-{default}{small}{bare}"#,
-        data = dir.join("data").display(),
-        default = ns("", 100),
-        small = ns("small", 3),
-        bare = ns("bare", 0),
-    )
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = dir.path().join("hubbub.toml");
-        std::fs::write(&cfg, config(dir.path())).expect("write config");
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .current_dir(dir.path())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn hubbub");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("hubbub listening on http://") {
-                        break addr.trim().to_string();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                    panic!("hubbub did not print its listening line within 30 s; stderr:\n{log}");
-                }
-            }
-        };
+impl PollServer {
+    /// Namespaces: "" (history 100), `small` (history 3), `bare` (no history); no `[client]`
+    /// keys, a 1 s shutdown grace.
+    fn start() -> PollServer {
+        let mut b = Server::builder().grace("\"1s\"").env("RUST_LOG", "info").env("NO_COLOR", "1");
+        b.client.clear();
+        b.namespaces = vec![
+            Ns::new(""),
+            Ns::new("small").set("history_size", "3"),
+            Ns::new("bare").set("history_size", "0"),
+        ];
+        let srv = b.start();
+        let api = srv.api();
+        let url = srv.http_url("");
         let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("reqwest client");
-        Server { child, url: format!("http://{addr}"), dir, http }
+        PollServer { srv, api, url, http }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stderr_log(&self) -> PathBuf {
-        self.dir.path().join("stderr.log")
-    }
-
-    /// `POST /api/<method>`; panics unless the answer is `{"result":..}`.
-    async fn api(&self, method: &str, body: Value) -> Value {
-        let res = self
-            .http
-            .post(format!("{}/api/{method}", self.url))
-            .header("X-API-Key", API_KEY)
-            .json(&body)
-            .timeout(REQ_TIMEOUT)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("API {method}: {e}"));
-        let status = res.status();
-        let v: Value = res.json().await.unwrap_or_else(|e| panic!("API {method}: body: {e}"));
-        assert!(status.is_success() && v.get("result").is_some(), "API {method} {body} → {status} {v}");
-        v["result"].clone()
+        self.srv.pid()
     }
 
     /// Publishes via the server API; returns (offset, epoch).
     async fn publish(&self, channel: &str, data: Value) -> (u64, String) {
-        let r = self.api("publish", json!({"channel": channel, "data": data})).await;
+        let r = self.api.publish(channel, data).await;
         let offset = r["offset"].as_u64().unwrap_or_else(|| panic!("publish result without offset: {r}"));
         let epoch =
             r["epoch"].as_str().unwrap_or_else(|| panic!("publish result without epoch: {r}")).to_string();
@@ -157,6 +66,13 @@ impl Server {
     /// after `timeout`. Returns (status, body).
     async fn poll(&self, query: &str, token: Option<&str>, timeout: Duration) -> (u16, Value) {
         poll_with(&self.http, &self.url, query, token, timeout).await
+    }
+
+    /// A poll from `since` (no wait) that must answer 200 with no publications.
+    async fn assert_caught_up(&self, ch: &str, since: u64, epoch: &str, tok: &str) {
+        let (st, b) = self.poll(&at(ch, since, epoch), Some(tok), REQ_TIMEOUT).await;
+        assert_eq!(st, 200, "{b}");
+        assert_eq!(offsets(&b), Vec::<u64>::new(), "{b}");
     }
 }
 
@@ -178,39 +94,9 @@ async fn poll_with(
     (status, body)
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.stderr_log()).unwrap_or_default();
-            let tail: String = log.chars().rev().take(6000).collect::<Vec<_>>().into_iter().rev().collect();
-            eprintln!("----- hubbub stderr (tail) -----\n{tail}\n-----");
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// HS256 connection token for `sub`, with an optional absolute `exp`.
-fn token(sub: &str, exp: Option<u64>) -> String {
-    let mut claims = json!({ "sub": sub });
-    if let Some(exp) = exp {
-        claims["exp"] = json!(exp);
-    }
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("jwt")
-}
 
 fn uniq(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -228,6 +114,11 @@ fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+/// The query of a poll of `ch` from `since` in `epoch`.
+fn at(ch: &str, since: u64, epoch: &str) -> String {
+    format!("channel={}&since={since}&epoch={}", enc(ch), enc(epoch))
 }
 
 /// Offsets of the publications of a poll answer.
@@ -254,6 +145,14 @@ fn assert_error(status: u16, body: &Value, want_status: u16, want_code: u64, wha
     assert_eq!(body["error"]["code"].as_u64(), Some(want_code), "{what}: error code (body {body})");
 }
 
+/// Asserts a 410 "unrecoverable position" answer that gives the current position.
+fn assert_unrecoverable(status: u16, body: &Value, offset: u64, epoch: &str, what: &str) {
+    assert_error(status, body, 410, 112, what);
+    assert_eq!(body["error"]["message"].as_str(), Some("unrecoverable position"), "{body}");
+    assert_eq!(body["offset"].as_u64(), Some(offset), "{what}: current offset in the body: {body}");
+    assert_eq!(body["epoch"].as_str(), Some(epoch), "{what}: current epoch in the body: {body}");
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
     status
@@ -270,6 +169,13 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
+/// What every test starts with: the serial lock (hold it for the whole test), a server, and
+/// alice's connection token.
+async fn start() -> (tokio::sync::MutexGuard<'static, ()>, PollServer, String) {
+    let serial = serial().await;
+    (serial, PollServer::start(), token("alice"))
+}
+
 /// Bounds a whole test body.
 async fn bounded<F: std::future::Future<Output = T>, T>(limit: Duration, what: &str, f: F) -> T {
     tokio::time::timeout(limit, f).await.unwrap_or_else(|_| panic!("{what}: no result within {limit:?}"))
@@ -281,16 +187,14 @@ async fn bounded<F: std::future::Future<Output = T>, T>(limit: Duration, what: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_poll_answers_within_50ms_of_a_publish() {
-    let _serial = serial().await;
-    let s = Server::start();
-    let tok = token("alice", None);
+    let (_serial, s, tok) = start().await;
     bounded(Duration::from_secs(60), "test", async {
         let ch = uniq("wake");
         let (mut since, epoch) = s.publish(&ch, json!({"n": 0})).await;
         for round in 1..=3 {
             let http = s.http.clone();
             let url = s.url.clone();
-            let q = format!("channel={}&since={since}&epoch={}&wait=10", enc(&ch), enc(&epoch));
+            let q = format!("{}&wait=10", at(&ch, since, &epoch));
             let t = tok.clone();
             let started = Instant::now();
             let poll = tokio::spawn(async move {
@@ -330,13 +234,11 @@ async fn held_poll_answers_within_50ms_of_a_publish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_without_publication_returns_empty_when_wait_runs_out() {
-    let _serial = serial().await;
-    let s = Server::start();
-    let tok = token("alice", None);
+    let (_serial, s, tok) = start().await;
     bounded(Duration::from_secs(30), "test", async {
         let ch = uniq("empty");
         let (since, epoch) = s.publish(&ch, json!({"n": 1})).await;
-        let q = format!("channel={}&since={since}&epoch={}&wait=1", enc(&ch), enc(&epoch));
+        let q = format!("{}&wait=1", at(&ch, since, &epoch));
         let started = Instant::now();
         let (status, body) = s.poll(&q, Some(&tok), Duration::from_secs(10)).await;
         let took = started.elapsed();
@@ -353,9 +255,7 @@ async fn poll_without_publication_returns_empty_when_wait_runs_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_polling_answers_at_once() {
-    let _serial = serial().await;
-    let s = Server::start();
-    let tok = token("alice", None);
+    let (_serial, s, tok) = start().await;
     bounded(Duration::from_secs(30), "test", async {
         let ch = uniq("plain");
         let (o1, epoch) = s.publish(&ch, json!({"n": 1})).await;
@@ -365,7 +265,7 @@ async fn plain_polling_answers_at_once() {
 
         // Nothing new, wait=0 and no wait: empty, at once.
         for wait in ["&wait=0", ""] {
-            let q = format!("channel={}&since={o3}&epoch={}{wait}", enc(&ch), enc(&epoch));
+            let q = format!("{}{wait}", at(&ch, o3, &epoch));
             let started = Instant::now();
             let (status, body) = s.poll(&q, Some(&tok), Duration::from_secs(5)).await;
             let took = started.elapsed();
@@ -377,7 +277,7 @@ async fn plain_polling_answers_at_once() {
 
         // Publications after since exist: at once, whatever wait says.
         for wait in ["&wait=0", "", "&wait=10"] {
-            let q = format!("channel={}&since={o1}&epoch={}{wait}", enc(&ch), enc(&epoch));
+            let q = format!("{}{wait}", at(&ch, o1, &epoch));
             let started = Instant::now();
             let (status, body) = s.poll(&q, Some(&tok), Duration::from_secs(5)).await;
             let took = started.elapsed();
@@ -401,9 +301,7 @@ async fn plain_polling_answers_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_positions_never_skip_or_repeat() {
-    let _serial = serial().await;
-    let s = Server::start();
-    let tok = token("alice", None);
+    let (_serial, s, tok) = start().await;
     bounded(Duration::from_secs(60), "test", async {
         let ch = uniq("resume");
         // A fresh channel: its position is where the client starts.
@@ -443,7 +341,7 @@ async fn resume_positions_never_skip_or_repeat() {
         let mut polls = 0;
         let deadline = Instant::now() + Duration::from_secs(40);
         while got.len() < N as usize && Instant::now() < deadline {
-            let q = format!("channel={}&since={since}&epoch={}&wait=5", enc(&ch), enc(&epoch));
+            let q = format!("{}&wait=5", at(&ch, since, &epoch));
             let (status, body) = s.poll(&q, Some(&tok), Duration::from_secs(10)).await;
             polls += 1;
             assert_eq!(status, 200, "poll {polls} ({q}): {body}");
@@ -470,10 +368,7 @@ async fn resume_positions_never_skip_or_repeat() {
         assert_eq!(got, want, "every offset {}..={} exactly once, in order", start + 1, start + N);
 
         // Nothing more.
-        let q = format!("channel={}&since={since}&epoch={}", enc(&ch), enc(&epoch));
-        let (status, body) = s.poll(&q, Some(&tok), REQ_TIMEOUT).await;
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(offsets(&body), Vec::<u64>::new(), "{body}");
+        s.assert_caught_up(&ch, since, &epoch, &tok).await;
     })
     .await;
 }
@@ -481,9 +376,7 @@ async fn resume_positions_never_skip_or_repeat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_long_polls_on_one_server() {
     const POLLS: usize = 1000;
-    let _serial = serial().await;
-    let s = Server::start();
-    let tok = token("alice", None);
+    let (_serial, s, tok) = start().await;
     bounded(Duration::from_secs(90), "test", async {
         let ch = uniq("many");
         let (since, epoch) = s.publish(&ch, json!({"seed": true})).await;
@@ -492,7 +385,7 @@ async fn thousand_concurrent_long_polls_on_one_server() {
 
         // One connection per poll (HTTP/1.1: a held request occupies its connection).
         let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
-        let q = format!("channel={}&since={since}&epoch={}&wait=25", enc(&ch), enc(&epoch));
+        let q = format!("{}&wait=25", at(&ch, since, &epoch));
         let mut tasks = Vec::with_capacity(POLLS);
         for _ in 0..POLLS {
             let http = http.clone();
@@ -533,36 +426,29 @@ async fn thousand_concurrent_long_polls_on_one_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_errors() {
-    let _serial = serial().await;
-    let s = Server::start();
-    let alice = token("alice", None);
+    let (_serial, s, alice) = start().await;
     bounded(Duration::from_secs(60), "test", async {
         let ch = uniq("errors");
         let (o1, epoch) = s.publish(&ch, json!({"n": 1})).await;
-        let ok_q = format!("channel={}&since={o1}&epoch={}", enc(&ch), enc(&epoch));
+        let ok_q = at(&ch, o1, &epoch);
 
         // Tokens.
         let (st, b) = s.poll(&ok_q, None, REQ_TIMEOUT).await;
         assert_error(st, &b, 401, 101, "no token");
         let (st, b) = s.poll(&ok_q, Some("not.a.jwt"), REQ_TIMEOUT).await;
         assert_error(st, &b, 401, 101, "malformed token");
-        let wrong = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &json!({"sub": "alice"}),
-            &jsonwebtoken::EncodingKey::from_secret(b"wrong-secret"),
-        )
-        .unwrap();
+        let wrong = jwt_with_secret(json!({"sub": "alice"}), "wrong-secret");
         let (st, b) = s.poll(&ok_q, Some(&wrong), REQ_TIMEOUT).await;
         assert_error(st, &b, 401, 101, "wrongly signed token");
-        let (st, b) = s.poll(&ok_q, Some(&token("alice", Some(now() - 60))), REQ_TIMEOUT).await;
+        let (st, b) = s.poll(&ok_q, Some(&token_exp("alice", -60)), REQ_TIMEOUT).await;
         assert_error(st, &b, 401, 109, "expired token");
         let (st, b) = s.poll(&ok_q, Some(&alice), REQ_TIMEOUT).await;
         assert_eq!(st, 200, "the same poll with a good token: {b}");
 
         // Channel permissions: those of subscribing.
-        let (st, b) = s.poll("channel=user%2342", Some(&token("7", None)), REQ_TIMEOUT).await;
+        let (st, b) = s.poll("channel=user%2342", Some(&token("7")), REQ_TIMEOUT).await;
         assert_error(st, &b, 403, 103, "user#42 as user 7");
-        let (st, b) = s.poll("channel=user%2342", Some(&token("42", None)), REQ_TIMEOUT).await;
+        let (st, b) = s.poll("channel=user%2342", Some(&token("42")), REQ_TIMEOUT).await;
         assert_eq!(st, 200, "user#42 as user 42: {b}");
         let (st, b) =
             s.poll(&format!("channel={}", enc(&format!("nosuchns:{ch}"))), Some(&alice), REQ_TIMEOUT).await;
@@ -576,13 +462,7 @@ async fn poll_errors() {
         let (st, b) = s.poll(&format!("{ok_q}&wait=31"), Some(&alice), REQ_TIMEOUT).await;
         assert_error(st, &b, 400, 107, "wait=31 over poll_max_wait (30s)");
         assert!(started.elapsed() < Duration::from_secs(1), "the 400 for wait came at once");
-        let (st, b) = s
-            .poll(
-                &format!("channel={}&since=0&epoch={}&wait=30", enc(&ch), enc(&epoch)),
-                Some(&alice),
-                REQ_TIMEOUT,
-            )
-            .await;
+        let (st, b) = s.poll(&format!("{}&wait=30", at(&ch, 0, &epoch)), Some(&alice), REQ_TIMEOUT).await;
         assert_eq!(st, 200, "wait=30 = poll_max_wait is allowed (publications there: at once): {b}");
         let (st, b) = s.poll(&format!("since={o1}&epoch={}", enc(&epoch)), Some(&alice), REQ_TIMEOUT).await;
         assert_error(st, &b, 400, 107, "missing channel");
@@ -600,29 +480,16 @@ async fn poll_errors() {
         let (st, b) = s
             .poll(&format!("channel={}&since={o1}&epoch=not-the-epoch", enc(&ch)), Some(&alice), REQ_TIMEOUT)
             .await;
-        assert_error(st, &b, 410, 112, "wrong epoch");
-        assert_eq!(b["error"]["message"].as_str(), Some("unrecoverable position"), "{b}");
-        assert_eq!(b["offset"].as_u64(), Some(o2), "wrong epoch: current offset in the body: {b}");
-        assert_eq!(b["epoch"].as_str(), Some(epoch.as_str()), "wrong epoch: current epoch in the body: {b}");
+        assert_unrecoverable(st, &b, o2, &epoch, "wrong epoch");
         // The given position is usable.
-        let (st, b) = s
-            .poll(
-                &format!("channel={}&since={o2}&epoch={}", enc(&ch), enc(&epoch)),
-                Some(&alice),
-                REQ_TIMEOUT,
-            )
-            .await;
-        assert_eq!(st, 200, "{b}");
-        assert_eq!(offsets(&b), Vec::<u64>::new());
+        s.assert_caught_up(&ch, o2, &epoch, &alice).await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruned_since_is_410_with_the_current_position() {
-    let _serial = serial().await;
-    let s = Server::start();
-    let alice = token("alice", None);
+    let (_serial, s, alice) = start().await;
     bounded(Duration::from_secs(30), "test", async {
         // `small` keeps 3 publications.
         let ch = format!("small:{}", uniq("pruned"));
@@ -631,38 +498,15 @@ async fn pruned_since_is_410_with_the_current_position() {
             last = s.publish(&ch, json!({"n": n})).await;
         }
         let (top, epoch) = last;
-        let (st, b) = s
-            .poll(
-                &format!("channel={}&since=2&epoch={}&wait=5", enc(&ch), enc(&epoch)),
-                Some(&alice),
-                REQ_TIMEOUT,
-            )
-            .await;
-        assert_error(st, &b, 410, 112, "since=2 after 10 publications with history_size 3");
-        assert_eq!(b["error"]["message"].as_str(), Some("unrecoverable position"), "{b}");
-        assert_eq!(b["offset"].as_u64(), Some(top), "current offset in the body: {b}");
-        assert_eq!(b["epoch"].as_str(), Some(epoch.as_str()), "current epoch in the body: {b}");
+        let (st, b) = s.poll(&format!("{}&wait=5", at(&ch, 2, &epoch)), Some(&alice), REQ_TIMEOUT).await;
+        assert_unrecoverable(st, &b, top, &epoch, "since=2 after 10 publications with history_size 3");
 
         // The last 3 are still there: since = top-3 works.
-        let (st, b) = s
-            .poll(
-                &format!("channel={}&since={}&epoch={}", enc(&ch), top - 3, enc(&epoch)),
-                Some(&alice),
-                REQ_TIMEOUT,
-            )
-            .await;
+        let (st, b) = s.poll(&at(&ch, top - 3, &epoch), Some(&alice), REQ_TIMEOUT).await;
         assert_eq!(st, 200, "since=top-3: {b}");
         assert_eq!(offsets(&b), vec![top - 2, top - 1, top], "{b}");
         // Continuing from the given position.
-        let (st, b) = s
-            .poll(
-                &format!("channel={}&since={top}&epoch={}", enc(&ch), enc(&epoch)),
-                Some(&alice),
-                REQ_TIMEOUT,
-            )
-            .await;
-        assert_eq!(st, 200, "{b}");
-        assert_eq!(offsets(&b), Vec::<u64>::new());
+        s.assert_caught_up(&ch, top, &epoch, &alice).await;
     })
     .await;
 }
