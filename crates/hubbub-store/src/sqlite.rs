@@ -224,7 +224,13 @@ macro_rules! member_sql {
     };
 }
 
-const ROOM_SQL: &str = "SELECT id, kind, name, epoch, last_seq, created_at FROM rooms WHERE id = ?";
+/// The columns of a [`Room`], for [`room_from_row`].
+macro_rules! room_columns {
+    () => {
+        "id, kind, name, epoch, last_seq, created_at"
+    };
+}
+const ROOM_SQL: &str = concat!("SELECT ", room_columns!(), " FROM rooms WHERE id = ?");
 macro_rules! user_sql {
     ($tail:literal) => {
         concat!("SELECT id, username, created_at, last_seen, password_hash FROM users ", $tail)
@@ -263,15 +269,8 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            // Kept open for the life of the store: no reconnect in the middle of the traffic.
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .test_before_acquire(false)
-            .connect_with(writer_options)
-            .await?;
+        // No reconnect in the middle of the traffic.
+        let writer = one_connection().connect_with(writer_options).await?;
         migrate(&writer).await?;
         // Opened after the writer: the file exists and is in WAL mode (persistent).
         let readers = SqlitePoolOptions::new()
@@ -285,15 +284,8 @@ impl SqliteStore {
     /// A private in-memory database (for tests): one connection serves reads and writes.
     pub async fn open_in_memory() -> StoreResult<SqliteStore> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            // The database lives as long as its connection.
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await?;
+        // The database lives as long as its connection.
+        let pool = one_connection().connect_with(options).await?;
         migrate(&pool).await?;
         Ok(Self::start(pool.clone(), pool))
     }
@@ -320,6 +312,16 @@ impl SqliteStore {
     async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
+}
+
+/// A pool of one connection, kept open for the life of the store.
+fn one_connection() -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .test_before_acquire(false)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -690,6 +692,28 @@ async fn load_room(conn: &mut SqliteConnection, room: RoomId) -> StoreResult<Opt
     row.as_ref().map(room_from_row).transpose()
 }
 
+/// Inserts a room (`dm_key` only for a DM) with a new random epoch.
+async fn insert_room(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    name: &str,
+    dm_key: Option<&str>,
+    now: Millis,
+) -> StoreResult<Room> {
+    let row = sqlx::query(concat!(
+        "INSERT INTO rooms (kind, name, dm_key, epoch, created_at) \
+         VALUES (?, ?, ?, lower(hex(randomblob(4))), ?) RETURNING ",
+        room_columns!()
+    ))
+    .bind(kind)
+    .bind(name)
+    .bind(dm_key)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    room_from_row(&row)
+}
+
 async fn member_ids(conn: &mut SqliteConnection, room: RoomId) -> StoreResult<Vec<UserId>> {
     Ok(sqlx::query_scalar("SELECT user_id FROM members WHERE room_id = ? ORDER BY joined_at, user_id")
         .bind(room)
@@ -722,6 +746,20 @@ async fn insert_event(
         .execute(&mut *conn)
         .await?;
     Ok(StoredEvent { room_id: room, seq, json })
+}
+
+/// Appends the event `event(message)` for the message `seq` as it is after an edit, a delete or
+/// a reaction; returns the message and the event.
+async fn message_changed(
+    conn: &mut SqliteConnection,
+    room: RoomId,
+    seq: u64,
+    event: fn(Message) -> RoomEvent,
+) -> StoreResult<(Message, StoredEvent)> {
+    let message = load_message(conn, room, seq).await?.ok_or(StoreError::NotFound)?;
+    let event_seq = next_seq(conn, room).await?;
+    let stored = insert_event(conn, room, event_seq, &event(message.clone())).await?;
+    Ok((message, stored))
 }
 
 /// Appends a `RoomUpdated` event carrying the room as it is after the change.
@@ -909,15 +947,7 @@ impl ChatStore for SqliteStore {
     async fn create_group(&self, name: &str, owner: UserId) -> StoreResult<Room> {
         let now = now_millis();
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query(
-            "INSERT INTO rooms (kind, name, epoch, created_at) VALUES ('group', ?, lower(hex(randomblob(4))), ?) \
-             RETURNING id, kind, name, epoch, last_seq, created_at",
-        )
-        .bind(name)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let room = room_from_row(&row)?;
+        let room = insert_room(&mut tx, "group", name, None, now).await?;
         sqlx::query("INSERT INTO members (room_id, user_id, role, joined_at) VALUES (?, ?, 'owner', ?)")
             .bind(room.id)
             .bind(owner)
@@ -933,25 +963,15 @@ impl ChatStore for SqliteStore {
         let (lo, hi) = (a.min(b), a.max(b));
         let key = format!("{lo}:{hi}");
         let mut tx = self.begin_write().await?;
-        let existing =
-            sqlx::query("SELECT id, kind, name, epoch, last_seq, created_at FROM rooms WHERE dm_key = ?")
-                .bind(&key)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let existing = sqlx::query(concat!("SELECT ", room_columns!(), " FROM rooms WHERE dm_key = ?"))
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await?;
         if let Some(row) = existing {
             return room_from_row(&row);
         }
         let now = now_millis();
-        let row = sqlx::query(
-            "INSERT INTO rooms (kind, name, dm_key, epoch, created_at) \
-             VALUES ('dm', '', ?, lower(hex(randomblob(4))), ?) \
-             RETURNING id, kind, name, epoch, last_seq, created_at",
-        )
-        .bind(&key)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let room = room_from_row(&row)?;
+        let room = insert_room(&mut tx, "dm", "", Some(&key), now).await?;
         for user in [lo, hi] {
             sqlx::query(
                 "INSERT INTO members (room_id, user_id, role, joined_at) VALUES (?, ?, 'member', ?) \
@@ -1132,12 +1152,9 @@ impl ChatStore for SqliteStore {
             .bind(to_i64(seq))
             .execute(&mut *tx)
             .await?;
-        let message = load_message(&mut tx, room, seq).await?.ok_or(StoreError::NotFound)?;
-        let event_seq = next_seq(&mut tx, room).await?;
-        let event =
-            insert_event(&mut tx, room, event_seq, &RoomEvent::Edit { message: message.clone() }).await?;
+        let changed = message_changed(&mut tx, room, seq, |message| RoomEvent::Edit { message }).await?;
         tx.commit().await?;
-        Ok((message, event))
+        Ok(changed)
     }
 
     async fn delete_message(
@@ -1161,12 +1178,9 @@ impl ChatStore for SqliteStore {
             .bind(to_i64(seq))
             .execute(&mut *tx)
             .await?;
-        let message = load_message(&mut tx, room, seq).await?.ok_or(StoreError::NotFound)?;
-        let event_seq = next_seq(&mut tx, room).await?;
-        let event =
-            insert_event(&mut tx, room, event_seq, &RoomEvent::Delete { message: message.clone() }).await?;
+        let changed = message_changed(&mut tx, room, seq, |message| RoomEvent::Delete { message }).await?;
         tx.commit().await?;
-        Ok((message, event))
+        Ok(changed)
     }
 
     async fn react(
@@ -1206,12 +1220,9 @@ impl ChatStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(if add { StoreError::Conflict } else { StoreError::NotFound });
         }
-        let message = load_message(&mut tx, room, seq).await?.ok_or(StoreError::NotFound)?;
-        let event_seq = next_seq(&mut tx, room).await?;
-        let event =
-            insert_event(&mut tx, room, event_seq, &RoomEvent::Reaction { message: message.clone() }).await?;
+        let changed = message_changed(&mut tx, room, seq, |message| RoomEvent::Reaction { message }).await?;
         tx.commit().await?;
-        Ok((message, event))
+        Ok(changed)
     }
 
     async fn message(&self, room: RoomId, seq: u64) -> StoreResult<Option<Message>> {
@@ -1226,31 +1237,20 @@ impl ChatStore for SqliteStore {
             return Ok(Vec::new());
         }
         let mut tx = self.readers.begin().await?;
-        let rows = match page {
-            Page::Latest => {
-                sqlx::query(message_sql!("WHERE m.room_id = ? ORDER BY m.seq DESC LIMIT ?"))
-                    .bind(room)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
+        let (sql, from) = match page {
+            Page::Latest => (message_sql!("WHERE m.room_id = ? ORDER BY m.seq DESC LIMIT ?"), None),
             Page::Before(seq) => {
-                sqlx::query(message_sql!("WHERE m.room_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"))
-                    .bind(room)
-                    .bind(to_i64(seq))
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *tx)
-                    .await?
+                (message_sql!("WHERE m.room_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"), Some(seq))
             }
             Page::After(seq) => {
-                sqlx::query(message_sql!("WHERE m.room_id = ? AND m.seq > ? ORDER BY m.seq ASC LIMIT ?"))
-                    .bind(room)
-                    .bind(to_i64(seq))
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *tx)
-                    .await?
+                (message_sql!("WHERE m.room_id = ? AND m.seq > ? ORDER BY m.seq ASC LIMIT ?"), Some(seq))
             }
         };
+        let mut query = sqlx::query(sql).bind(room);
+        if let Some(seq) = from {
+            query = query.bind(to_i64(seq));
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(&mut *tx).await?;
         let mut messages = rows.iter().map(message_from_row).collect::<StoreResult<Vec<_>>>()?;
         if !matches!(page, Page::After(_)) {
             messages.reverse();
