@@ -3,16 +3,16 @@
 //! `{"error":{"code","message"}}` with the matching HTTP status.
 
 use crate::error::{ChatError, ChatResult};
-use crate::rpc::{page, MarkRequest};
+use crate::rpc::page;
 use crate::Chat;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use hubbub_store::User;
+use hubbub_store::{RoomId, User};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -66,6 +66,51 @@ fn param<T: std::str::FromStr>(params: &HashMap<String, String>, key: &str) -> C
         .ok_or_else(|| ChatError::bad_request(format!("`{key}` in the path must be a number")))
 }
 
+/// `{id}` of the path and the JSON body, for the routes of one room that take a body.
+struct RoomJson<T>(RoomId, T);
+
+/// `{id}` and `{seq}` of the path and the JSON body, for the routes of one message that take
+/// a body.
+struct MessageJson<T>(RoomId, u64, T);
+
+/// The path parameters and the raw body, with axum's own answers when either cannot be read.
+/// With [`RoomJson`] and [`MessageJson`] the checks keep this order: the path, the body's
+/// bytes, then the numbers of the path, then the JSON.
+async fn path_and_body<S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<(HashMap<String, String>, Bytes), Response> {
+    let (mut parts, raw) = req.into_parts();
+    let Path(p) = Path::<HashMap<String, String>>::from_request_parts(&mut parts, state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let raw = Bytes::from_request(Request::from_parts(parts, raw), state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok((p, raw))
+}
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequest<S> for RoomJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let (p, raw) = path_and_body(req, state).await?;
+        let room = param(&p, "id").map_err(IntoResponse::into_response)?;
+        Ok(RoomJson(room, body(&raw).map_err(IntoResponse::into_response)?))
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequest<S> for MessageJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let (p, raw) = path_and_body(req, state).await?;
+        let room = param(&p, "id").map_err(IntoResponse::into_response)?;
+        let seq = param(&p, "seq").map_err(IntoResponse::into_response)?;
+        Ok(MessageJson(room, seq, body(&raw).map_err(IntoResponse::into_response)?))
+    }
+}
+
 fn query_number<T: std::str::FromStr>(query: &HashMap<String, String>, key: &str) -> ChatResult<Option<T>> {
     match query.get(key).filter(|v| !v.is_empty()) {
         None => Ok(None),
@@ -81,6 +126,10 @@ fn ok<T: serde::Serialize>(value: T) -> Response {
 
 fn created<T: serde::Serialize>(value: T) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(Deserialize)]
@@ -159,7 +208,7 @@ async fn refresh(State(chat): State<AppState>, raw: Bytes) -> ChatResult<Respons
 async fn logout(State(chat): State<AppState>, raw: Bytes) -> ChatResult<Response> {
     let r: RefreshBody = body(&raw)?;
     chat.logout(&r.refresh_token).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(no_content())
 }
 
 async fn me(AuthUser(user): AuthUser) -> Response {
@@ -190,22 +239,16 @@ async fn get_room(
 async fn rename_room(
     State(chat): State<AppState>,
     AuthUser(user): AuthUser,
-    Path(p): Path<HashMap<String, String>>,
-    raw: Bytes,
+    RoomJson(room, b): RoomJson<NameBody>,
 ) -> ChatResult<Response> {
-    let room = param(&p, "id")?;
-    let b: NameBody = body(&raw)?;
     Ok(ok(chat.rename(&user, room, &b.name).await?))
 }
 
 async fn invite(
     State(chat): State<AppState>,
     AuthUser(user): AuthUser,
-    Path(p): Path<HashMap<String, String>>,
-    raw: Bytes,
+    RoomJson(room, b): RoomJson<UsernameBody>,
 ) -> ChatResult<Response> {
-    let room = param(&p, "id")?;
-    let b: UsernameBody = body(&raw)?;
     Ok(ok(chat.invite(&user, room, &b.username).await?))
 }
 
@@ -215,7 +258,7 @@ async fn leave(
     Path(p): Path<HashMap<String, String>>,
 ) -> ChatResult<Response> {
     chat.leave(&user, param(&p, "id")?).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(no_content())
 }
 
 async fn open_dm(State(chat): State<AppState>, AuthUser(user): AuthUser, raw: Bytes) -> ChatResult<Response> {
@@ -237,22 +280,16 @@ async fn list_messages(
 async fn send_message(
     State(chat): State<AppState>,
     AuthUser(user): AuthUser,
-    Path(p): Path<HashMap<String, String>>,
-    raw: Bytes,
+    RoomJson(room, b): RoomJson<SendBody>,
 ) -> ChatResult<Response> {
-    let room = param(&p, "id")?;
-    let b: SendBody = body(&raw)?;
     Ok(created(chat.send(&user, room, &b.text, &b.client_msg_id, b.reply_to).await?))
 }
 
 async fn edit_message(
     State(chat): State<AppState>,
     AuthUser(user): AuthUser,
-    Path(p): Path<HashMap<String, String>>,
-    raw: Bytes,
+    MessageJson(room, seq, b): MessageJson<TextBody>,
 ) -> ChatResult<Response> {
-    let (room, seq) = (param(&p, "id")?, param(&p, "seq")?);
-    let b: TextBody = body(&raw)?;
     Ok(ok(chat.edit(&user, room, seq, &b.text).await?))
 }
 
@@ -267,11 +304,8 @@ async fn delete_message(
 async fn add_reaction(
     State(chat): State<AppState>,
     AuthUser(user): AuthUser,
-    Path(p): Path<HashMap<String, String>>,
-    raw: Bytes,
+    MessageJson(room, seq, b): MessageJson<EmojiBody>,
 ) -> ChatResult<Response> {
-    let (room, seq) = (param(&p, "id")?, param(&p, "seq")?);
-    let b: EmojiBody = body(&raw)?;
     Ok(ok(chat.react(&user, room, seq, &b.emoji, true).await?))
 }
 
@@ -287,13 +321,9 @@ async fn remove_reaction(
 async fn receipts(
     State(chat): State<AppState>,
     AuthUser(user): AuthUser,
-    Path(p): Path<HashMap<String, String>>,
-    raw: Bytes,
+    RoomJson(room, b): RoomJson<ReceiptBody>,
 ) -> ChatResult<Response> {
-    let room_id = param(&p, "id")?;
-    let b: ReceiptBody = body(&raw)?;
-    let r = MarkRequest { room_id, delivered_seq: b.delivered_seq, read_seq: b.read_seq };
-    Ok(ok(chat.mark(&user, r.room_id, r.delivered_seq, r.read_seq).await?))
+    Ok(ok(chat.mark(&user, room, b.delivered_seq, b.read_seq).await?))
 }
 
 async fn typing(
@@ -302,7 +332,7 @@ async fn typing(
     Path(p): Path<HashMap<String, String>>,
 ) -> ChatResult<Response> {
     chat.typing(&user, param(&p, "id")?).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(no_content())
 }
 
 async fn notifications(
@@ -320,7 +350,7 @@ async fn read_notifications(
 ) -> ChatResult<Response> {
     let b: IdsBody = body(&raw)?;
     chat.read_notifications(&user, &b.ids).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(no_content())
 }
 
 async fn search(
