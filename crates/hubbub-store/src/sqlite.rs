@@ -749,16 +749,17 @@ async fn insert_event(
 }
 
 /// Appends the event `event(message)` for the message `seq` as it is after an edit, a delete or
-/// a reaction; returns the message and the event.
-async fn message_changed(
-    conn: &mut SqliteConnection,
+/// a reaction, and commits; returns the message and the event.
+async fn commit_message_change(
+    mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
     room: RoomId,
     seq: u64,
     event: fn(Message) -> RoomEvent,
 ) -> StoreResult<(Message, StoredEvent)> {
-    let message = load_message(conn, room, seq).await?.ok_or(StoreError::NotFound)?;
-    let event_seq = next_seq(conn, room).await?;
-    let stored = insert_event(conn, room, event_seq, &event(message.clone())).await?;
+    let message = load_message(&mut tx, room, seq).await?.ok_or(StoreError::NotFound)?;
+    let event_seq = next_seq(&mut tx, room).await?;
+    let stored = insert_event(&mut tx, room, event_seq, &event(message.clone())).await?;
+    tx.commit().await?;
     Ok((message, stored))
 }
 
@@ -1152,9 +1153,7 @@ impl ChatStore for SqliteStore {
             .bind(to_i64(seq))
             .execute(&mut *tx)
             .await?;
-        let changed = message_changed(&mut tx, room, seq, |message| RoomEvent::Edit { message }).await?;
-        tx.commit().await?;
-        Ok(changed)
+        commit_message_change(tx, room, seq, |message| RoomEvent::Edit { message }).await
     }
 
     async fn delete_message(
@@ -1178,9 +1177,7 @@ impl ChatStore for SqliteStore {
             .bind(to_i64(seq))
             .execute(&mut *tx)
             .await?;
-        let changed = message_changed(&mut tx, room, seq, |message| RoomEvent::Delete { message }).await?;
-        tx.commit().await?;
-        Ok(changed)
+        commit_message_change(tx, room, seq, |message| RoomEvent::Delete { message }).await
     }
 
     async fn react(
@@ -1220,9 +1217,7 @@ impl ChatStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(if add { StoreError::Conflict } else { StoreError::NotFound });
         }
-        let changed = message_changed(&mut tx, room, seq, |message| RoomEvent::Reaction { message }).await?;
-        tx.commit().await?;
-        Ok(changed)
+        commit_message_change(tx, room, seq, |message| RoomEvent::Reaction { message }).await
     }
 
     async fn message(&self, room: RoomId, seq: u64) -> StoreResult<Option<Message>> {
