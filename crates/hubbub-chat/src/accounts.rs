@@ -133,11 +133,14 @@ impl Chat {
     pub async fn signup(&self, username: &str, password: &str) -> ChatResult<Session> {
         validate_username(username)?;
         validate_password(password)?;
-        // Hashing is CPU-heavy: off the async workers.
+        // Hashing is CPU- and memory-heavy: off the async workers, a few at a time.
+        let permit =
+            self.hashing.acquire().await.map_err(|_| ChatError::new(Kind::Internal, "shutting down"))?;
         let pw = password.to_owned();
         let hash = tokio::task::spawn_blocking(move || Self::hash_password(&pw))
             .await
             .map_err(|_| ChatError::new(Kind::Internal, "could not hash the password"))??;
+        drop(permit);
         let user = match self.store.create_user(username, &hash).await {
             Ok(u) => u,
             Err(StoreError::Conflict) => {
@@ -155,6 +158,8 @@ impl Chat {
             self.limiter.fail(username, address);
             return Err(wrong());
         };
+        let permit =
+            self.hashing.acquire().await.map_err(|_| ChatError::new(Kind::Internal, "shutting down"))?;
         let pw = password.to_owned();
         let hash = auth.password_hash.clone();
         let ok = tokio::task::spawn_blocking(move || {
@@ -163,6 +168,7 @@ impl Chat {
         })
         .await
         .unwrap_or(false);
+        drop(permit);
         if !ok {
             self.limiter.fail(username, address);
             return Err(wrong());

@@ -102,6 +102,10 @@ pub struct Chat {
     limiter: accounts::LoginLimiter,
     publishers: stream::Publishers,
     typing: rooms::TypingThrottle,
+    /// Password hashes in flight at once. argon2id takes ~19 MiB and a core per hash: a
+    /// burst of sign-ups or log-ins must queue here, not multiply memory and starve the
+    /// runtime's blocking pool.
+    hashing: tokio::sync::Semaphore,
 }
 
 impl Chat {
@@ -120,6 +124,9 @@ impl Chat {
             config,
             limiter,
             publishers: stream::Publishers::default(),
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()).min(4),
+            ),
         });
         node.register_channel_hooks(ROOM_NAMESPACE, Arc::new(stream::RoomHooks(Arc::downgrade(&chat))));
         node.set_user_events(Arc::new(stream::Presence(Arc::downgrade(&chat))));

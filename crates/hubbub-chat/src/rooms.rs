@@ -114,10 +114,12 @@ impl Chat {
     }
 
     pub async fn require_member(&self, room: RoomId, user: UserId) -> ChatResult<Role> {
-        if self.store.room(room).await?.is_none() {
-            return Err(ChatError::not_found("no such room"));
+        match self.store.role(room, user).await? {
+            Some(role) => Ok(role),
+            // Only the refusal needs to know which it is.
+            None if self.store.room(room).await?.is_none() => Err(ChatError::not_found("no such room")),
+            None => Err(ChatError::not_member()),
         }
-        self.store.role(room, user).await?.ok_or_else(ChatError::not_member)
     }
 
     async fn require_admin(&self, room: RoomId, user: UserId) -> ChatResult<Room> {
@@ -290,22 +292,21 @@ impl Chat {
     /// Notices for the other members: a new-message notice (with their unread count) on
     /// their personal channel, and a stored notification for each @mention.
     async fn after_send(&self, sender: &User, message: &Message) {
-        let members = match self.store.members(message.room_id).await {
+        let members = match self.store.unread_by_member(message.room_id).await {
             Ok(m) => m,
             Err(e) => return tracing::warn!(error = %e, "notices not sent"),
         };
         let mentioned: Vec<String> = mentions(&message.text).into_iter().map(str::to_lowercase).collect();
         let preview: String = message.text.chars().take(140).collect();
-        for m in members.iter().filter(|m| m.user.id != sender.id) {
-            let unread = self.store.unread(message.room_id, m.user.id).await.unwrap_or(0);
+        for (member, username, unread) in members.into_iter().filter(|(id, ..)| *id != sender.id) {
             let notice = serde_json::json!({
                 "type": "message", "room_id": message.room_id, "seq": message.seq,
                 "from": sender.username, "preview": preview, "unread": unread,
             });
-            self.publish_ephemeral(&user_channel(m.user.id), notice).await;
-            if mentioned.contains(&m.user.username.to_lowercase()) {
+            self.publish_ephemeral(&user_channel(member), notice).await;
+            if mentioned.contains(&username.to_lowercase()) {
                 let payload = serde_json::json!({ "from": sender.username, "preview": preview });
-                self.notify(m.user.id, "mention", Some(message.room_id), Some(message.seq), payload).await;
+                self.notify(member, "mention", Some(message.room_id), Some(message.seq), payload).await;
             }
         }
     }

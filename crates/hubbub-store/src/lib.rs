@@ -294,6 +294,9 @@ pub trait ChatStore: Send + Sync + 'static {
         read: Option<u64>,
     ) -> StoreResult<(u64, u64)>;
     async fn unread(&self, room: RoomId, user: UserId) -> StoreResult<u64>;
+    /// Every member of the room (id, username) with their unread count, in one read: what
+    /// the new-message notices need, without a query per member.
+    async fn unread_by_member(&self, room: RoomId) -> StoreResult<Vec<(UserId, String, u64)>>;
 
     // Notifications.
     async fn add_notification(

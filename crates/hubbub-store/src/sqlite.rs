@@ -1314,6 +1314,16 @@ impl ChatStore for SqliteStore {
         count.map(to_u64).ok_or(StoreError::NotFound)
     }
 
+    async fn unread_by_member(&self, room: RoomId) -> StoreResult<Vec<(UserId, String, u64)>> {
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT me.user_id, u.username, (SELECT COUNT(*) FROM messages x WHERE x.room_id = me.room_id                AND x.seq > me.read_seq AND x.sender_id != me.user_id AND x.deleted = 0)              FROM members me JOIN users u ON u.id = me.user_id WHERE me.room_id = ? ORDER BY me.user_id",
+        )
+        .bind(room)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(|(id, name, n)| (id, name, to_u64(n))).collect())
+    }
+
     async fn add_notification(
         &self,
         user: UserId,

@@ -660,6 +660,9 @@ async fn markers_are_monotonic_and_unread() {
     assert_eq!(store.unread(room, bob).await.unwrap(), 4);
     assert_eq!(store.unread(room, alice).await.unwrap(), 2);
     assert!(matches!(store.unread(room, eve).await, Err(StoreError::NotFound)));
+    // The same counts for the whole room in one read.
+    let all = store.unread_by_member(room).await.unwrap();
+    assert_eq!(all, vec![(alice, "alice".to_string(), 2), (bob, "bob".to_string(), 4)]);
 
     assert_eq!(store.mark(room, bob, Some(3), None).await.unwrap(), (3, 0));
     assert_eq!(store.mark(room, bob, None, Some(2)).await.unwrap(), (3, 2));
