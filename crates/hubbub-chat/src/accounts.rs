@@ -215,7 +215,7 @@ impl Chat {
         })?;
         let id: i64 =
             claims.sub.parse().map_err(|_| ChatError::unauthorized("the token is not a chat user's"))?;
-        self.store.user(id).await?.ok_or_else(|| ChatError::unauthorized("unknown user"))
+        self.caller(id).await
     }
 }
 

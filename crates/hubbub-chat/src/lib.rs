@@ -106,6 +106,9 @@ pub struct Chat {
     /// burst of sign-ups or log-ins must queue here, not multiply memory and starve the
     /// runtime's blocking pool.
     hashing: tokio::sync::Semaphore,
+    /// Users by id, for the callers of RPC and REST (ids and usernames never change), so
+    /// that a message's path does not read the user from the database each time.
+    users: std::sync::Mutex<std::collections::HashMap<hubbub_store::UserId, hubbub_store::User>>,
 }
 
 impl Chat {
@@ -124,6 +127,7 @@ impl Chat {
             config,
             limiter,
             publishers: stream::Publishers::default(),
+            users: Default::default(),
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()).min(4),
             ),
@@ -132,5 +136,15 @@ impl Chat {
         node.set_user_events(Arc::new(stream::Presence(Arc::downgrade(&chat))));
         rpc::register(&node, &chat);
         chat
+    }
+
+    /// The user with this id (cached), or `unauthorized` when there is none.
+    pub async fn caller(&self, id: hubbub_store::UserId) -> ChatResult<hubbub_store::User> {
+        if let Some(user) = self.users.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Ok(user.clone());
+        }
+        let user = self.store.user(id).await?.ok_or_else(|| ChatError::unauthorized("unknown user"))?;
+        self.users.lock().unwrap_or_else(|p| p.into_inner()).insert(id, user.clone());
+        Ok(user)
     }
 }

@@ -39,12 +39,7 @@ where
         let request: Req =
             serde_json::from_str(raw).map_err(|e| ChatError::bad_request(format!("bad request: {e}")))?;
         let id: i64 = caller.user.parse().map_err(|_| ChatError::unauthorized("not a chat user"))?;
-        let user = chat
-            .store
-            .user(id)
-            .await
-            .map_err(ChatError::from)?
-            .ok_or_else(|| ChatError::unauthorized("unknown user"))?;
+        let user = chat.caller(id).await?;
         let result = (self.f)(chat, user, request).await?;
         let json =
             json_from_str(&result.to_string()).map_err(|_| ChatError::bad_request("unencodable result"))?;

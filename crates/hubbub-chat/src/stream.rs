@@ -82,30 +82,44 @@ impl ChannelHooks for RoomHooks {
 /// Per room, the seq of the last event published. Stored events are published by reading
 /// the log after that seq, under the room's lock, so every subscriber sees the room's events
 /// in seq order, with no gap, however commits and publishers interleave.
+///
+/// The map is locked only to find a room's entry (no await under it); each room's own lock
+/// orders that room's publishers and nothing else.
 #[derive(Default)]
 pub struct Publishers {
-    rooms: Mutex<HashMap<RoomId, Arc<Mutex<u64>>>>,
+    rooms: std::sync::Mutex<HashMap<RoomId, RoomPublisher>>,
+}
+
+/// The seq last published; `None` until first used in this process.
+type RoomPublisher = Arc<Mutex<Option<u64>>>;
+
+impl Publishers {
+    fn room(&self, room: RoomId) -> RoomPublisher {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.entry(room).or_default().clone()
+    }
 }
 
 impl Chat {
-    /// Makes sure the room's publisher exists *before* an event is stored, so that its
-    /// starting point is below every event stored after.
+    /// Makes sure the room's publisher knows where it starts *before* an event is stored,
+    /// so that its starting point is below every event stored after.
     pub(crate) async fn prepare_publisher(&self, room: RoomId) -> crate::ChatResult<()> {
-        let mut rooms = self.publishers.rooms.lock().await;
-        if let std::collections::hash_map::Entry::Vacant(entry) = rooms.entry(room) {
-            let last = self.store.room(room).await?.map_or(0, |r| r.last_seq);
-            entry.insert(Arc::new(Mutex::new(last)));
+        let publisher = self.publishers.room(room);
+        let mut last = publisher.lock().await;
+        if last.is_none() {
+            *last = Some(self.store.room(room).await?.map_or(0, |r| r.last_seq));
         }
         Ok(())
     }
 
     /// Publishes the room's stored events that are not published yet, in order.
     pub(crate) async fn publish_stored(&self, room: RoomId) {
-        let Some(publisher) = self.publishers.rooms.lock().await.get(&room).cloned() else {
+        let publisher = self.publishers.room(room);
+        let mut guard = publisher.lock().await;
+        let Some(last) = guard.as_mut() else {
             tracing::error!(room, "publish without a prepared publisher");
             return;
         };
-        let mut last = publisher.lock().await;
         let events = match self.store.events_after(room, *last, MAX_REPLAY).await {
             Ok(e) => e,
             Err(e) => {
