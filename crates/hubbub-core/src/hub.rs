@@ -38,6 +38,13 @@ struct Subscriber {
     /// publications are held here with their offsets instead of being queued, so that the
     /// subscribe reply comes first and nothing is lost or doubled.
     held: Option<Vec<(u64, Bytes)>>,
+    /// For channels whose stream an application keeps (chat rooms): the highest offset this
+    /// subscriber has been given, in its subscribe reply or live. Such a stream may publish
+    /// an event after a recovering subscriber already read it from the stream (committed,
+    /// not yet published); it is not queued twice. `None` for broker streams, which publish
+    /// under the lock that assigns the offset, so the hold/release above already suffices
+    /// (and whose offsets restart with a new epoch).
+    delivered: Option<u64>,
 }
 
 type Subscribers = Arc<Mutex<HashMap<u64, Subscriber>>>;
@@ -127,24 +134,51 @@ impl Hub {
         (clients, users)
     }
 
-    /// Adds a subscriber. With `hold`, its publications are held until
-    /// [`Hub::release`]. Returns true when it is the channel's first subscriber on this node.
-    pub fn subscribe(&self, channel: &str, conn: &Arc<Connection>, join_leave: bool, hold: bool) -> bool {
+    /// Adds a subscriber. With `hold`, its publications are held until [`Hub::release`];
+    /// with `dedupe`, an offset it already has is never queued again. Returns true when it
+    /// is the channel's first subscriber on this node.
+    pub fn subscribe(
+        &self,
+        channel: &str,
+        conn: &Arc<Connection>,
+        join_leave: bool,
+        hold: bool,
+        dedupe: bool,
+    ) -> bool {
         let mut shard = self.channels.shard(channel);
         let first = !shard.contains_key(channel);
         let subs = shard.entry(channel.to_owned()).or_default();
-        lock(subs).insert(conn.key, Subscriber { conn: conn.clone(), join_leave, held: hold.then(Vec::new) });
+        lock(subs).insert(
+            conn.key,
+            Subscriber {
+                conn: conn.clone(),
+                join_leave,
+                held: hold.then(Vec::new),
+                delivered: dedupe.then_some(0),
+            },
+        );
         first
     }
 
-    /// Ends the holding of a subscriber's publications: `flush` gets those held (to queue
-    /// the ones the subscribe reply did not already carry), and from then on publications
-    /// are queued directly. Runs under the channel's lock, so no publication slips between.
-    pub fn release(&self, channel: &str, conn: &Connection, flush: impl FnOnce(Vec<(u64, Bytes)>)) {
+    /// Ends the holding of a subscriber's publications. Those held with an offset above
+    /// `covered` (what the subscribe reply already carried) are queued, in order, and from
+    /// then on publications are queued directly, never one at or below an offset already
+    /// given. Runs under the channel's lock, so no publication slips between.
+    pub fn release(&self, channel: &str, conn: &Connection, covered: u64) {
         let Some(subs) = self.channels.shard(channel).get(channel).cloned() else { return };
         let mut subs = lock(&subs);
         if let Some(sub) = subs.get_mut(&conn.key) {
-            flush(sub.held.take().unwrap_or_default());
+            if let Some(delivered) = &mut sub.delivered {
+                *delivered = (*delivered).max(covered);
+            }
+            for (offset, frame) in sub.held.take().unwrap_or_default() {
+                if offset == 0 || offset > covered {
+                    if let Some(delivered) = &mut sub.delivered {
+                        *delivered = (*delivered).max(offset);
+                    }
+                    sub.conn.outbox.push(frame);
+                }
+            }
         }
     }
 
@@ -181,6 +215,12 @@ impl Hub {
             match &mut sub.held {
                 Some(held) => held.push((offset, frame.clone())),
                 None => {
+                    if let (Some(delivered), true) = (&mut sub.delivered, offset != 0) {
+                        if offset <= *delivered {
+                            continue;
+                        }
+                        *delivered = offset;
+                    }
                     sub.conn.outbox.push(frame.clone());
                 }
             }
@@ -222,5 +262,59 @@ impl Hub {
 
     pub fn num_channels(&self) -> usize {
         self.channels.count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outgoing;
+    use hubbub_protocol::json_from_str;
+
+    fn publication(offset: u64) -> Publication {
+        Publication { data: json_from_str("{}").unwrap(), info: None, offset, tags: None }
+    }
+
+    fn queued_offsets(conn: &Connection) -> Vec<u64> {
+        let mut out = Vec::new();
+        conn.outbox.drain(&mut out);
+        out.iter()
+            .filter_map(|o| match o {
+                Outgoing::Frame(f) => {
+                    let v: serde_json::Value = serde_json::from_slice(f).unwrap();
+                    v["push"]["pub"]["offset"].as_u64()
+                }
+                Outgoing::Control(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_publications_are_released_after_the_reply_without_doubles() {
+        let hub = Hub::new();
+        let conn = Connection::new(1 << 20);
+        assert!(hub.subscribe("room:1", &conn, false, true, true));
+        for offset in [4, 5, 6] {
+            hub.broadcast_publication("room:1", publication(offset));
+        }
+        assert!(queued_offsets(&conn).is_empty(), "held while subscribing");
+        // The reply covered up to 5: only 6 is released.
+        hub.release("room:1", &conn, 5);
+        assert_eq!(queued_offsets(&conn), vec![6]);
+        // An event committed before the reply but published after it is not sent twice.
+        hub.broadcast_publication("room:1", publication(5));
+        hub.broadcast_publication("room:1", publication(7));
+        assert_eq!(queued_offsets(&conn), vec![7]);
+    }
+
+    #[test]
+    fn broker_streams_are_not_deduplicated() {
+        let hub = Hub::new();
+        let conn = Connection::new(1 << 20);
+        hub.subscribe("news", &conn, false, true, false);
+        hub.release("news", &conn, 3);
+        // A broker stream that started a new epoch counts from 1 again.
+        hub.broadcast_publication("news", publication(1));
+        assert_eq!(queued_offsets(&conn), vec![1]);
     }
 }

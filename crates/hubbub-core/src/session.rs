@@ -383,7 +383,7 @@ impl Session {
 
         // Listen first, holding publications, then read the stream: whatever is published
         // in between is either in what we read or held, and duplicates are dropped by offset.
-        if node.hub.subscribe(channel, &self.conn, join_leave, positioned) {
+        if node.hub.subscribe(channel, &self.conn, join_leave, positioned, node.channel_hooks(ns).is_some()) {
             if let Err(e) = node.broker.subscribe(channel).await {
                 node.hub.unsubscribe(channel, &self.conn);
                 return Err(e.into());
@@ -443,14 +443,7 @@ impl Session {
 
     /// Queues the publications held for a new subscription that its reply did not carry.
     fn release(&self, channel: &str, covered: u64) {
-        let outbox = &self.conn.outbox;
-        self.node.hub.release(channel, &self.conn, |held: Vec<(u64, Bytes)>| {
-            for (offset, frame) in held {
-                if offset == 0 || offset > covered {
-                    outbox.push(frame);
-                }
-            }
-        });
+        self.node.hub.release(channel, &self.conn, covered);
     }
 
     async fn unsubscribe(&mut self, channel: &str) -> bool {

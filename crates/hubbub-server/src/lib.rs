@@ -105,6 +105,13 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Small frames go out at once: Nagle's algorithm would hold a push back for up to 40 ms
+    // waiting for the peer's ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|stop| *stop).await;

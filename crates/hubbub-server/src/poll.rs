@@ -48,7 +48,7 @@ struct Waiter {
 impl Waiter {
     async fn listen(node: &Arc<Node>, channel: &str) -> Result<Waiter, EngineError> {
         let conn = Connection::new(WAITER_QUEUE_BYTES);
-        if node.hub.subscribe(channel, &conn, false, false) {
+        if node.hub.subscribe(channel, &conn, false, false, false) {
             node.broker.subscribe(channel).await?;
         }
         Ok(Waiter { node: node.clone(), channel: channel.to_owned(), conn })
