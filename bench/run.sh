@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The standard bench set: idle, fanout, many, connect-storm, each against Hubbub, the raw
-# WebSocket fan-out baseline (raw-ws) and Socket.IO 4 on Node. Writes one table per scenario
-# to bench/results/<date>-<scenario>.md (…-quick.md with --quick).
+# WebSocket fan-out baseline (raw-ws) and Socket.IO 4 on Node; then chat and connect-storm on
+# chat rooms (connect-storm-rooms), against Hubbub only (the peers have no chat). Writes one
+# table per scenario to bench/results/<date>-<scenario>.md (…-quick.md with --quick).
 #
 #   bench/run.sh           full set, under 10 minutes on 2 cores (after the build)
 #   bench/run.sh --quick   small set, under 2 minutes
@@ -43,6 +44,8 @@ if [ "$QUICK" = 1 ]; then
   "${BENCH[@]}" fanout --subscribers 1000 --phase 2.5
   "${BENCH[@]}" many --channels 500 --subscribers-per-channel 5 --phase 2.5
   "${BENCH[@]}" connect-storm --connections 2000 --channels 100 --rate 200
+  "${BENCH[@]}" chat --users 200 --rooms 40 --members 10 --rate 300 --phase 2.5
+  "${BENCH[@]}" connect-storm --rooms --connections 2000 --channels 100 --users 200 --rate 200
 else
   # 100,000 idle connections are asked; the harness runs as many as the open-files limit
   # allows and says so in the table.
@@ -50,5 +53,7 @@ else
   "${BENCH[@]}" fanout --subscribers 10000 --phase 10
   "${BENCH[@]}" many --channels 4000 --subscribers-per-channel 10 --channels-per-connection 5 --phase 10
   "${BENCH[@]}" connect-storm --connections 10000 --channels 500 --rate 500
+  "${BENCH[@]}" chat --users 1000 --rooms 200 --members 10 --rate 400 --phase 10
+  "${BENCH[@]}" connect-storm --rooms --connections 10000 --channels 500 --users 1000 --rate 500
 fi
 echo "== done in $(( $(date +%s) - started )) s; tables in bench/results/"

@@ -325,7 +325,11 @@ pub async fn chat(common: &Common, shape: ChatShape) -> Column {
     col.plain("connections subscribed (to all their rooms)", Some(subscribed as f64), Fmt::Int);
     col.metric("sign-ups/s (argon2id)", Some(n as f64 / t_signup), Fmt::Int);
     col.plain("server RSS at start, MiB", Some(rss_start as f64 / 1024.0), Fmt::Dec(1));
-    col.plain("server RSS after sign-ups, rooms and invitations, MiB", Some(rss0 as f64 / 1024.0), Fmt::Dec(1));
+    col.plain(
+        "server RSS after sign-ups, rooms and invitations, MiB",
+        Some(rss0 as f64 / 1024.0),
+        Fmt::Dec(1),
+    );
     col.metric("rooms and invitations, s", Some(t_rooms), Fmt::Dec(2));
     col.metric(
         "connection set-up rate (incl. subscriptions), conn/s",
