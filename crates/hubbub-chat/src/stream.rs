@@ -60,6 +60,10 @@ impl ChannelHooks for RoomHooks {
         };
         let limit = query.limit.map_or(MAX_REPLAY, |l| (l as u32).min(MAX_REPLAY));
         if limit == 0 {
+            // The position alone: what has been *published*, so that an event stored but not
+            // yet published reaches this subscriber live instead of being taken as given.
+            let published = chat.published_seq(room_id).await.unwrap_or(room.last_seq);
+            let position = StreamPosition { offset: published.min(room.last_seq), ..position };
             return Ok(HistoryPage { publications: Vec::new(), position });
         }
         let events = if query.reverse && query.since.is_none() {
@@ -110,6 +114,11 @@ impl Chat {
             *last = Some(self.store.room(room).await?.map_or(0, |r| r.last_seq));
         }
         Ok(())
+    }
+
+    /// The seq last published in this process, if the room has published here.
+    pub(crate) async fn published_seq(&self, room: RoomId) -> Option<u64> {
+        *self.publishers.room(room).lock().await
     }
 
     /// Publishes the room's stored events that are not published yet, in order.
