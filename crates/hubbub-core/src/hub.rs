@@ -202,10 +202,12 @@ impl Hub {
         self.channels.shard(channel).get(channel).cloned()
     }
 
-    /// Queues an encoded message for the channel's subscribers (those that want join/leave
-    /// events only, when `join_leave_only`). Returns how many got it.
-    fn fan_out(&self, channel: &str, frame: Bytes, offset: u64, join_leave_only: bool) -> usize {
+    /// Encodes a push once, if the channel has subscribers here, and queues the same bytes
+    /// for each of them (only for those that want join/leave events, when
+    /// `join_leave_only`). Returns how many got it.
+    fn broadcast(&self, channel: &str, body: PushBody, offset: u64, join_leave_only: bool) -> usize {
         let Some(subs) = self.subscribers(channel) else { return 0 };
+        let frame = Reply::push(Push { channel: channel.to_owned(), body }).encode();
         let mut subs = lock(&subs);
         let mut delivered = 0;
         for sub in subs.values_mut() {
@@ -230,25 +232,16 @@ impl Hub {
     }
 
     pub fn broadcast_publication(&self, channel: &str, publication: Publication) -> usize {
-        if self.subscribers(channel).is_none() {
-            return 0;
-        }
         let offset = publication.offset;
-        let frame =
-            Reply::push(Push { channel: channel.to_owned(), body: PushBody::Publication(publication) })
-                .encode();
-        self.fan_out(channel, frame, offset, false)
+        self.broadcast(channel, PushBody::Publication(publication), offset, false)
     }
 
     pub fn broadcast_join(&self, channel: &str, info: ClientInfo, everyone: bool) -> usize {
-        let frame = Reply::push(Push { channel: channel.to_owned(), body: PushBody::Join { info } }).encode();
-        self.fan_out(channel, frame, 0, !everyone)
+        self.broadcast(channel, PushBody::Join { info }, 0, !everyone)
     }
 
     pub fn broadcast_leave(&self, channel: &str, info: ClientInfo, everyone: bool) -> usize {
-        let frame =
-            Reply::push(Push { channel: channel.to_owned(), body: PushBody::Leave { info } }).encode();
-        self.fan_out(channel, frame, 0, !everyone)
+        self.broadcast(channel, PushBody::Leave { info }, 0, !everyone)
     }
 
     /// Channels with subscribers on this node and how many each has.
