@@ -559,15 +559,7 @@ pub async fn connect_storm_rooms(common: &Common, storm: RoomStorm) -> Column {
     col.plain("  of them acknowledged", Some(burst_acked as f64), Fmt::Int);
     col.plain("connections back when that burst was sent", Some(back_at_burst as f64), Fmt::Int);
     col.plain("connections back when it was all stored", Some(back_at_burst_stored as f64), Fmt::Int);
-    col.metric("all back (SIGTERM → everyone resubscribed), s (lower is better)", Some(t_all), Fmt::Dec(2));
-    col.metric(
-        "reconnect rate after listening, conn/s",
-        Some(back as f64 / (t_all - t_listen).max(0.001)),
-        Fmt::Int,
-    );
-    col.plain("failed reconnect attempts", Some(shared.setup_errors.load(Relaxed) as f64), Fmt::Int);
-    col.plain("re-subscriptions recovered", Some(shared.recovered.load(Relaxed) as f64), Fmt::Int);
-    col.plain("re-subscriptions not recovered", Some(shared.not_recovered.load(Relaxed) as f64), Fmt::Int);
+    crate::scenarios::storm_rows(&mut col, &shared, back, t_listen, t_all);
     col.plain(
         "messages recovered in subscribe replies (deliveries)",
         Some(shared.recovered_pubs.load(Relaxed) as f64),

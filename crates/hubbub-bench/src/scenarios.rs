@@ -62,6 +62,20 @@ pub(crate) async fn stop_clients(shared: &Arc<Shared>, total: u64) {
     wait_for(Duration::from_secs(30), || shared.finished.load(Relaxed) >= total).await;
 }
 
+/// The rows every connect-storm table has: how fast everyone came back and how many
+/// resubscriptions recovered.
+pub(crate) fn storm_rows(col: &mut Column, shared: &Shared, back: u64, t_listen: f64, t_all: f64) {
+    col.metric("all back (SIGTERM → everyone resubscribed), s (lower is better)", Some(t_all), Fmt::Dec(2));
+    col.metric(
+        "reconnect rate after listening, conn/s",
+        Some(back as f64 / (t_all - t_listen).max(0.001)),
+        Fmt::Int,
+    );
+    col.plain("failed reconnect attempts", Some(shared.setup_errors.load(Relaxed) as f64), Fmt::Int);
+    col.plain("re-subscriptions recovered", Some(shared.recovered.load(Relaxed) as f64), Fmt::Int);
+    col.plain("re-subscriptions not recovered", Some(shared.not_recovered.load(Relaxed) as f64), Fmt::Int);
+}
+
 pub(crate) fn note_errors(col: &mut Column, shared: &Shared) {
     if let Some(e) = shared.first_error() {
         col.notes.push(format!("{} set-up errors, first: {e}", shared.setup_errors.load(Relaxed)));
@@ -425,15 +439,7 @@ pub async fn connect_storm(kind: Kind, common: &Common, storm: Storm) -> Column 
     col.plain("connections back after the restart", Some(back as f64), Fmt::Int);
     col.metric("old server's shutdown, s", Some(stop_secs), Fmt::Dec(2));
     col.metric("server down (SIGTERM → listening again), s", Some(t_listen), Fmt::Dec(2));
-    col.metric("all back (SIGTERM → everyone resubscribed), s (lower is better)", Some(t_all), Fmt::Dec(2));
-    col.metric(
-        "reconnect rate after listening, conn/s",
-        Some(back as f64 / (t_all - t_listen).max(0.001)),
-        Fmt::Int,
-    );
-    col.plain("failed reconnect attempts", Some(shared.setup_errors.load(Relaxed) as f64), Fmt::Int);
-    col.plain("re-subscriptions recovered", Some(shared.recovered.load(Relaxed) as f64), Fmt::Int);
-    col.plain("re-subscriptions not recovered", Some(shared.not_recovered.load(Relaxed) as f64), Fmt::Int);
+    storm_rows(&mut col, &shared, back, t_listen, t_all);
     col.plain(
         "publications recovered in subscribe replies",
         Some(shared.recovered_pubs.load(Relaxed) as f64),
