@@ -60,6 +60,10 @@ struct Opts {
     /// Closed loop (max rate): publications in flight, not yet received by every subscriber.
     #[arg(long, global = true, default_value_t = 32)]
     window: u64,
+    /// Publish requests in flight on each publishing connection (HTTP/1.1 pipelining, so a
+    /// channel's publications keep their order); 1 waits for each answer before the next.
+    #[arg(long, global = true, default_value_t = 8)]
+    pipeline: usize,
     /// Connection set-ups in flight at once (first connections; reconnects are not limited).
     /// Every server here listens with a backlog of at least 511 (Hubbub and raw-ws 4096).
     #[arg(long, global = true, default_value_t = 100)]
@@ -189,7 +193,12 @@ async fn run(cli: Cli, nofile: u64) -> i32 {
         ));
         kinds.retain(|k| *k != Kind::SocketIo);
     }
-    let common = Common { programs: programs.clone(), payload: opts.payload, concurrency: opts.concurrency };
+    let common = Common {
+        programs: programs.clone(),
+        payload: opts.payload,
+        concurrency: opts.concurrency,
+        pipeline: opts.pipeline,
+    };
     let cap = connection_cap(nofile);
     let mut cap_note = |wanted: u64| -> u64 {
         if wanted > cap {
@@ -240,6 +249,7 @@ async fn run(cli: Cli, nofile: u64) -> i32 {
             params.push(("subscribers".into(), s.to_string()));
             params.push(("phase".into(), format!("{phase} s")));
             params.push(("closed-loop window".into(), format!("{} publications", opts.window)));
+            params.push(("publish requests in flight per connection".into(), opts.pipeline.to_string()));
             for &kind in &kinds {
                 eprintln!("fanout: {} with {s} subscribers", kind.name());
                 columns.push((kind, scenarios::throughput(kind, &common, shape).await));
@@ -266,6 +276,7 @@ async fn run(cli: Cli, nofile: u64) -> i32 {
             params.push(("connections".into(), shape.connections().to_string()));
             params.push(("phase".into(), format!("{phase} s")));
             params.push(("closed-loop window".into(), format!("{} publications", opts.window)));
+            params.push(("publish requests in flight per connection".into(), opts.pipeline.to_string()));
             for &kind in &kinds {
                 eprintln!("many: {} with {} connections", kind.name(), shape.connections());
                 columns.push((kind, scenarios::throughput(kind, &common, shape).await));

@@ -53,44 +53,152 @@ impl HttpClient {
             self.conn = Some(BufReader::new(stream));
         }
         let conn = self.conn.as_mut().expect("connected");
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(body);
+        let request = request(self.addr, path, headers, body);
         conn.get_mut().write_all(&request).await.map_err(|e| format!("write: {e}"))?;
-        self.line.clear();
-        if conn.read_line(&mut self.line).await.map_err(|e| format!("read: {e}"))? == 0 {
-            return Err("connection closed".into());
+        read_response(conn, &mut self.line).await
+    }
+}
+
+/// A request's bytes: POST with Content-Length.
+fn request(addr: SocketAddr, path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// Reads one response (status line, headers, a Content-Length body).
+async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(
+    conn: &mut R,
+    line: &mut String,
+) -> Result<(u16, Vec<u8>), String> {
+    line.clear();
+    if conn.read_line(line).await.map_err(|e| format!("read: {e}"))? == 0 {
+        return Err("connection closed".into());
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {line:?}"))?;
+    let mut length = None;
+    loop {
+        line.clear();
+        if conn.read_line(line).await.map_err(|e| format!("read: {e}"))? == 0 {
+            return Err("connection closed in headers".into());
         }
-        let status: u16 = self
-            .line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad status line {:?}", self.line))?;
-        let mut length = None;
-        loop {
-            self.line.clear();
-            if conn.read_line(&mut self.line).await.map_err(|e| format!("read: {e}"))? == 0 {
-                return Err("connection closed in headers".into());
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<usize>().ok();
             }
-            let header = self.line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse::<usize>().ok();
+        }
+    }
+    let length = length.ok_or("response without content-length")?;
+    let mut answer = vec![0u8; length];
+    conn.read_exact(&mut answer).await.map_err(|e| format!("read body: {e}"))?;
+    Ok((status, answer))
+}
+
+type Answer = Result<(u16, Vec<u8>), String>;
+
+/// HTTP/1.1 pipelining on one keep-alive connection: up to `depth` requests are written
+/// before their answers are read, and the answers come back in request order. A server
+/// handles a connection's requests one after the other, so a channel's publications stay
+/// in order, while the publisher no longer waits a whole round trip per publication (a
+/// busy server answers late, and one request at a time would measure that delay instead of
+/// the server's throughput). On any error the connection is dropped: the requests in
+/// flight are reported failed (never retried), the next request makes a new connection.
+pub struct Pipeline<T> {
+    addr: SocketAddr,
+    depth: usize,
+    conn: Option<(tokio::net::tcp::OwnedWriteHalf, tokio::sync::mpsc::Receiver<Answer>)>,
+    /// What each request in flight was, oldest first.
+    in_flight: std::collections::VecDeque<T>,
+}
+
+impl<T> Pipeline<T> {
+    pub fn new(addr: SocketAddr, depth: usize) -> Self {
+        Pipeline { addr, depth: depth.max(1), conn: None, in_flight: Default::default() }
+    }
+
+    /// Sends a request tagged `tag`; when `depth` are in flight, first waits for the oldest
+    /// answer. Every answer received (or failure) is handed to `done` with its tag.
+    pub async fn send(
+        &mut self,
+        tag: T,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+        done: &mut impl FnMut(T, Answer),
+    ) {
+        while self.in_flight.len() >= self.depth {
+            self.receive_one(done).await;
+        }
+        if self.conn.is_none() {
+            match TcpStream::connect(self.addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let (read, write) = stream.into_split();
+                    let (tx, rx) = tokio::sync::mpsc::channel(self.depth);
+                    tokio::spawn(async move {
+                        let mut read = BufReader::new(read);
+                        let mut line = String::new();
+                        loop {
+                            let answer = read_response(&mut read, &mut line).await;
+                            let failed = answer.is_err();
+                            if tx.send(answer).await.is_err() || failed {
+                                break;
+                            }
+                        }
+                    });
+                    self.conn = Some((write, rx));
                 }
+                Err(e) => return done(tag, Err(format!("connect: {e}"))),
             }
         }
-        let length = length.ok_or("response without content-length")?;
-        let mut answer = vec![0u8; length];
-        conn.read_exact(&mut answer).await.map_err(|e| format!("read body: {e}"))?;
-        Ok((status, answer))
+        let bytes = request(self.addr, path, headers, body);
+        let (write, _) = self.conn.as_mut().expect("connected");
+        match write.write_all(&bytes).await {
+            Ok(()) => self.in_flight.push_back(tag),
+            Err(e) => {
+                done(tag, Err(format!("write: {e}")));
+                self.fail_all(done, "connection lost");
+            }
+        }
+    }
+
+    /// Waits for every answer still due.
+    pub async fn finish(&mut self, done: &mut impl FnMut(T, Answer)) {
+        while !self.in_flight.is_empty() {
+            self.receive_one(done).await;
+        }
+    }
+
+    async fn receive_one(&mut self, done: &mut impl FnMut(T, Answer)) {
+        let Some((_, rx)) = self.conn.as_mut() else { return self.fail_all(done, "not connected") };
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx.recv()).await {
+            Ok(Some(Ok(answer))) => {
+                let tag = self.in_flight.pop_front().expect("an answer for a request in flight");
+                done(tag, Ok(answer));
+            }
+            Ok(Some(Err(e))) => self.fail_all(done, &e),
+            Ok(None) => self.fail_all(done, "connection closed"),
+            Err(_) => self.fail_all(done, "timed out"),
+        }
+    }
+
+    fn fail_all(&mut self, done: &mut impl FnMut(T, Answer), why: &str) {
+        self.conn = None;
+        for tag in self.in_flight.drain(..) {
+            done(tag, Err(why.to_owned()));
+        }
     }
 }
 
@@ -160,6 +268,8 @@ pub struct Publisher {
     pub book: Arc<Book>,
     pub channels: u32,
     pub pad: String,
+    /// Requests in flight per publishing connection (HTTP/1.1 pipelining).
+    pub pipeline: usize,
 }
 
 /// How a phase publishes.
@@ -182,25 +292,32 @@ pub struct Published {
 }
 
 impl Publisher {
-    /// Publishing tasks (one HTTP connection each, one request at a time): each channel
-    /// belongs to one task, so that a channel's publications are made one after the other
-    /// and arrive in order. Up to 16, so that many channels can keep a server busy.
+    /// Publishing tasks (one pipelined HTTP connection each): each channel belongs to one
+    /// task, so that a channel's publications are made one after the other and arrive in
+    /// order. Up to 16, so that many channels can keep a server busy.
     fn tasks(&self) -> u64 {
         [16u32, 8, 4, 2, 1].into_iter().find(|&k| self.channels.is_multiple_of(k)).unwrap_or(1) as u64
     }
 
-    async fn publish(&self, http: &mut HttpClient, channel: u32) {
+    /// Publishes the next message of `channel` (answers are handled as they arrive).
+    async fn publish(&self, pipe: &mut Pipeline<(u32, u64)>, channel: u32) {
         let seq = self.book.seq[channel as usize].fetch_add(1, Relaxed) + 1;
         let data = payload(channel, seq, self.shared.now_micros(), &self.pad);
         let name = self.target.channel_name(channel);
-        let result = match self.target.kind {
+        let mut done = |tag, answer| self.answered(tag, answer);
+        match self.target.kind {
             Kind::Hubbub => {
                 let body = format!(r#"{{"channel":"{name}","data":{data}}}"#);
-                http.post("/api/publish", &format!("x-api-key: {API_KEY}\r\n"), body.as_bytes()).await
+                let headers = format!("x-api-key: {API_KEY}\r\n");
+                pipe.send((channel, seq), "/api/publish", &headers, body.as_bytes(), &mut done).await
             }
-            _ => http.post(&format!("/publish/{name}"), "", data.as_bytes()).await,
-        };
-        match result {
+            _ => pipe.send((channel, seq), &format!("/publish/{name}"), "", data.as_bytes(), &mut done).await,
+        }
+    }
+
+    /// Books a publish's answer.
+    fn answered(&self, (channel, seq): (u32, u64), answer: Result<(u16, Vec<u8>), String>) {
+        match answer {
             Ok((200, body)) if self.target.kind != Kind::Hubbub || body.starts_with(br#"{"result""#) => {
                 self.book.published.fetch_add(1, Relaxed);
             }
@@ -220,7 +337,7 @@ impl Publisher {
         for k in 0..tasks {
             let me = self.clone();
             handles.push(tokio::spawn(async move {
-                let mut http = HttpClient::new(me.target.addr);
+                let mut pipe = Pipeline::new(me.target.addr, me.pipeline);
                 let mut sent = 0u64;
                 let mut stalled = false;
                 let mut i = k;
@@ -241,10 +358,11 @@ impl Publisher {
                             tokio::time::sleep_until(at.into()).await;
                         }
                     }
-                    me.publish(&mut http, (i % u64::from(me.channels)) as u32).await;
+                    me.publish(&mut pipe, (i % u64::from(me.channels)) as u32).await;
                     sent += 1;
                     i += tasks;
                 }
+                pipe.finish(&mut |tag, answer| me.answered(tag, answer)).await;
                 (sent, stalled)
             }));
         }

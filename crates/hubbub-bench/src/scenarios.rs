@@ -19,6 +19,8 @@ pub struct Common {
     pub payload: usize,
     /// First set-ups in flight at once.
     pub concurrency: usize,
+    /// Publish requests in flight per publishing connection.
+    pub pipeline: usize,
 }
 
 pub(crate) fn block<T>(f: impl FnOnce() -> T) -> T {
@@ -277,6 +279,7 @@ pub async fn throughput(kind: Kind, common: &Common, shape: Shape) -> Column {
         book: book.clone(),
         channels: shape.channels,
         pad: "x".repeat(common.payload),
+        pipeline: common.pipeline,
     });
     let s = shape.subscribers_per_channel;
     let window = (shape.window * s).max(4096);
@@ -384,6 +387,7 @@ pub async fn connect_storm(kind: Kind, common: &Common, storm: Storm) -> Column 
         book: book.clone(),
         channels: storm.channels,
         pad: "x".repeat(common.payload),
+        pipeline: common.pipeline,
     });
     let (pub_stop, pub_stopped) = tokio::sync::watch::channel(false);
     let background = {

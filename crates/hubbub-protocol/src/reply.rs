@@ -244,9 +244,11 @@ pub struct SubscribePush {
 }
 
 /// Joins already-encoded messages into one frame, newline-separated, as the protocol batches.
-pub fn encode_frame<'a>(messages: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for m in messages {
+/// The frame is allocated once, at its final size: this runs for every batched write.
+pub fn encode_frame<M: AsRef<[u8]>>(messages: &[M]) -> Vec<u8> {
+    let size = messages.iter().map(|m| m.as_ref().len() + 1).sum::<usize>().saturating_sub(1);
+    let mut out = Vec::with_capacity(size);
+    for m in messages.iter().map(AsRef::as_ref) {
         if !out.is_empty() {
             out.push(b'\n');
         }

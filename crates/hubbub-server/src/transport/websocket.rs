@@ -92,7 +92,7 @@ impl Transport for WsTransport {
             0 => return Ok(()),
             1 => frames.pop().expect("one frame"),
             _ => {
-                let joined = hubbub_protocol::encode_frame(frames.iter().map(|f| &f[..]));
+                let joined = hubbub_protocol::encode_frame(frames);
                 frames.clear();
                 Bytes::from(joined)
             }
