@@ -261,7 +261,6 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Outgoing;
     use hubbub_protocol::json_from_str;
 
     fn publication(offset: u64) -> Publication {
@@ -269,15 +268,13 @@ mod tests {
     }
 
     fn queued_offsets(conn: &Connection) -> Vec<u64> {
-        let mut out = Vec::new();
-        conn.outbox.drain(&mut out);
-        out.iter()
-            .filter_map(|o| match o {
-                Outgoing::Frame(f) => {
-                    let v: serde_json::Value = serde_json::from_slice(f).unwrap();
-                    v["push"]["pub"]["offset"].as_u64()
-                }
-                Outgoing::Control(_) => None,
+        let mut frames = Vec::new();
+        while conn.outbox.drain_frames(&mut frames).is_some() {}
+        frames
+            .iter()
+            .filter_map(|f| {
+                let v: serde_json::Value = serde_json::from_slice(f).unwrap();
+                v["push"]["pub"]["offset"].as_u64()
             })
             .collect()
     }

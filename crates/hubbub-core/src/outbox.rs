@@ -9,8 +9,9 @@
 use bytes::Bytes;
 use hubbub_protocol::Disconnect;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Mutex;
-use tokio::sync::Notify;
+use std::task::{Poll, Waker};
 
 /// Instructions for the connection task that owns the session, from elsewhere in the node.
 #[derive(Debug)]
@@ -26,7 +27,7 @@ pub enum Control {
 }
 
 #[derive(Debug)]
-pub enum Outgoing {
+enum Outgoing {
     Frame(Bytes),
     Control(Control),
 }
@@ -34,24 +35,38 @@ pub enum Outgoing {
 #[derive(Default)]
 struct State {
     items: VecDeque<Outgoing>,
+    /// Bytes of the frames in `items`.
     bytes: usize,
     /// Set once the queue overflowed or was closed: nothing more is accepted.
     closed: bool,
+    /// The task waiting in [`Outbox::ready`]. Taken by the first push after it registered,
+    /// so a burst of pushes (one per publication of a busy channel) wakes the writer once.
+    waiter: Option<Waker>,
 }
 
+/// The queue. One task at a time waits on it (the connection's writer).
 pub struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
     max_bytes: usize,
 }
 
 impl Outbox {
     pub fn new(max_bytes: usize) -> Self {
-        Outbox { state: Mutex::new(State::default()), notify: Notify::new(), max_bytes }
+        Outbox { state: Mutex::new(State::default()), max_bytes }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends under the lock, then wakes the waiting writer outside it.
+    fn enqueue(&self, item: Outgoing, mut s: std::sync::MutexGuard<'_, State>) {
+        s.items.push_back(item);
+        let waiter = s.waiter.take();
+        drop(s);
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
     }
 
     /// Queues an encoded message. Returns false when the connection is closing, either
@@ -66,15 +81,11 @@ impl Outbox {
             s.items.clear();
             s.bytes = 0;
             s.closed = true;
-            s.items.push_back(Outgoing::Control(Control::Disconnect(Disconnect::SLOW)));
-            drop(s);
-            self.notify.notify_one();
+            self.enqueue(Outgoing::Control(Control::Disconnect(Disconnect::SLOW)), s);
             return false;
         }
         s.bytes += frame.len();
-        s.items.push_back(Outgoing::Frame(frame));
-        drop(s);
-        self.notify.notify_one();
+        self.enqueue(Outgoing::Frame(frame), s);
         true
     }
 
@@ -87,22 +98,45 @@ impl Outbox {
         if matches!(control, Control::Disconnect(_)) {
             s.closed = true;
         }
-        s.items.push_back(Outgoing::Control(control));
-        drop(s);
-        self.notify.notify_one();
+        self.enqueue(Outgoing::Control(control), s);
     }
 
-    /// Moves everything queued into `out`.
-    pub fn drain(&self, out: &mut Vec<Outgoing>) {
+    /// Moves the queued frames into `frames`, in order, up to the first instruction, which
+    /// it returns (what follows the instruction stays queued for the next call).
+    pub fn drain_frames(&self, frames: &mut Vec<Bytes>) -> Option<Control> {
         let mut s = self.lock();
-        out.extend(s.items.drain(..));
+        while let Some(item) = s.items.pop_front() {
+            match item {
+                Outgoing::Frame(frame) => {
+                    s.bytes -= frame.len();
+                    frames.push(frame);
+                }
+                Outgoing::Control(control) => return Some(control),
+            }
+        }
+        None
+    }
+
+    /// Drops everything queued.
+    pub fn clear(&self) {
+        let mut s = self.lock();
+        s.items.clear();
         s.bytes = 0;
     }
 
-    /// Waits until something is queued (returns at once if something was queued since the
-    /// last wait).
-    pub async fn ready(&self) {
-        self.notify.notified().await
+    /// Waits until something is queued (at once if something is). Cancel-safe.
+    pub fn ready(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut s = self.lock();
+            if !s.items.is_empty() {
+                return Poll::Ready(());
+            }
+            match &mut s.waiter {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
     }
 
     /// Whether the queue accepts nothing more.
@@ -122,10 +156,45 @@ mod tests {
         assert!(q.push(Bytes::from_static(b"12345")));
         assert!(!q.push(Bytes::from_static(b"1")));
         assert!(!q.push(Bytes::from_static(b"1")));
-        let mut out = vec![];
-        q.drain(&mut out);
-        assert_eq!(out.len(), 1);
-        assert!(matches!(&out[0], Outgoing::Control(Control::Disconnect(d)) if *d == Disconnect::SLOW));
+        let mut frames = vec![];
+        let control = q.drain_frames(&mut frames);
+        assert!(frames.is_empty());
+        assert!(matches!(control, Some(Control::Disconnect(d)) if d == Disconnect::SLOW));
+        assert!(q.drain_frames(&mut frames).is_none());
+    }
+
+    #[test]
+    fn frames_after_an_instruction_wait_for_the_next_drain() {
+        let q = Outbox::new(1 << 10);
+        q.push(Bytes::from_static(b"a"));
+        q.control(Control::Unsubscribe("c".into()));
+        q.push(Bytes::from_static(b"b"));
+        let mut frames = vec![];
+        assert!(matches!(q.drain_frames(&mut frames), Some(Control::Unsubscribe(_))));
+        assert_eq!(frames, vec![Bytes::from_static(b"a")]);
+        frames.clear();
+        assert!(q.drain_frames(&mut frames).is_none());
+        assert_eq!(frames, vec![Bytes::from_static(b"b")]);
+        // The byte count followed: a full queue's worth fits again.
+        assert!(q.push(Bytes::from(vec![0u8; 1 << 10])));
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_the_waiting_task_once_per_burst() {
+        let q = std::sync::Arc::new(Outbox::new(1 << 10));
+        let waiter = tokio::spawn({
+            let q = q.clone();
+            async move { q.ready().await }
+        });
+        tokio::task::yield_now().await;
+        q.push(Bytes::from_static(b"a"));
+        q.push(Bytes::from_static(b"b"));
+        waiter.await.unwrap();
+        // Ready at once while something is queued.
+        q.ready().await;
+        q.clear();
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), q.ready()).await;
+        assert!(pending.is_err(), "nothing queued: not ready");
     }
 
     #[test]

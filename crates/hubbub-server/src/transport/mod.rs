@@ -10,7 +10,8 @@ pub mod stream;
 pub mod websocket;
 
 use bytes::Bytes;
-use hubbub_core::outbox::{Control, Outgoing};
+use hubbub_core::hub::Connection;
+use hubbub_core::outbox::Control;
 use hubbub_core::Session;
 use hubbub_protocol::Disconnect;
 use std::future::Future;
@@ -43,7 +44,6 @@ pub trait Transport: Send {
 /// connect command of the HTTP-streaming transports).
 pub async fn drive<T: Transport>(mut session: Session, mut transport: T, first_frame: Option<String>) {
     let conn = session.connection().clone();
-    let mut drained = Vec::new();
     let mut frames = Vec::new();
     // The futures of command handling are large (kilobytes) and rarely alive: boxing them
     // keeps them out of this loop's state, which every idle connection holds for its life.
@@ -51,41 +51,39 @@ pub async fn drive<T: Transport>(mut session: Session, mut transport: T, first_f
         Some(frame) => Box::pin(session.handle_frame(&frame)).await.err(),
         None => None,
     };
-    // One timer for the connection's life, moved only when the session's deadline moves.
+    // One timer for the connection's life, moved only when the session's deadline moves,
+    // which only a command, an instruction or the timer itself can do: a write of queued
+    // pushes (the hot path of fan-out) leaves it alone.
     let timer = tokio::time::sleep_until(session.next_timer());
     tokio::pin!(timer);
     let end = if let Some(disconnect) = refused {
         Some(disconnect)
     } else {
         loop {
-            let deadline = session.next_timer();
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
             let step = tokio::select! {
-                _ = conn.outbox.ready() => {
-                    conn.outbox.drain(&mut drained);
-                    Box::pin(flush(&mut session, &mut transport, &mut drained, &mut frames)).await
-                }
+                _ = conn.outbox.ready() => flush(&mut session, &mut transport, &conn, &mut frames).await,
                 inbound = transport.read() => match inbound {
-                    Inbound::Frame(text) => Box::pin(session.handle_frame(&text)).await.map_err(Some),
+                    Inbound::Frame(text) => Box::pin(session.handle_frame(&text)).await.map(|()| true).map_err(Some),
                     Inbound::Gone => Err(None),
                     Inbound::Violation(d) => Err(Some(d)),
                 },
-                _ = &mut timer => session.on_timer().map_err(Some),
+                _ = &mut timer => session.on_timer().map(|()| true).map_err(Some),
             };
-            if let Err(end) = step {
-                break end;
+            match step {
+                Ok(true) => {
+                    let deadline = session.next_timer();
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                }
+                Ok(false) => {}
+                Err(end) => break end,
             }
         }
     };
     if let Some(disconnect) = end {
         // What was queued before the disconnect (the last replies) still goes out first.
-        conn.outbox.drain(&mut drained);
-        frames.extend(drained.drain(..).filter_map(|o| match o {
-            Outgoing::Frame(f) => Some(f),
-            Outgoing::Control(_) => None,
-        }));
+        while conn.outbox.drain_frames(&mut frames).is_some() {}
         if transport.write(&mut frames).await.is_ok() {
             Box::pin(transport.close(disconnect)).await;
         }
@@ -93,30 +91,28 @@ pub async fn drive<T: Transport>(mut session: Session, mut transport: T, first_f
     Box::pin(session.close()).await;
 }
 
-/// Writes queued frames and carries out queued instructions, in queue order. `Err` ends
-/// the connection (`None`: the peer is gone).
+/// Writes the queued frames and carries out queued instructions, in queue order. Returns
+/// whether an instruction was carried out (the session may have changed); `Err` ends the
+/// connection (`None`: the peer is gone).
 async fn flush<T: Transport>(
     session: &mut Session,
     transport: &mut T,
-    drained: &mut Vec<Outgoing>,
+    conn: &Connection,
     frames: &mut Vec<Bytes>,
-) -> Result<(), Option<Disconnect>> {
-    for item in drained.drain(..) {
-        match item {
-            Outgoing::Frame(f) => frames.push(f),
-            Outgoing::Control(control) => {
-                transport.write(frames).await.map_err(|()| None)?;
-                frames.clear();
-                if let Control::Disconnect(d) = control {
-                    return Err(Some(d));
-                }
-                session.handle_control(control).await.map_err(Some)?;
-            }
+) -> Result<bool, Option<Disconnect>> {
+    let mut changed = false;
+    loop {
+        let control = conn.outbox.drain_frames(frames);
+        let written = transport.write(frames).await;
+        frames.clear();
+        written.map_err(|()| None)?;
+        match control {
+            None => return Ok(changed),
+            Some(Control::Disconnect(d)) => return Err(Some(d)),
+            Some(control) => Box::pin(session.handle_control(control)).await.map_err(Some)?,
         }
+        changed = true;
     }
-    let written = transport.write(frames).await.map_err(|()| None);
-    frames.clear();
-    written
 }
 
 /// Strips the `{"push":..}` wrapper from an encoded push, without copying: unidirectional
