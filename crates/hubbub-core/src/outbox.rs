@@ -117,6 +117,26 @@ impl Outbox {
         None
     }
 
+    /// Moves the queued frames into `frames`, in order, up to the first instruction, which
+    /// stays queued. Returns whether an instruction is next (then nothing more can be taken
+    /// from the queue until it is carried out, by [`Outbox::drain_frames`]).
+    pub fn drain_leading_frames(&self, frames: &mut Vec<Bytes>) -> bool {
+        let mut s = self.lock();
+        loop {
+            match s.items.pop_front() {
+                Some(Outgoing::Frame(frame)) => {
+                    s.bytes -= frame.len();
+                    frames.push(frame);
+                }
+                Some(instruction) => {
+                    s.items.push_front(instruction);
+                    return true;
+                }
+                None => return false,
+            }
+        }
+    }
+
     /// Drops everything queued.
     pub fn clear(&self) {
         let mut s = self.lock();
@@ -175,6 +195,16 @@ mod tests {
         frames.clear();
         assert!(q.drain_frames(&mut frames).is_none());
         assert_eq!(frames, vec![Bytes::from_static(b"b")]);
+        // Leading frames only: the instruction stays for its owner.
+        frames.clear();
+        q.push(Bytes::from_static(b"c"));
+        q.control(Control::Unsubscribe("c".into()));
+        assert!(q.drain_leading_frames(&mut frames));
+        assert!(q.drain_leading_frames(&mut frames));
+        assert_eq!(frames, vec![Bytes::from_static(b"c")]);
+        frames.clear();
+        assert!(matches!(q.drain_frames(&mut frames), Some(Control::Unsubscribe(_))));
+        assert!(!q.drain_leading_frames(&mut frames));
         // The byte count followed: a full queue's worth fits again.
         assert!(q.push(Bytes::from(vec![0u8; 1 << 10])));
     }

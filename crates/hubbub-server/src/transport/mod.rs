@@ -63,7 +63,7 @@ pub async fn drive<T: Transport>(mut session: Session, mut transport: T, first_f
             let step = tokio::select! {
                 _ = conn.outbox.ready() => flush(&mut session, &mut transport, &conn, &mut frames).await,
                 inbound = transport.read() => match inbound {
-                    Inbound::Frame(text) => Box::pin(session.handle_frame(&text)).await.map(|()| true).map_err(Some),
+                    Inbound::Frame(text) => command(&mut session, &mut transport, &conn, &mut frames, &text).await,
                     Inbound::Gone => Err(None),
                     Inbound::Violation(d) => Err(Some(d)),
                 },
@@ -89,6 +89,43 @@ pub async fn drive<T: Transport>(mut session: Session, mut transport: T, first_f
         }
     }
     Box::pin(session.close()).await;
+}
+
+/// Handles a frame of commands. Meanwhile, what gets queued for the connection (pushes,
+/// replies to earlier commands) is still written: a command that waits (a chat message
+/// waiting for its commit, a history read) does not hold up the connection's deliveries.
+/// Instructions wait for the command to finish, since they need the session too. Returns
+/// true (the session may have changed).
+async fn command<T: Transport>(
+    session: &mut Session,
+    transport: &mut T,
+    conn: &Connection,
+    frames: &mut Vec<Bytes>,
+    text: &str,
+) -> Result<bool, Option<Disconnect>> {
+    let mut handling = Box::pin(session.handle_frame(text));
+    let mut instruction_next = false;
+    // A command is never dropped half-done (it may have changed shared state, such as a
+    // subscriber being set up in the hub): when the peer goes away meanwhile, it still runs
+    // to its end.
+    let mut gone = false;
+    loop {
+        tokio::select! {
+            biased;
+            handled = &mut handling => {
+                return match handled {
+                    _ if gone => Err(None),
+                    Ok(()) => Ok(true),
+                    Err(disconnect) => Err(Some(disconnect)),
+                };
+            }
+            _ = conn.outbox.ready(), if !instruction_next && !gone => {
+                instruction_next = conn.outbox.drain_leading_frames(frames);
+                gone = transport.write(frames).await.is_err();
+                frames.clear();
+            }
+        }
+    }
 }
 
 /// Writes the queued frames and carries out queued instructions, in queue order. Returns
@@ -151,5 +188,82 @@ mod tests {
         assert_eq!(&unwrap_push(&ping)[..], b"{}");
         let d = disconnect_push(&Disconnect::SHUTDOWN);
         assert_eq!(&d[..], br#"{"push":{"disconnect":{"code":3001,"reason":"shutdown","reconnect":true}}}"#);
+    }
+
+    /// A transport over in-process channels: what the driver writes, one frame at a time.
+    struct Pipe {
+        written: tokio::sync::mpsc::UnboundedSender<Bytes>,
+        inbound: tokio::sync::mpsc::UnboundedReceiver<String>,
+    }
+
+    impl Transport for Pipe {
+        async fn write(&mut self, frames: &mut Vec<Bytes>) -> Result<(), ()> {
+            frames.drain(..).try_for_each(|f| self.written.send(f).map_err(|_| ()))
+        }
+        async fn read(&mut self) -> Inbound {
+            self.inbound.recv().await.map_or(Inbound::Gone, Inbound::Frame)
+        }
+        async fn close(self, _disconnect: Disconnect) {}
+    }
+
+    /// An RPC method that answers when the test opens its gate.
+    struct Gate(std::sync::Arc<tokio::sync::Notify>);
+
+    #[async_trait::async_trait]
+    impl hubbub_core::rpc::RpcHandler for Gate {
+        async fn call(
+            &self,
+            _caller: &hubbub_core::rpc::Caller,
+            _data: Option<hubbub_protocol::Json>,
+        ) -> Result<Option<hubbub_protocol::Json>, hubbub_protocol::ProtocolError> {
+            self.0.notified().await;
+            Ok(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn deliveries_go_out_while_a_command_waits() {
+        use hubbub_core::channel::{NamespaceConfig, Namespaces};
+        use hubbub_core::engine::memory::{MemoryBroker, MemoryPresence};
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let mut rpc = hubbub_core::rpc::RpcRegistry::new();
+        rpc.register("wait", Gate(gate.clone()));
+        let node = hubbub_core::Node::start(hubbub_core::node::NodeOptions {
+            name: "test".into(),
+            version: "0".into(),
+            client: Default::default(),
+            namespaces: Namespaces::new(&[NamespaceConfig::default()]).unwrap(),
+            tokens: hubbub_core::auth::Tokens::new("secret"),
+            allow_anonymous: true,
+            broker: Arc::new(MemoryBroker::new()),
+            presence: Arc::new(MemoryPresence::new()),
+            rpc,
+        })
+        .await
+        .unwrap();
+        let (written, mut out) = tokio::sync::mpsc::unbounded_channel();
+        let (to_server, inbound) = tokio::sync::mpsc::unbounded_channel();
+        let session = Session::new(node.clone(), hubbub_core::session::TransportKind::WEBSOCKET);
+        tokio::spawn(drive(session, Pipe { written, inbound }, None));
+        let mut next = async || -> String {
+            let frame = tokio::time::timeout(Duration::from_secs(5), out.recv()).await.unwrap().unwrap();
+            String::from_utf8(frame.to_vec()).unwrap()
+        };
+
+        to_server.send(r#"{"id":1,"connect":{}}"#.into()).unwrap();
+        assert!(next().await.starts_with(r#"{"id":1,"connect""#));
+        to_server.send(r#"{"id":2,"subscribe":{"channel":"news"}}"#.into()).unwrap();
+        assert!(next().await.starts_with(r#"{"id":2,"subscribe""#));
+        to_server.send(r#"{"id":3,"rpc":{"method":"wait"}}"#.into()).unwrap();
+        // The RPC is pending: a publication still reaches the connection.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        node.publish("news", hubbub_protocol::json_from_str(r#"{"n":1}"#).unwrap(), None).await.unwrap();
+        let push = next().await;
+        assert!(push.contains(r#""pub":{"data":{"n":1}"#), "publication first, got {push}");
+        gate.notify_one();
+        assert!(next().await.starts_with(r#"{"id":3,"rpc""#));
     }
 }
