@@ -28,6 +28,17 @@
 //! same transaction, so a room's stream is contiguous, never reused, and durable with the
 //! change itself.
 //!
+//! # Unread counts
+//!
+//! A member's unread count (messages from others, not deleted, above their read marker) is
+//! read on every send (the notice to each member carries it) and for the room list, so it is
+//! stored, as `members.unread`, rather than counted: counting costs one row per unread
+//! message, which grows without bound in a room whose members do not read. Every write that
+//! can change it updates it in the same transaction: an append (+1 for the other members), a
+//! delete (-1 for the other members who had not read the message), a read marker that moves
+//! (recounted above the new marker: usually nothing left to count). A member starts at 0
+//! (creation, join).
+//!
 //! # Choices the trait leaves open
 //!
 //! * A room starts with `last_seq == 0`: creating it (group or DM, with its first members)
@@ -198,6 +209,17 @@ CREATE TRIGGER messages_fts_update AFTER UPDATE OF text ON messages BEGIN
     INSERT INTO messages_fts(rowid, text) VALUES (new.id, new.text);
 END;
 "#,
+    // 2: each member's unread count, kept up to date by every write that changes it (see the
+    // module doc), so that reading it does not count messages.
+    r#"
+ALTER TABLE members ADD COLUMN unread INTEGER NOT NULL DEFAULT 0;
+
+UPDATE members SET unread = (
+    SELECT COUNT(*) FROM messages x
+    WHERE x.room_id = members.room_id AND x.seq > members.read_seq
+      AND x.sender_id != members.user_id AND x.deleted = 0
+);
+"#,
 ];
 
 /// The columns of a [`Message`] (without reactions), for [`message_from_row`].
@@ -271,7 +293,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full);
         // No reconnect in the middle of the traffic.
         let writer = one_connection().connect_with(writer_options).await?;
-        migrate(&writer).await?;
+        migrate(&writer, MIGRATIONS).await?;
         // Opened after the writer: the file exists and is in WAL mode (persistent).
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
@@ -286,7 +308,7 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
         // The database lives as long as its connection.
         let pool = one_connection().connect_with(options).await?;
-        migrate(&pool).await?;
+        migrate(&pool, MIGRATIONS).await?;
         Ok(Self::start(pool.clone(), pool))
     }
 
@@ -337,7 +359,9 @@ fn checksum(script: &str) -> String {
     format!("{hash:016x}")
 }
 
-async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
+/// Brings the database to the version of the last of `migrations` (always [`MIGRATIONS`],
+/// except in tests that build an older database).
+async fn migrate(pool: &SqlitePool, migrations: &[&str]) -> StoreResult<()> {
     let mut conn = pool.acquire().await?;
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS schema_version (
@@ -361,11 +385,11 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
                 "schema_version has {version} where {expected} was expected"
             )));
         }
-        let Some(script) = MIGRATIONS.get(i) else {
+        let Some(script) = migrations.get(i) else {
             return Err(StoreError::Migration(format!(
                 "the database is at schema version {}, newer than this program ({})",
                 applied.len(),
-                MIGRATIONS.len()
+                migrations.len()
             )));
         };
         if checksum(script) != sum {
@@ -374,7 +398,7 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
             )));
         }
     }
-    for (i, script) in MIGRATIONS.iter().enumerate().skip(applied.len()) {
+    for (i, script) in migrations.iter().enumerate().skip(applied.len()) {
         let version = i + 1;
         sqlx::raw_sql(script)
             .execute(&mut *tx)
@@ -503,6 +527,16 @@ async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResul
     .bind(client_msg_id)
     .bind(new.reply_to.map(to_i64))
     .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    // Unread for every other member. Markers never pass `rooms.last_seq`, so a new message is
+    // above every one of them (the `read_seq` test is only the definition spelled out).
+    sqlx::query(
+        "UPDATE members SET unread = unread + 1 WHERE room_id = ?1 AND user_id != ?2 AND read_seq < ?3",
+    )
+    .bind(new.room_id)
+    .bind(new.sender_id)
+    .bind(to_i64(seq))
     .execute(&mut *conn)
     .await?;
     let message = Message {
@@ -1003,7 +1037,8 @@ impl ChatStore for SqliteStore {
         if role_in(&mut tx, room, user).await?.is_some() {
             return Ok(None);
         }
-        // Joins at the seq of its own event: earlier history is not unread.
+        // Joins at the seq of its own event: earlier history is not unread (and `unread`
+        // starts at 0).
         let join_seq = to_i64(current.last_seq + 1);
         sqlx::query(
             "INSERT INTO members (room_id, user_id, role, delivered_seq, read_seq, joined_at) \
@@ -1060,9 +1095,7 @@ impl ChatStore for SqliteStore {
         // One read transaction: the four queries see the same snapshot.
         let mut tx = self.readers.begin().await?;
         let rooms = sqlx::query(
-            "SELECT r.id, r.kind, r.name, r.epoch, r.last_seq, r.created_at, me.role, \
-               (SELECT COUNT(*) FROM messages x WHERE x.room_id = r.id AND x.seq > me.read_seq \
-                  AND x.sender_id != me.user_id AND x.deleted = 0) AS unread, \
+            "SELECT r.id, r.kind, r.name, r.epoch, r.last_seq, r.created_at, me.role, me.unread, \
                COALESCE((SELECT e.created_at FROM events e WHERE e.room_id = r.id AND e.seq = r.last_seq), \
                   r.created_at) AS activity \
              FROM members me JOIN rooms r ON r.id = me.room_id \
@@ -1167,11 +1200,27 @@ impl ChatStore for SqliteStore {
         if sender != by && !matches!(role_in(&mut tx, room, by).await?, Some(Role::Admin | Role::Owner)) {
             return Err(StoreError::Forbidden);
         }
-        sqlx::query("UPDATE messages SET text = '', deleted = 1 WHERE room_id = ? AND seq = ?")
-            .bind(room)
-            .bind(to_i64(seq))
-            .execute(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE messages SET text = '', deleted = 1 WHERE room_id = ? AND seq = ? AND deleted = 0",
+        )
+        .bind(room)
+        .bind(to_i64(seq))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            // Cannot happen (this transaction saw it live), but a second delete must never
+            // take it off the counters twice.
+            return Err(StoreError::NotFound);
+        }
+        // No longer unread for those who had not read it.
+        sqlx::query(
+            "UPDATE members SET unread = unread - 1 WHERE room_id = ?1 AND user_id != ?2 AND read_seq < ?3",
+        )
+        .bind(room)
+        .bind(sender)
+        .bind(to_i64(seq))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM reactions WHERE room_id = ? AND seq = ?")
             .bind(room)
             .bind(to_i64(seq))
@@ -1281,14 +1330,20 @@ impl ChatStore for SqliteStore {
         delivered: Option<u64>,
         read: Option<u64>,
     ) -> StoreResult<(u64, u64)> {
-        // SET expressions see the old row, so the new read marker is spelled out twice.
+        // `asked`: the markers asked for, clamped to the stream (SET expressions see the old
+        // row). When the read marker moves, the unread count becomes what is left above it:
+        // usually nothing to count, as clients mark up to the latest message.
         let row = sqlx::query(
             "UPDATE members SET \
-               read_seq = MAX(read_seq, MIN(?3, (SELECT last_seq FROM rooms WHERE id = ?1))), \
-               delivered_seq = MAX(delivered_seq, \
-                 MIN(?4, (SELECT last_seq FROM rooms WHERE id = ?1)), \
-                 MAX(read_seq, MIN(?3, (SELECT last_seq FROM rooms WHERE id = ?1)))) \
-             WHERE room_id = ?1 AND user_id = ?2 \
+               read_seq = MAX(members.read_seq, asked.read), \
+               delivered_seq = MAX(members.delivered_seq, asked.delivered, members.read_seq, asked.read), \
+               unread = CASE WHEN asked.read > members.read_seq THEN \
+                   (SELECT COUNT(*) FROM messages x WHERE x.room_id = ?1 AND x.seq > asked.read \
+                      AND x.sender_id != ?2 AND x.deleted = 0) \
+                 ELSE members.unread END \
+             FROM (SELECT MIN(?3, last_seq) AS read, MIN(?4, last_seq) AS delivered \
+                   FROM rooms WHERE id = ?1) AS asked \
+             WHERE members.room_id = ?1 AND members.user_id = ?2 \
              RETURNING delivered_seq, read_seq",
         )
         .bind(room)
@@ -1302,21 +1357,19 @@ impl ChatStore for SqliteStore {
     }
 
     async fn unread(&self, room: RoomId, user: UserId) -> StoreResult<u64> {
-        let count: Option<i64> = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM messages x WHERE x.room_id = me.room_id AND x.seq > me.read_seq \
-               AND x.sender_id != me.user_id AND x.deleted = 0) \
-             FROM members me WHERE me.room_id = ? AND me.user_id = ?",
-        )
-        .bind(room)
-        .bind(user)
-        .fetch_optional(&self.readers)
-        .await?;
+        let count: Option<i64> =
+            sqlx::query_scalar("SELECT unread FROM members WHERE room_id = ? AND user_id = ?")
+                .bind(room)
+                .bind(user)
+                .fetch_optional(&self.readers)
+                .await?;
         count.map(to_u64).ok_or(StoreError::NotFound)
     }
 
     async fn unread_by_member(&self, room: RoomId) -> StoreResult<Vec<(UserId, String, u64)>> {
         let rows: Vec<(i64, String, i64)> = sqlx::query_as(
-            "SELECT me.user_id, u.username, (SELECT COUNT(*) FROM messages x WHERE x.room_id = me.room_id                AND x.seq > me.read_seq AND x.sender_id != me.user_id AND x.deleted = 0)              FROM members me JOIN users u ON u.id = me.user_id WHERE me.room_id = ? ORDER BY me.user_id",
+            "SELECT me.user_id, u.username, me.unread \
+             FROM members me JOIN users u ON u.id = me.user_id WHERE me.room_id = ? ORDER BY me.user_id",
         )
         .bind(room)
         .fetch_all(&self.readers)

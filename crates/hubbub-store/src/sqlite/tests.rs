@@ -989,3 +989,211 @@ async fn in_memory_store_works() {
     assert_eq!(store.rooms_of(bob).await.unwrap()[0].unread, 1);
     assert_eq!(store.append_commits(), 1);
 }
+
+/// Every member's unread count, counted from the messages themselves (the query the stored
+/// counter replaced).
+async fn recount_unread(store: &SqliteStore) -> BTreeMap<(RoomId, UserId), u64> {
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT me.room_id, me.user_id, (SELECT COUNT(*) FROM messages x WHERE x.room_id = me.room_id \
+           AND x.seq > me.read_seq AND x.sender_id != me.user_id AND x.deleted = 0) \
+         FROM members me",
+    )
+    .fetch_all(&store.readers)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(room, user, n)| ((room, user), to_u64(n))).collect()
+}
+
+/// Checks that `unread`, `unread_by_member` and `rooms_of` all agree with a recount for every
+/// member of every room, and that the members listed in `expected` have those counts.
+async fn check_unread(store: &SqliteStore, expected: &[(RoomId, UserId, u64)]) {
+    let recount = recount_unread(store).await;
+    let mut rooms: BTreeMap<RoomId, Vec<(UserId, u64)>> = BTreeMap::new();
+    let mut users: BTreeMap<UserId, BTreeMap<RoomId, u64>> = BTreeMap::new();
+    for (&(room, user), &count) in &recount {
+        assert_eq!(store.unread(room, user).await.unwrap(), count, "unread of user {user} in room {room}");
+        rooms.entry(room).or_default().push((user, count));
+        users.entry(user).or_default().insert(room, count);
+    }
+    for (room, counts) in rooms {
+        let by_member: Vec<(UserId, u64)> =
+            store.unread_by_member(room).await.unwrap().into_iter().map(|(id, _, n)| (id, n)).collect();
+        assert_eq!(by_member, counts, "unread_by_member of room {room}");
+    }
+    for (user, counts) in users {
+        let listed: BTreeMap<RoomId, u64> =
+            store.rooms_of(user).await.unwrap().iter().map(|s| (s.room.id, s.unread)).collect();
+        assert_eq!(listed, counts, "rooms_of of user {user}");
+    }
+    for &(room, user, count) in expected {
+        assert_eq!(recount.get(&(room, user)), Some(&count), "expected unread of user {user} in room {room}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_counters_match_a_recount() {
+    let (_dir, store) = store().await;
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    let dave = user(&store, "dave").await;
+    let g = group(&store, "g", alice, &[bob, carol]).await; // seqs 1, 2
+    let dm = store.dm(alice, bob).await.unwrap().id;
+    let note = store.dm(dave, dave).await.unwrap().id;
+    check_unread(&store, &[(g, alice, 0), (g, bob, 0), (g, carol, 0), (dm, alice, 0), (note, dave, 0)]).await;
+
+    // Sends: unread for everyone but the sender.
+    send(&store, g, alice, "a1", "a1").await; // 3
+    check_unread(&store, &[(g, alice, 0), (g, bob, 1), (g, carol, 1)]).await;
+    send(&store, g, bob, "b1", "b1").await; // 4
+    check_unread(&store, &[(g, alice, 1), (g, bob, 1), (g, carol, 2)]).await;
+    send(&store, g, carol, "c1", "c1").await; // 5
+    check_unread(&store, &[(g, alice, 2), (g, bob, 2), (g, carol, 2)]).await;
+    send(&store, g, alice, "a2", "a2").await; // 6
+    check_unread(&store, &[(g, alice, 2), (g, bob, 3), (g, carol, 3)]).await;
+    send(&store, dm, bob, "d1", "d1").await; // dm 1
+    send(&store, dm, bob, "d2", "d2").await; // dm 2
+    send(&store, note, dave, "to self", "n1").await;
+    check_unread(&store, &[(dm, alice, 2), (dm, bob, 0), (note, dave, 0), (g, bob, 3)]).await;
+    // A duplicate stores nothing, so counts nothing.
+    store.append_message(new_message(g, alice, "a2 again", "a2")).await.unwrap();
+    check_unread(&store, &[(g, bob, 3), (g, carol, 3)]).await;
+
+    // Marks: partial, older (no move), delivered only, beyond the stream.
+    assert_eq!(store.mark(g, bob, None, Some(4)).await.unwrap(), (4, 4));
+    check_unread(&store, &[(g, bob, 2)]).await;
+    assert_eq!(store.mark(g, bob, None, Some(3)).await.unwrap(), (4, 4));
+    check_unread(&store, &[(g, bob, 2)]).await;
+    assert_eq!(store.mark(g, bob, Some(6), None).await.unwrap(), (6, 4));
+    check_unread(&store, &[(g, bob, 2)]).await;
+    assert_eq!(store.mark(g, carol, None, Some(100)).await.unwrap(), (6, 6));
+    check_unread(&store, &[(g, carol, 0), (g, bob, 2), (g, alice, 2)]).await;
+    store.mark(dm, alice, None, Some(1)).await.unwrap();
+    check_unread(&store, &[(dm, alice, 1)]).await;
+
+    // Deletes: off the counts of those who had not read it, once.
+    store.delete_message(g, 5, alice).await.unwrap(); // carol's c1, by the owner; seq 7
+    check_unread(&store, &[(g, alice, 1), (g, bob, 1), (g, carol, 0)]).await;
+    assert!(matches!(store.delete_message(g, 5, alice).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.delete_message(g, 5, carol).await, Err(StoreError::NotFound)));
+    check_unread(&store, &[(g, alice, 1), (g, bob, 1), (g, carol, 0)]).await;
+    // Read by carol (and by bob, its sender), unread for alice.
+    store.delete_message(g, 4, bob).await.unwrap(); // seq 8
+    check_unread(&store, &[(g, alice, 0), (g, bob, 1), (g, carol, 0)]).await;
+    store.delete_message(dm, 2, bob).await.unwrap();
+    check_unread(&store, &[(dm, alice, 0), (dm, bob, 0)]).await;
+    // Edits and reactions change no count.
+    store.edit_message(g, 6, alice, "a2 edited").await.unwrap(); // 9
+    store.react(g, 6, carol, "👍", true).await.unwrap(); // 10
+    check_unread(&store, &[(g, alice, 0), (g, bob, 1), (g, carol, 0)]).await;
+
+    // A member added later starts at 0, and older messages never count for them.
+    store.add_member(g, dave, Role::Member).await.unwrap().unwrap(); // 11
+    check_unread(&store, &[(g, dave, 0)]).await;
+    send(&store, g, carol, "c2", "c2").await; // 12
+    check_unread(&store, &[(g, alice, 1), (g, bob, 2), (g, carol, 0), (g, dave, 1)]).await;
+    store.delete_message(g, 3, alice).await.unwrap(); // a1, before dave joined; 13
+    check_unread(&store, &[(g, alice, 1), (g, bob, 2), (g, carol, 0), (g, dave, 1)]).await;
+    store.delete_message(g, 6, alice).await.unwrap(); // a2, read by carol only; 14
+    check_unread(&store, &[(g, alice, 1), (g, bob, 1), (g, carol, 0), (g, dave, 1)]).await;
+    store.mark(g, dave, Some(1000), Some(1000)).await.unwrap();
+    check_unread(&store, &[(g, dave, 0)]).await;
+    // Leaving and coming back: the history is not unread again.
+    store.remove_member(g, carol).await.unwrap();
+    send(&store, g, bob, "while carol is away", "b2").await;
+    check_unread(&store, &[(g, alice, 2), (g, dave, 1)]).await;
+    store.add_member(g, carol, Role::Member).await.unwrap().unwrap();
+    check_unread(&store, &[(g, carol, 0), (g, alice, 2), (g, bob, 1), (g, dave, 1)]).await;
+    // The messages of a member who left still count.
+    store.remove_member(g, bob).await.unwrap();
+    check_unread(&store, &[(g, alice, 2), (g, carol, 0), (g, dave, 1)]).await;
+    store.add_member(g, bob, Role::Member).await.unwrap().unwrap();
+
+    // Group commit: concurrent sends (some failing inside their savepoint, after the counts
+    // were taken) and marks, in shared transactions.
+    sqlx::raw_sql(
+        "CREATE TRIGGER boom BEFORE INSERT ON events WHEN new.json LIKE '%\"text\":\"boom%' BEGIN \
+           SELECT RAISE(ABORT, 'boom'); \
+         END",
+    )
+    .execute(&store.writer)
+    .await
+    .unwrap();
+    let senders = [alice, bob, carol, dave];
+    let tasks: Vec<_> = (0..80)
+        .map(|i| {
+            let store = store.clone();
+            let sender = senders[i % senders.len()];
+            tokio::spawn(async move {
+                if i % 13 == 0 {
+                    store.mark(g, sender, None, Some(1000)).await.unwrap();
+                }
+                let text = if i % 7 == 3 { format!("boom {i}") } else { format!("t{i}") };
+                store.append_message(new_message(g, sender, &text, &format!("x{i}"))).await.is_ok()
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in tasks {
+        stored += usize::from(task.await.unwrap());
+    }
+    assert_eq!(stored, 80 - 11);
+    check_unread(&store, &[]).await;
+    let counts = recount_unread(&store).await;
+    assert!(senders.iter().all(|&u| counts[&(g, u)] > 0), "{counts:?}");
+
+    // Marking up to the latest empties every count.
+    for user in senders {
+        store.mark(g, user, None, Some(u64::MAX)).await.unwrap();
+    }
+    store.mark(dm, alice, None, Some(u64::MAX)).await.unwrap();
+    check_unread(&store, &[]).await;
+    assert!(recount_unread(&store).await.values().all(|&n| n == 0));
+}
+
+#[tokio::test]
+async fn upgrading_backfills_unread_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hubbub.db");
+    {
+        // A database at schema version 1, with what that version stored.
+        let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true).foreign_keys(true);
+        let pool = one_connection().connect_with(options).await.unwrap();
+        migrate(&pool, &MIGRATIONS[..1]).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO users (id, username, password_hash, created_at) VALUES \
+               (1, 'alice', 'h', 0), (2, 'bob', 'h', 0), (3, 'carol', 'h', 0); \
+             INSERT INTO rooms (id, kind, name, dm_key, epoch, last_seq, created_at) VALUES \
+               (1, 'group', 'g', NULL, 'aaaaaaaa', 6, 0), (2, 'dm', '', '1:2', 'bbbbbbbb', 2, 0), \
+               (3, 'group', 'quiet', NULL, 'cccccccc', 0, 0); \
+             INSERT INTO members (room_id, user_id, role, delivered_seq, read_seq, joined_at) VALUES \
+               (1, 1, 'owner', 0, 0, 0), (1, 2, 'member', 3, 2, 0), (1, 3, 'member', 6, 6, 0), \
+               (2, 1, 'member', 1, 1, 0), (2, 2, 'member', 0, 0, 0), (3, 3, 'owner', 0, 0, 0); \
+             INSERT INTO messages (room_id, seq, sender_id, text, created_at, deleted) VALUES \
+               (1, 1, 1, 'm1', 0, 0), (1, 2, 2, 'm2', 0, 0), (1, 3, 3, '', 0, 1), \
+               (1, 4, 1, 'm4', 0, 0), (1, 5, 2, 'm5', 0, 0), (1, 6, 1, 'm6', 0, 0), \
+               (2, 1, 2, 'hi', 0, 0), (2, 2, 2, 'there', 0, 0);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+        .fetch_all(&store.readers)
+        .await
+        .unwrap();
+    assert_eq!(versions, (1..=MIGRATIONS.len() as i64).collect::<Vec<_>>());
+    // alice: m2, m5 (m3 is deleted); bob: m4, m6 above his marker; carol has read it all.
+    check_unread(&store, &[(1, 1, 2), (1, 2, 2), (1, 3, 0), (2, 1, 1), (2, 2, 0), (3, 3, 0)]).await;
+
+    // The backfilled counts are then kept up to date.
+    send(&store, 1, 1, "after the upgrade", "u1").await;
+    check_unread(&store, &[(1, 1, 2), (1, 2, 3), (1, 3, 1)]).await;
+    store.delete_message(1, 5, 2).await.unwrap();
+    check_unread(&store, &[(1, 1, 1), (1, 2, 3), (1, 3, 1)]).await;
+    store.mark(1, 2, None, Some(u64::MAX)).await.unwrap();
+    check_unread(&store, &[(1, 1, 1), (1, 2, 0), (1, 3, 1)]).await;
+}
