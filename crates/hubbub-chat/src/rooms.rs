@@ -4,8 +4,8 @@
 use crate::error::{ChatError, ChatResult, Kind};
 use crate::{now_millis, room_channel, user_channel, Chat};
 use hubbub_store::{
-    Appended, Member, Message, NewMessage, Notification, Page, Role, Room, RoomId, RoomKind, SearchHit, User,
-    UserId,
+    Appended, Member, Message, NewMessage, Notification, Page, Role, Room, RoomId, RoomKind, SearchHit,
+    StoreError, User, UserId,
 };
 use serde::Serialize;
 use std::collections::HashMap;
@@ -260,7 +260,14 @@ impl Chat {
                 "client_msg_id is required (1 to {MAX_CLIENT_MSG_ID} characters): it makes retries safe"
             )));
         }
-        self.require_member(room, sender.id).await?;
+        // Once the room's publisher is prepared (by a member's write through this process),
+        // the room exists, and the store checks membership in the append's own transaction:
+        // one query fewer per message. A reply is checked first all the same, so that only
+        // members learn which messages exist.
+        let prepared = self.publisher_prepared(room).await;
+        if !prepared || reply_to.is_some() {
+            self.require_member(room, sender.id).await?;
+        }
         if let Some(seq) = reply_to {
             if self.store.message(room, seq).await?.is_none() {
                 return Err(ChatError::bad_request(format!(
@@ -268,7 +275,9 @@ impl Chat {
                 )));
             }
         }
-        self.prepare_publisher(room).await?;
+        if !prepared {
+            self.prepare_publisher(room).await?;
+        }
         let appended = self
             .store
             .append_message(NewMessage {
@@ -278,11 +287,18 @@ impl Chat {
                 client_msg_id: client_msg_id.to_owned(),
                 reply_to,
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                StoreError::Forbidden => ChatError::not_member(),
+                StoreError::NotFound => {
+                    ChatError::not_found("no such room (or the message replied to is gone)")
+                }
+                other => other.into(),
+            })?;
         match appended {
             Appended::Duplicate(original) => Ok(original),
-            Appended::New { message, .. } => {
-                self.publish_stored(room).await;
+            Appended::New { message, event } => {
+                self.publish_appended(&event).await;
                 self.after_send(sender, &message).await;
                 Ok(message)
             }

@@ -121,11 +121,57 @@ impl Chat {
         *self.publishers.room(room).lock().await
     }
 
+    /// Whether the room's publisher is prepared: the room existed and was written to by a
+    /// member through this process.
+    pub(crate) async fn publisher_prepared(&self, room: RoomId) -> bool {
+        let publisher = self.publishers.rooms.lock().unwrap_or_else(|p| p.into_inner()).get(&room).cloned();
+        match publisher {
+            Some(publisher) => publisher.lock().await.is_some(),
+            None => false,
+        }
+    }
+
+    /// Publishes an event just stored. The common case, nothing stored in between still
+    /// unpublished, publishes it as it is; otherwise the log is read as in
+    /// [`Chat::publish_stored`], so the order and gap-freedom are the same either way.
+    pub(crate) async fn publish_appended(&self, event: &StoredEvent) {
+        let publisher = self.publishers.room(event.room_id);
+        let mut guard = publisher.lock().await;
+        match guard.as_mut() {
+            Some(last) if *last + 1 == event.seq => {
+                self.publish_event(event).await;
+                *last = event.seq;
+            }
+            // Already published by a later event's publisher, which read the log.
+            Some(last) if *last >= event.seq => {}
+            _ => self.publish_log(event.room_id, &mut guard).await,
+        }
+    }
+
+    async fn publish_event(&self, event: &StoredEvent) {
+        let channel = room_channel(event.room_id);
+        match json_from_str(&event.json) {
+            Ok(data) => {
+                if let Err(e) = self.node.publish_with_offset(&channel, data, event.seq).await {
+                    tracing::error!(room = event.room_id, seq = event.seq, error = %e, "publish failed");
+                }
+            }
+            Err(e) => {
+                tracing::error!(room = event.room_id, seq = event.seq, error = %e, "stored event is not JSON")
+            }
+        }
+    }
+
     /// Publishes the room's stored events that are not published yet, in order.
     pub(crate) async fn publish_stored(&self, room: RoomId) {
         let publisher = self.publishers.room(room);
         let mut guard = publisher.lock().await;
-        let Some(last) = guard.as_mut() else {
+        self.publish_log(room, &mut guard).await;
+    }
+
+    /// Reads the log after the last published seq and publishes what it finds, in order.
+    async fn publish_log(&self, room: RoomId, published: &mut Option<u64>) {
+        let Some(last) = published.as_mut() else {
             tracing::error!(room, "publish without a prepared publisher");
             return;
         };
@@ -137,16 +183,8 @@ impl Chat {
                 return;
             }
         };
-        let channel = room_channel(room);
         for event in events {
-            match json_from_str(&event.json) {
-                Ok(data) => {
-                    if let Err(e) = self.node.publish_with_offset(&channel, data, event.seq).await {
-                        tracing::error!(room, seq = event.seq, error = %e, "publish failed");
-                    }
-                }
-                Err(e) => tracing::error!(room, seq = event.seq, error = %e, "stored event is not JSON"),
-            }
+            self.publish_event(&event).await;
             *last = event.seq;
         }
     }
