@@ -392,13 +392,9 @@ async fn concurrent_appends_with_duplicates() {
     assert_eq!(assert_contiguous_events(&store, room).await.len(), 31);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_commit_batches_and_isolates_failures() {
-    let (_dir, store) = store().await;
-    let alice = user(&store, "alice").await;
-    let eve = user(&store, "eve").await;
-    let room = store.create_group("g", alice).await.unwrap().id;
-    // A failure after the seq was taken and the row written: its savepoint must undo it all.
+/// Makes every append whose text starts with "boom" fail inside its savepoint, after its seq
+/// was taken and its row written.
+async fn fail_appends_of_boom(store: &SqliteStore) {
     sqlx::raw_sql(
         "CREATE TRIGGER boom BEFORE INSERT ON events WHEN new.json LIKE '%\"text\":\"boom%' BEGIN \
            SELECT RAISE(ABORT, 'boom'); \
@@ -407,6 +403,16 @@ async fn group_commit_batches_and_isolates_failures() {
     .execute(&store.writer)
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_batches_and_isolates_failures() {
+    let (_dir, store) = store().await;
+    let alice = user(&store, "alice").await;
+    let eve = user(&store, "eve").await;
+    let room = store.create_group("g", alice).await.unwrap().id;
+    // A failure after the seq was taken and the row written: its savepoint must undo it all.
+    fail_appends_of_boom(&store).await;
     let before = store.append_commits();
 
     let tasks: Vec<_> = (0..120)
@@ -1111,14 +1117,7 @@ async fn unread_counters_match_a_recount() {
 
     // Group commit: concurrent sends (some failing inside their savepoint, after the counts
     // were taken) and marks, in shared transactions.
-    sqlx::raw_sql(
-        "CREATE TRIGGER boom BEFORE INSERT ON events WHEN new.json LIKE '%\"text\":\"boom%' BEGIN \
-           SELECT RAISE(ABORT, 'boom'); \
-         END",
-    )
-    .execute(&store.writer)
-    .await
-    .unwrap();
+    fail_appends_of_boom(&store).await;
     let senders = [alice, bob, carol, dave];
     let tasks: Vec<_> = (0..80)
         .map(|i| {
