@@ -89,8 +89,22 @@ impl Reply {
 
     /// Encodes the reply as one JSON object (no trailing newline).
     pub fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(self.size_hint());
         // Serializing these types cannot fail: all map keys are strings.
-        Bytes::from(serde_json::to_vec(self).expect("reply serialization"))
+        serde_json::to_writer(&mut out, self).expect("reply serialization");
+        Bytes::from(out)
+    }
+
+    /// Room for the encoded reply, so that a publication (encoded once per channel, on
+    /// every publish) is written without growing its buffer: the envelope plus the data.
+    fn size_hint(&self) -> usize {
+        const ENVELOPE: usize = 128;
+        match &self.body {
+            ReplyBody::Push(Push { channel, body: PushBody::Publication(p) }) => {
+                ENVELOPE + channel.len() + p.data.get().len() + if p.info.is_some() { ENVELOPE } else { 0 }
+            }
+            _ => ENVELOPE,
+        }
     }
 }
 
