@@ -297,29 +297,37 @@ impl Chat {
             })?;
         match appended {
             Appended::Duplicate(original) => Ok(original),
-            Appended::New { message, event } => {
+            Appended::New { message, event, unread } => {
+                // The room's publication and the members' notices are queued back to back, so
+                // a member's connection usually writes both at once.
                 self.publish_appended(&event).await;
-                self.after_send(sender, &message).await;
+                self.after_send(sender, &message, unread).await;
                 Ok(message)
             }
         }
     }
 
-    /// Notices for the other members: a new-message notice (with their unread count) on
-    /// their personal channel, and a stored notification for each @mention.
-    async fn after_send(&self, sender: &User, message: &Message) {
-        let members = match self.store.unread_by_member(message.room_id).await {
-            Ok(m) => m,
-            Err(e) => return tracing::warn!(error = %e, "notices not sent"),
-        };
-        let mentioned: Vec<String> = mentions(&message.text).into_iter().map(str::to_lowercase).collect();
+    /// Notices for the other members: a new-message notice (with their unread count, as the
+    /// store counted it with this message) on their personal channel, and a stored
+    /// notification for each @mention.
+    async fn after_send(&self, sender: &User, message: &Message, unread: Vec<(UserId, u64)>) {
         let preview: String = message.text.chars().take(140).collect();
-        for (member, username, unread) in members.into_iter().filter(|(id, ..)| *id != sender.id) {
+        for &(member, unread) in &unread {
             let notice = serde_json::json!({
                 "type": "message", "room_id": message.room_id, "seq": message.seq,
                 "from": sender.username, "preview": preview, "unread": unread,
             });
             self.publish_ephemeral(&user_channel(member), notice).await;
+        }
+        let mentioned: Vec<String> = mentions(&message.text).into_iter().map(str::to_lowercase).collect();
+        if mentioned.is_empty() {
+            return;
+        }
+        let members = match self.store.unread_by_member(message.room_id).await {
+            Ok(m) => m,
+            Err(e) => return tracing::warn!(error = %e, "mention notifications not sent"),
+        };
+        for (member, username, _) in members.into_iter().filter(|(id, ..)| *id != sender.id) {
             if mentioned.contains(&username.to_lowercase()) {
                 let payload = serde_json::json!({ "from": sender.username, "preview": preview });
                 self.notify(member, "mention", Some(message.room_id), Some(message.seq), payload).await;

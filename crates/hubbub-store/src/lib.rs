@@ -144,8 +144,10 @@ pub struct NewMessage {
 /// Result of appending a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
-    /// Stored now; the event must be published.
-    New { message: Message, event: StoredEvent },
+    /// Stored now; the event must be published. `unread`: every other member's unread
+    /// count with this message counted, read in the transaction that stored it (what a
+    /// new-message notice tells them, without another query).
+    New { message: Message, event: StoredEvent, unread: Vec<(UserId, u64)> },
     /// The same sender already sent this `client_msg_id`: the original, nothing new.
     Duplicate(Message),
 }

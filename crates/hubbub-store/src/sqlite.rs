@@ -531,14 +531,17 @@ async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResul
     .await?;
     // Unread for every other member. Markers never pass `rooms.last_seq`, so a new message is
     // above every one of them (the `read_seq` test is only the definition spelled out).
-    sqlx::query(
-        "UPDATE members SET unread = unread + 1 WHERE room_id = ?1 AND user_id != ?2 AND read_seq < ?3",
+    let unread: Vec<(UserId, i64)> = sqlx::query_as(
+        "UPDATE members SET unread = unread + 1 WHERE room_id = ?1 AND user_id != ?2 AND read_seq < ?3 \
+         RETURNING user_id, unread",
     )
     .bind(new.room_id)
     .bind(new.sender_id)
     .bind(to_i64(seq))
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
+    let mut unread: Vec<(UserId, u64)> = unread.into_iter().map(|(user, n)| (user, to_u64(n))).collect();
+    unread.sort_unstable();
     let message = Message {
         room_id: new.room_id,
         seq,
@@ -554,7 +557,7 @@ async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResul
     };
     let event =
         insert_event(conn, new.room_id, seq, &RoomEvent::Message { message: message.clone() }).await?;
-    Ok(Appended::New { message, event })
+    Ok(Appended::New { message, event, unread })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -289,7 +289,7 @@ async fn append_and_duplicates() {
 
     let (first, first_event) =
         match store.append_message(new_message(room, alice, "hello", "c1")).await.unwrap() {
-            Appended::New { message, event } => (message, event),
+            Appended::New { message, event, .. } => (message, event),
             other => panic!("{other:?}"),
         };
     assert_eq!(first.seq, 2);
@@ -367,7 +367,7 @@ async fn concurrent_appends_with_duplicates() {
     for task in tasks {
         let (sender, id, appended) = task.await.unwrap();
         match appended {
-            Appended::New { message, event } => {
+            Appended::New { message, event, .. } => {
                 assert_eq!(event.seq, message.seq);
                 assert!(new.insert((sender, id), message).is_none(), "two new messages for one id");
             }
@@ -1195,4 +1195,28 @@ async fn upgrading_backfills_unread_counts() {
     check_unread(&store, &[(1, 1, 1), (1, 2, 3), (1, 3, 1)]).await;
     store.mark(1, 2, None, Some(u64::MAX)).await.unwrap();
     check_unread(&store, &[(1, 1, 1), (1, 2, 0), (1, 3, 1)]).await;
+}
+
+#[tokio::test]
+async fn a_new_message_reports_the_other_members_unread_counts() {
+    let (_dir, store) = store().await;
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    let room = group(&store, "g", alice, &[bob, carol]).await;
+    let appended = |a: Appended| match a {
+        Appended::New { unread, .. } => unread,
+        Appended::Duplicate(_) => panic!("not a duplicate"),
+    };
+    let others = |sender: UserId, all: Vec<(UserId, String, u64)>| -> Vec<(UserId, u64)> {
+        all.into_iter().filter(|(id, ..)| *id != sender).map(|(id, _, n)| (id, n)).collect()
+    };
+
+    let unread = appended(store.append_message(new_message(room, alice, "one", "a-1")).await.unwrap());
+    assert_eq!(unread, vec![(bob, 1), (carol, 1)]);
+    let seq = store.room(room).await.unwrap().unwrap().last_seq;
+    store.mark(room, bob, None, Some(seq)).await.unwrap();
+    let unread = appended(store.append_message(new_message(room, carol, "two", "c-1")).await.unwrap());
+    assert_eq!(unread, vec![(alice, 1), (bob, 1)]);
+    assert_eq!(unread, others(carol, store.unread_by_member(room).await.unwrap()));
 }
