@@ -478,7 +478,25 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<AppendRequest>, commits: &
 /// Stores one message (or finds its original) inside the batch's transaction.
 async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResult<Appended> {
     let client_msg_id = (!new.client_msg_id.is_empty()).then_some(new.client_msg_id.as_str());
-    if let Some(id) = client_msg_id {
+    // One read for the usual case: the sender's name, membership, and whether this
+    // `client_msg_id` was stored already (a retry).
+    let row = sqlx::query(
+        "SELECT u.username, EXISTS (SELECT 1 FROM members WHERE room_id = r.id AND user_id = u.id), \
+                EXISTS (SELECT 1 FROM messages m WHERE m.sender_id = u.id AND m.client_msg_id = ?3) \
+         FROM rooms r, users u WHERE r.id = ?1 AND u.id = ?2",
+    )
+    .bind(new.room_id)
+    .bind(new.sender_id)
+    .bind(client_msg_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    // A retry is answered with the original, even when the room is unknown or the sender
+    // has left since.
+    let retry = match &row {
+        Some(row) => row.try_get::<bool, _>(2)?,
+        None => client_msg_id.is_some(),
+    };
+    if let (true, Some(id)) = (retry, client_msg_id) {
         let original = sqlx::query(message_sql!("WHERE m.sender_id = ? AND m.client_msg_id = ?"))
             .bind(new.sender_id)
             .bind(id)
@@ -490,15 +508,7 @@ async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResul
             return Ok(Appended::Duplicate(message));
         }
     }
-    let row = sqlx::query(
-        "SELECT u.username, EXISTS (SELECT 1 FROM members WHERE room_id = r.id AND user_id = u.id) \
-         FROM rooms r, users u WHERE r.id = ? AND u.id = ?",
-    )
-    .bind(new.room_id)
-    .bind(new.sender_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(StoreError::NotFound)?;
+    let row = row.ok_or(StoreError::NotFound)?;
     let sender: String = row.try_get(0)?;
     if !row.try_get::<bool, _>(1)? {
         return Err(StoreError::Forbidden);
