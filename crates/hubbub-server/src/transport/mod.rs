@@ -146,6 +146,10 @@ async fn flush<T: Transport>(
         match control {
             None => return Ok(changed),
             Some(Control::Disconnect(d)) => return Err(Some(d)),
+            // Commands of an emulation session: handled like a frame read from the client.
+            Some(Control::Commands(text)) => {
+                Box::pin(command(session, transport, conn, frames, &text)).await?;
+            }
             Some(control) => Box::pin(session.handle_control(control)).await.map_err(Some)?,
         }
         changed = true;
@@ -221,8 +225,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn deliveries_go_out_while_a_command_waits() {
+    /// Connects a session over a [`Pipe`], subscribes it to `news`, sends an RPC that waits
+    /// for a gate (over the connection, or as an emulation session's commands), publishes,
+    /// and checks the publication arrives before the RPC's answer.
+    async fn publication_overtakes_a_waiting_rpc(rpc_as_emulation_commands: bool) {
         use hubbub_core::channel::{NamespaceConfig, Namespaces};
         use hubbub_core::engine::memory::{MemoryBroker, MemoryPresence};
         use std::sync::Arc;
@@ -247,6 +253,7 @@ mod tests {
         let (written, mut out) = tokio::sync::mpsc::unbounded_channel();
         let (to_server, inbound) = tokio::sync::mpsc::unbounded_channel();
         let session = Session::new(node.clone(), hubbub_core::session::TransportKind::WEBSOCKET);
+        let conn = session.connection().clone();
         tokio::spawn(drive(session, Pipe { written, inbound }, None));
         let mut next = async || -> String {
             let frame = tokio::time::timeout(Duration::from_secs(5), out.recv()).await.unwrap().unwrap();
@@ -257,7 +264,12 @@ mod tests {
         assert!(next().await.starts_with(r#"{"id":1,"connect""#));
         to_server.send(r#"{"id":2,"subscribe":{"channel":"news"}}"#.into()).unwrap();
         assert!(next().await.starts_with(r#"{"id":2,"subscribe""#));
-        to_server.send(r#"{"id":3,"rpc":{"method":"wait"}}"#.into()).unwrap();
+        let rpc = r#"{"id":3,"rpc":{"method":"wait"}}"#.to_owned();
+        if rpc_as_emulation_commands {
+            conn.outbox.control(hubbub_core::outbox::Control::Commands(rpc));
+        } else {
+            to_server.send(rpc).unwrap();
+        }
         // The RPC is pending: a publication still reaches the connection.
         tokio::time::sleep(Duration::from_millis(20)).await;
         node.publish("news", hubbub_protocol::json_from_str(r#"{"n":1}"#).unwrap(), None).await.unwrap();
@@ -265,5 +277,15 @@ mod tests {
         assert!(push.contains(r#""pub":{"data":{"n":1}"#), "publication first, got {push}");
         gate.notify_one();
         assert!(next().await.starts_with(r#"{"id":3,"rpc""#));
+    }
+
+    #[tokio::test]
+    async fn deliveries_go_out_while_a_command_waits() {
+        publication_overtakes_a_waiting_rpc(false).await;
+    }
+
+    #[tokio::test]
+    async fn deliveries_go_out_while_an_emulation_command_waits() {
+        publication_overtakes_a_waiting_rpc(true).await;
     }
 }
