@@ -37,23 +37,30 @@ ulimit -n "$(ulimit -Hn)"
 echo "== open files limit: $(ulimit -n)"
 
 BENCH=(target/release/hubbub-bench --servers "$SERVERS" --out bench/results)
+# One scenario, with how long it took.
+bench() {
+  local t0
+  t0=$(date +%s)
+  "${BENCH[@]}" "$@"
+  echo "== $1: $(( $(date +%s) - t0 )) s"
+}
 started=$(date +%s)
 if [ "$QUICK" = 1 ]; then
   BENCH+=(--quick)
-  "${BENCH[@]}" idle --connections 10000 --channels 1000
-  "${BENCH[@]}" fanout --subscribers 1000 --phase 2.5
-  "${BENCH[@]}" many --channels 500 --subscribers-per-channel 5 --phase 2.5
-  "${BENCH[@]}" connect-storm --connections 2000 --channels 100 --rate 200
-  "${BENCH[@]}" chat --users 200 --rooms 40 --members 10 --rate 300 --phase 2.5
-  "${BENCH[@]}" connect-storm --rooms --connections 2000 --channels 100 --users 200 --rate 200
+  bench idle --connections 5000 --channels 500
+  bench fanout --subscribers 1000 --phase 2
+  bench many --channels 500 --subscribers-per-channel 5 --phase 2
+  bench connect-storm --connections 1000 --channels 50 --rate 200
+  bench chat --users 200 --rooms 40 --members 10 --rate 300 --phase 2
+  bench connect-storm --rooms --connections 2000 --channels 100 --users 200 --rate 200
 else
   # 100,000 idle connections are asked; the harness runs as many as the open-files limit
   # allows and says so in the table.
-  "${BENCH[@]}" idle --connections 100000 --channels 1000
-  "${BENCH[@]}" fanout --subscribers 10000 --phase 10
-  "${BENCH[@]}" many --channels 4000 --subscribers-per-channel 10 --channels-per-connection 5 --phase 10
-  "${BENCH[@]}" connect-storm --connections 10000 --channels 500 --rate 500
-  "${BENCH[@]}" chat --users 1000 --rooms 200 --members 10 --rate 400 --phase 10
-  "${BENCH[@]}" connect-storm --rooms --connections 10000 --channels 500 --users 1000 --rate 500
+  bench idle --connections 100000 --channels 1000
+  bench fanout --subscribers 10000 --phase 10
+  bench many --channels 4000 --subscribers-per-channel 10 --channels-per-connection 5 --phase 10
+  bench connect-storm --connections 10000 --channels 500 --rate 500
+  bench chat --users 1000 --rooms 200 --members 10 --rate 400 --phase 10
+  bench connect-storm --rooms --connections 10000 --channels 500 --users 1000 --rate 500
 fi
 echo "== done in $(( $(date +%s) - started )) s; tables in bench/results/"
