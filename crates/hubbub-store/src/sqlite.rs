@@ -478,12 +478,19 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<AppendRequest>, commits: &
 /// Stores one message (or finds its original) inside the batch's transaction.
 async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResult<Appended> {
     let client_msg_id = (!new.client_msg_id.is_empty()).then_some(new.client_msg_id.as_str());
-    // One read for the usual case: the sender's name, membership, and whether this
-    // `client_msg_id` was stored already (a retry).
+    // One statement for the usual case: takes the room's next seq, but only when the message
+    // will be stored (the sender is a member and this is not a retry of a stored
+    // `client_msg_id`), and returns what decides it. Each statement is a round trip to
+    // sqlx's SQLite thread, and the group commit's writer does them one after the other.
+    // A later refusal (`reply_to`) fails the message's savepoint, which undoes the seq.
     let row = sqlx::query(
-        "SELECT u.username, EXISTS (SELECT 1 FROM members WHERE room_id = r.id AND user_id = u.id), \
-                EXISTS (SELECT 1 FROM messages m WHERE m.sender_id = u.id AND m.client_msg_id = ?3) \
-         FROM rooms r, users u WHERE r.id = ?1 AND u.id = ?2",
+        "UPDATE rooms SET last_seq = last_seq + ( \
+             EXISTS (SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2) \
+             AND NOT EXISTS (SELECT 1 FROM messages WHERE sender_id = ?2 AND client_msg_id = ?3)) \
+         WHERE id = ?1 \
+         RETURNING last_seq, (SELECT username FROM users WHERE id = ?2), \
+             EXISTS (SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2), \
+             EXISTS (SELECT 1 FROM messages WHERE sender_id = ?2 AND client_msg_id = ?3)",
     )
     .bind(new.room_id)
     .bind(new.sender_id)
@@ -493,7 +500,7 @@ async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResul
     // A retry is answered with the original, even when the room is unknown or the sender
     // has left since.
     let retry = match &row {
-        Some(row) => row.try_get::<bool, _>(2)?,
+        Some(row) => row.try_get::<bool, _>(3)?,
         None => client_msg_id.is_some(),
     };
     if let (true, Some(id)) = (retry, client_msg_id) {
@@ -509,10 +516,11 @@ async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResul
         }
     }
     let row = row.ok_or(StoreError::NotFound)?;
-    let sender: String = row.try_get(0)?;
-    if !row.try_get::<bool, _>(1)? {
+    let sender: String = row.try_get::<Option<String>, _>(1)?.ok_or(StoreError::NotFound)?;
+    if !row.try_get::<bool, _>(2)? {
         return Err(StoreError::Forbidden);
     }
+    let seq = to_u64(row.try_get::<i64, _>(0)?);
     if let Some(reply_to) = new.reply_to {
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM messages WHERE room_id = ? AND seq = ?)")
@@ -524,7 +532,6 @@ async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResul
             return Err(StoreError::NotFound);
         }
     }
-    let seq = next_seq(conn, new.room_id).await?;
     let now = now_millis();
     sqlx::query(
         "INSERT INTO messages (room_id, seq, sender_id, text, client_msg_id, reply_to, created_at) \

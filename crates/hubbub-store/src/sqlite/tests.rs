@@ -1220,3 +1220,31 @@ async fn a_new_message_reports_the_other_members_unread_counts() {
     assert_eq!(unread, vec![(alice, 1), (bob, 1)]);
     assert_eq!(unread, others(carol, store.unread_by_member(room).await.unwrap()));
 }
+
+#[tokio::test]
+async fn refused_appends_take_no_seq() {
+    let (_dir, store) = store().await;
+    let alice = user(&store, "alice").await;
+    let eve = user(&store, "eve").await;
+    let room = group(&store, "g", alice, &[]).await;
+    let first = send(&store, room, alice, "one", "a-1").await;
+    // Not a member, a reply to nothing, an unknown room: refused, nothing taken.
+    assert!(matches!(
+        store.append_message(new_message(room, eve, "hi", "e-1")).await,
+        Err(StoreError::Forbidden)
+    ));
+    let bad_reply = NewMessage { reply_to: Some(99), ..new_message(room, alice, "re", "a-2") };
+    assert!(matches!(store.append_message(bad_reply).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.append_message(new_message(room + 1, alice, "x", "")).await,
+        Err(StoreError::NotFound)
+    ));
+    // A retry takes nothing either, and answers with the original.
+    match store.append_message(new_message(room, alice, "one", "a-1")).await.unwrap() {
+        Appended::Duplicate(original) => assert_eq!(original.seq, first.seq),
+        Appended::New { .. } => panic!("a retry stored twice"),
+    }
+    let second = send(&store, room, alice, "two", "a-3").await;
+    assert_eq!(second.seq, first.seq + 1, "seqs stay contiguous");
+    assert_eq!(store.room(room).await.unwrap().unwrap().last_seq, second.seq);
+}
