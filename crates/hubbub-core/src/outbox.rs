@@ -44,6 +44,22 @@ struct State {
     waiter: Option<Waker>,
 }
 
+impl State {
+    /// Takes the frames in front, up to and including the first instruction.
+    fn take_frames(&mut self, frames: &mut Vec<Bytes>) -> Option<Control> {
+        while let Some(item) = self.items.pop_front() {
+            match item {
+                Outgoing::Frame(frame) => {
+                    self.bytes -= frame.len();
+                    frames.push(frame);
+                }
+                Outgoing::Control(control) => return Some(control),
+            }
+        }
+        None
+    }
+}
+
 /// The queue. One task at a time waits on it (the connection's writer).
 pub struct Outbox {
     state: Mutex<State>,
@@ -104,17 +120,7 @@ impl Outbox {
     /// Moves the queued frames into `frames`, in order, up to the first instruction, which
     /// it returns (what follows the instruction stays queued for the next call).
     pub fn drain_frames(&self, frames: &mut Vec<Bytes>) -> Option<Control> {
-        let mut s = self.lock();
-        while let Some(item) = s.items.pop_front() {
-            match item {
-                Outgoing::Frame(frame) => {
-                    s.bytes -= frame.len();
-                    frames.push(frame);
-                }
-                Outgoing::Control(control) => return Some(control),
-            }
-        }
-        None
+        self.lock().take_frames(frames)
     }
 
     /// Moves the queued frames into `frames`, in order, up to the first instruction, which
@@ -122,18 +128,12 @@ impl Outbox {
     /// from the queue until it is carried out, by [`Outbox::drain_frames`]).
     pub fn drain_leading_frames(&self, frames: &mut Vec<Bytes>) -> bool {
         let mut s = self.lock();
-        loop {
-            match s.items.pop_front() {
-                Some(Outgoing::Frame(frame)) => {
-                    s.bytes -= frame.len();
-                    frames.push(frame);
-                }
-                Some(instruction) => {
-                    s.items.push_front(instruction);
-                    return true;
-                }
-                None => return false,
+        match s.take_frames(frames) {
+            Some(instruction) => {
+                s.items.push_front(Outgoing::Control(instruction));
+                true
             }
+            None => false,
         }
     }
 

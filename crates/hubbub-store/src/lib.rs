@@ -296,8 +296,9 @@ pub trait ChatStore: Send + Sync + 'static {
         read: Option<u64>,
     ) -> StoreResult<(u64, u64)>;
     async fn unread(&self, room: RoomId, user: UserId) -> StoreResult<u64>;
-    /// Every member of the room (id, username) with their unread count, in one read: what
-    /// the new-message notices need, without a query per member.
+    /// Every member of the room (id, username) with their unread count, in one read (the
+    /// chat matches @mentions against it; new-message notices take their counts from
+    /// [`Appended::New`]).
     async fn unread_by_member(&self, room: RoomId) -> StoreResult<Vec<(UserId, String, u64)>>;
 
     // Notifications.

@@ -91,6 +91,13 @@ pub async fn drive<T: Transport>(mut session: Session, mut transport: T, first_f
     Box::pin(session.close()).await;
 }
 
+/// Writes `frames` and empties the batch for the next use, whatever the outcome.
+async fn write_batch<T: Transport>(transport: &mut T, frames: &mut Vec<Bytes>) -> Result<(), ()> {
+    let written = transport.write(frames).await;
+    frames.clear();
+    written
+}
+
 /// Handles a frame of commands. Meanwhile, what gets queued for the connection (pushes,
 /// replies to earlier commands) is still written: a command that waits (a chat message
 /// waiting for its commit, a history read) does not hold up the connection's deliveries.
@@ -121,8 +128,7 @@ async fn command<T: Transport>(
             }
             _ = conn.outbox.ready(), if !instruction_next && !gone => {
                 instruction_next = conn.outbox.drain_leading_frames(frames);
-                gone = transport.write(frames).await.is_err();
-                frames.clear();
+                gone = write_batch(transport, frames).await.is_err();
             }
         }
     }
@@ -140,9 +146,7 @@ async fn flush<T: Transport>(
     let mut changed = false;
     loop {
         let control = conn.outbox.drain_frames(frames);
-        let written = transport.write(frames).await;
-        frames.clear();
-        written.map_err(|()| None)?;
+        write_batch(transport, frames).await.map_err(|()| None)?;
         match control {
             None => return Ok(changed),
             Some(Control::Disconnect(d)) => return Err(Some(d)),
