@@ -1,6 +1,7 @@
 //! The `hubbub` server: configuration, HTTP and WebSocket transports, the server HTTP API,
 //! and the process's life cycle (start, graceful shutdown).
 
+mod accept;
 pub mod api;
 pub mod config;
 mod emulation;
@@ -104,19 +105,11 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, node = %node.id, "serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    // Small frames go out at once: Nagle's algorithm would hold a push back for up to 40 ms
-    // waiting for the peer's ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = accept::serve(listener, app, async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|stop| *stop).await;
     });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(server);
 
     shutdown_signal().await;
     tracing::info!(?grace, "shutting down: no new connections, telling clients to reconnect");
@@ -124,7 +117,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     node.shutdown();
     let deadline = tokio::time::Instant::now() + grace;
     let drained = async {
-        server.await??;
+        server.await?;
         // Upgraded connections outlive the HTTP server: wait for their sessions to end.
         while node.hub.counts().0 > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -163,3 +163,40 @@ async fn many_pushes_all_delivered_in_order() {
     let expected: Vec<i64> = (1..=(n as i64 + 1)).collect();
     assert_eq!(got, expected);
 }
+
+/// A request to the WebSocket endpoint that is not a valid upgrade gets an HTTP status and
+/// a JSON error that says what is missing, and the server goes on serving.
+#[tokio::test]
+async fn websocket_endpoint_refuses_bad_upgrades_with_json() {
+    let srv = Server::new();
+    let http = reqwest::Client::new();
+    let url = srv.http_url("/connection/websocket");
+    let upgrade = [("connection", "Upgrade"), ("upgrade", "websocket")];
+    let cases: [(&[(&str, &str)], u16, &str); 3] = [
+        (&[], 426, "Upgrade: websocket"),
+        (&upgrade, 400, "Sec-WebSocket-Version: 13"),
+        (
+            &[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "13")],
+            400,
+            "Sec-WebSocket-Key",
+        ),
+    ];
+    for (headers, status, says) in cases {
+        let mut request = http.get(&url);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "headers {headers:?}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "headers {headers:?}: {body}");
+        assert_eq!(body["error"]["code"], 107);
+    }
+    let post =
+        http.post(&url).header("connection", "Upgrade").header("upgrade", "websocket").send().await.unwrap();
+    assert_eq!(post.status().as_u16(), 405);
+    let mut c = srv.user("1").await;
+    let echoed = c.ok("rpc", json!({"method": "echo", "data": {"ok": true}})).await;
+    assert_eq!(echoed["data"]["ok"], true, "{echoed}");
+}

@@ -6,6 +6,7 @@
 //! * [`stream`]: HTTP streaming and Server-Sent Events, both as bidirectional emulation
 //!   (commands by `POST /emulation`) and unidirectional (`uni_http_stream`, `uni_sse`).
 
+mod handshake;
 pub mod stream;
 pub mod websocket;
 

@@ -2,17 +2,22 @@
 //! pushes out, newline-batched) and `/connection/uni_websocket` (the client sends one connect
 //! request, then only receives bare pushes).
 
+use super::handshake::{Socket, WebSocketUpgrade};
 use super::{drive, unwrap_push, Inbound, Transport};
 use crate::AppState;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use hubbub_core::session::TransportKind;
 use hubbub_core::{Node, Session};
 use hubbub_protocol::command::ConnectRequest;
 use hubbub_protocol::Disconnect;
 use std::sync::Arc;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Read buffer per connection, allocated up front for every connection: small, since
 /// client frames are (commands of a few hundred bytes); larger frames still fit, read in
@@ -22,14 +27,19 @@ const READ_BUFFER: usize = 1024;
 const UNI_WEBSOCKET: TransportKind =
     TransportKind { name: "uni_websocket", emulation: false, unidirectional: true };
 
-fn configure(ws: WebSocketUpgrade, node: &Node) -> WebSocketUpgrade {
+/// Every write goes out at once (the driver batches), client messages are bounded.
+fn config(node: &Node) -> WebSocketConfig {
     let max = node.client.max_message_size;
-    ws.read_buffer_size(READ_BUFFER).write_buffer_size(0).max_message_size(max).max_frame_size(max)
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }
 
 pub async fn bidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
     let node = state.node.clone();
-    configure(ws, &node).on_upgrade(move |socket| async move {
+    ws.on_upgrade(config(&node), move |socket| async move {
         let session = Session::new(node, TransportKind::WEBSOCKET);
         drive(session, WsTransport { socket, unidirectional: false }, None).await
     })
@@ -37,10 +47,10 @@ pub async fn bidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpgr
 
 pub async fn unidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
     let node = state.node.clone();
-    configure(ws, &node).on_upgrade(move |socket| async move {
+    ws.on_upgrade(config(&node), move |socket| async move {
         let mut transport = WsTransport { socket, unidirectional: true };
         // The first message is the connect request.
-        let request = match transport.socket.recv().await {
+        let request = match transport.socket.next().await {
             Some(Ok(Message::Text(text))) => serde_json::from_str::<ConnectRequest>(text.as_str()).ok(),
             _ => None,
         };
@@ -60,7 +70,7 @@ pub async fn unidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpg
 }
 
 struct WsTransport {
-    socket: WebSocket,
+    socket: Socket,
     /// Bare pushes, one per message, instead of newline-batched replies.
     unidirectional: bool,
 }
@@ -73,11 +83,6 @@ impl WsTransport {
         };
         self.socket.send(Message::Text(text)).await.map_err(|_| ())
     }
-}
-
-fn is_too_big(e: &axum::Error) -> bool {
-    let text = e.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
 }
 
 impl Transport for WsTransport {
@@ -102,7 +107,7 @@ impl Transport for WsTransport {
 
     async fn read(&mut self) -> Inbound {
         loop {
-            return match self.socket.recv().await {
+            return match self.socket.next().await {
                 Some(Ok(Message::Text(text))) if self.unidirectional => {
                     tracing::debug!(len = text.len(), "uni_websocket: ignoring a client message");
                     continue;
@@ -112,20 +117,21 @@ impl Transport for WsTransport {
                     tracing::info!("binary frame on the JSON protocol");
                     Inbound::Violation(Disconnect::BAD_REQUEST)
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                // Pings are answered by the WebSocket library; raw frames only exist on writes.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) => {
                     // The WebSocket library queued the closing handshake's reply: flush it.
-                    let _ = futures_util::SinkExt::flush(&mut self.socket).await;
+                    let _ = self.socket.flush().await;
                     Inbound::Gone
                 }
                 None => Inbound::Gone,
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                    tracing::info!(size, max_size, "websocket message too big");
+                    Inbound::Violation(Disconnect::MESSAGE_TOO_BIG)
+                }
                 Some(Err(e)) => {
                     tracing::info!(error = %e, "websocket read error");
-                    if is_too_big(&e) {
-                        Inbound::Violation(Disconnect::MESSAGE_TOO_BIG)
-                    } else {
-                        Inbound::Gone
-                    }
+                    Inbound::Gone
                 }
             };
         }
@@ -136,7 +142,10 @@ impl Transport for WsTransport {
             let push = unwrap_push(&super::disconnect_push(&disconnect));
             let _ = self.send_text(push).await;
         }
-        let frame = CloseFrame { code: disconnect.code, reason: Utf8Bytes::from(disconnect.reason.as_ref()) };
+        let frame = CloseFrame {
+            code: CloseCode::from(disconnect.code),
+            reason: Utf8Bytes::from(disconnect.reason.as_ref()),
+        };
         let _ = self.socket.send(Message::Close(Some(frame))).await;
     }
 }
