@@ -172,7 +172,8 @@ async fn websocket_endpoint_refuses_bad_upgrades_with_json() {
     let http = reqwest::Client::new();
     let url = srv.http_url("/connection/websocket");
     let upgrade = [("connection", "Upgrade"), ("upgrade", "websocket")];
-    let cases: [(&[(&str, &str)], u16, &str); 3] = [
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Headers, u16, &str); 3] = [
         (&[], 426, "Upgrade: websocket"),
         (&upgrade, 400, "Sec-WebSocket-Version: 13"),
         (
