@@ -123,7 +123,10 @@ impl WebSocketUpgrade {
                 return;
             };
             // Bytes the client sent right behind its request were read by hyper already.
+            // They are copied out: hyper's `read_buf` shares its whole read buffer (8 KiB),
+            // which must not live as long as the connection.
             let early = parts.read_buf.to_vec();
+            drop(parts.read_buf);
             let socket = WebSocketStream::from_partially_read(
                 parts.io.into_inner(),
                 early,
