@@ -18,8 +18,8 @@
 //! acknowledged to its sender as stored, so its commit must be on disk first: `FULL` syncs the
 //! WAL at every commit. What makes this affordable is group commit: [`ChatStore::append_message`]
 //! does not write itself but hands the message to a single writer task, which takes everything
-//! queued (up to [`MAX_BATCH`]), stores all of it in one transaction (one savepoint per
-//! message, so a bad one does not fail the others), commits once (one fsync), and only then
+//! queued (up to [`MAX_BATCH`]), stores all of it in one transaction (a refused message
+//! writes nothing, so it does not fail the others), commits once (one fsync), and only then
 //! answers every caller.
 //!
 //! # Event stream
@@ -427,62 +427,103 @@ async fn writer_task(pool: SqlitePool, mut queue: mpsc::Receiver<AppendRequest>,
     }
 }
 
-/// Stores `batch` in one transaction, then answers every request.
+/// Why a try at storing a batch failed.
+enum BatchFailure {
+    /// Storing the message at this index failed, maybe half-way: the batch is tried again
+    /// without it.
+    Message(usize, sqlx::Error),
+    /// The transaction itself failed: nothing of the batch is stored.
+    Batch(sqlx::Error),
+}
+
+/// Stores `batch` in one transaction, then answers every request. A message whose writing
+/// fails is answered with its error and the rest of the batch is stored without it, in a
+/// new transaction (failures are rare: no savepoint per message is paid for them).
 async fn run_batch(pool: &SqlitePool, batch: &mut Vec<AppendRequest>, commits: &AtomicU64) {
-    let mut results: Vec<StoreResult<Appended>> = Vec::with_capacity(batch.len());
-    let outcome: Result<(), sqlx::Error> = async {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        for request in batch.iter() {
-            // A savepoint per message: a failed one is undone alone.
-            let mut savepoint = Connection::begin(&mut *tx).await?;
-            match append_one(&mut savepoint, &request.message).await {
-                Ok(appended) => {
-                    savepoint.commit().await?;
-                    results.push(Ok(appended));
-                }
-                Err(e) => {
-                    savepoint.rollback().await?;
-                    results.push(Err(e));
-                }
-            }
+    let mut failed: Vec<Option<StoreError>> = batch.iter().map(|_| None).collect();
+    let outcome = loop {
+        match try_batch(pool, batch, &failed).await {
+            Ok(results) => break Ok(results),
+            Err(BatchFailure::Message(index, e)) => failed[index] = Some(StoreError::Database(e)),
+            Err(BatchFailure::Batch(e)) => break Err(e),
         }
-        tx.commit().await
-    }
-    .await;
+    };
     match outcome {
-        Ok(()) => {
+        Ok(results) => {
             commits.fetch_add(1, Ordering::Relaxed);
-            for (request, result) in batch.drain(..).zip(results) {
-                let _ = request.reply.send(result);
+            for ((request, result), failure) in batch.drain(..).zip(results).zip(failed) {
+                let _ = request.reply.send(failure.map_or(result, Err));
             }
         }
         Err(e) => {
             // Nothing of the batch is stored (the transaction rolls back when dropped).
             tracing::error!(error = %e, size = batch.len(), "group commit failed");
             let message = format!("group commit failed: {e}");
-            let mut results = results.into_iter();
-            for request in batch.drain(..) {
-                let result = match results.next() {
-                    // Errors that did not depend on the commit stay what they were.
-                    Some(Err(e @ (StoreError::NotFound | StoreError::Forbidden | StoreError::Conflict))) => {
-                        Err(e)
-                    }
-                    _ => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::other(message.clone())))),
-                };
-                let _ = request.reply.send(result);
+            for (request, failure) in batch.drain(..).zip(failed) {
+                let error = failure.unwrap_or_else(|| {
+                    StoreError::Database(sqlx::Error::Io(std::io::Error::other(message.clone())))
+                });
+                let _ = request.reply.send(Err(error));
             }
         }
     }
 }
 
-/// Stores one message (or finds its original) inside the batch's transaction.
+/// One try at storing the messages of `batch` not `failed` yet, in one transaction. Returns
+/// a result for every request (those of failed ones are placeholders).
+async fn try_batch(
+    pool: &SqlitePool,
+    batch: &[AppendRequest],
+    failed: &[Option<StoreError>],
+) -> Result<Vec<StoreResult<Appended>>, BatchFailure> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(BatchFailure::Batch)?;
+    let mut results = Vec::with_capacity(batch.len());
+    for (index, request) in batch.iter().enumerate() {
+        if failed[index].is_some() {
+            results.push(Err(StoreError::NotFound));
+            continue;
+        }
+        match append_one(&mut tx, &request.message).await {
+            Ok(appended) => results.push(Ok(appended)),
+            // Refusals are decided before the message writes anything: the batch goes on.
+            Err(e @ (StoreError::NotFound | StoreError::Forbidden | StoreError::Conflict)) => {
+                results.push(Err(e))
+            }
+            // SQLite refused a statement of this message: the others may still be stored.
+            Err(StoreError::Database(e @ sqlx::Error::Database(_))) => {
+                return Err(BatchFailure::Message(index, e))
+            }
+            // The connection failed (I/O, the worker thread): no point trying again.
+            Err(StoreError::Database(e)) => return Err(BatchFailure::Batch(e)),
+            Err(StoreError::Migration(e)) => return Err(BatchFailure::Batch(sqlx::Error::Protocol(e))),
+        }
+    }
+    tx.commit().await.map_err(BatchFailure::Batch)?;
+    Ok(results)
+}
+
+/// Stores one message (or finds its original) inside the batch's transaction. A refusal
+/// (`NotFound`, `Forbidden`) is decided before anything is written, so the batch needs no
+/// savepoint per message (two round trips fewer to sqlx's SQLite thread for each); any other
+/// error may leave the message half-written, and the batch is tried again without it.
 async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResult<Appended> {
     let client_msg_id = (!new.client_msg_id.is_empty()).then_some(new.client_msg_id.as_str());
+    if let Some(reply_to) = new.reply_to {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM messages WHERE room_id = ? AND seq = ?)")
+                .bind(new.room_id)
+                .bind(to_i64(reply_to))
+                .fetch_one(&mut *conn)
+                .await?;
+        if !exists {
+            return Err(StoreError::NotFound);
+        }
+    }
     // One statement for the usual case: takes the room's next seq, but only when the message
     // will be stored (the sender is a member and this is not a retry of a stored
-    // `client_msg_id`), and returns what decides it. Each statement is a round trip to
-    // sqlx's SQLite thread, and the group commit's writer does them one after the other.
-    // A later refusal (`reply_to`) fails the message's savepoint, which undoes the seq.
+    // `client_msg_id`; otherwise it adds 0), and returns what decides it. Each statement is
+    // a round trip to sqlx's SQLite thread, and the group commit's writer does them one
+    // after the other.
     let row = sqlx::query(
         "UPDATE rooms SET last_seq = last_seq + ( \
              EXISTS (SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2) \
@@ -516,22 +557,16 @@ async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResul
         }
     }
     let row = row.ok_or(StoreError::NotFound)?;
-    let sender: String = row.try_get::<Option<String>, _>(1)?.ok_or(StoreError::NotFound)?;
+    let sender = row.try_get::<Option<String>, _>(1)?;
     if !row.try_get::<bool, _>(2)? {
-        return Err(StoreError::Forbidden);
+        return Err(if sender.is_none() { StoreError::NotFound } else { StoreError::Forbidden });
     }
+    // Past this point the seq is taken: no refusal any more. (Members reference their user,
+    // and foreign keys are enforced: the name is there.)
+    let sender = sender.ok_or_else(|| {
+        decode_error(format!("member {} of room {} has no user row", new.sender_id, new.room_id))
+    })?;
     let seq = to_u64(row.try_get::<i64, _>(0)?);
-    if let Some(reply_to) = new.reply_to {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM messages WHERE room_id = ? AND seq = ?)")
-                .bind(new.room_id)
-                .bind(to_i64(reply_to))
-                .fetch_one(&mut *conn)
-                .await?;
-        if !exists {
-            return Err(StoreError::NotFound);
-        }
-    }
     let now = now_millis();
     sqlx::query(
         "INSERT INTO messages (room_id, seq, sender_id, text, client_msg_id, reply_to, created_at) \

@@ -392,8 +392,8 @@ async fn concurrent_appends_with_duplicates() {
     assert_eq!(assert_contiguous_events(&store, room).await.len(), 31);
 }
 
-/// Makes every append whose text starts with "boom" fail inside its savepoint, after its seq
-/// was taken and its row written.
+/// Makes every append whose text starts with "boom" fail half-way, after its seq was taken
+/// and its row written.
 async fn fail_appends_of_boom(store: &SqliteStore) {
     sqlx::raw_sql(
         "CREATE TRIGGER boom BEFORE INSERT ON events WHEN new.json LIKE '%\"text\":\"boom%' BEGIN \
@@ -411,7 +411,8 @@ async fn group_commit_batches_and_isolates_failures() {
     let alice = user(&store, "alice").await;
     let eve = user(&store, "eve").await;
     let room = store.create_group("g", alice).await.unwrap().id;
-    // A failure after the seq was taken and the row written: its savepoint must undo it all.
+    // A failure after the seq was taken and the row written: it must be undone, and the rest
+    // of its batch stored all the same.
     fail_appends_of_boom(&store).await;
     let before = store.append_commits();
 
@@ -1115,7 +1116,7 @@ async fn unread_counters_match_a_recount() {
     check_unread(&store, &[(g, alice, 2), (g, carol, 0), (g, dave, 1)]).await;
     store.add_member(g, bob, Role::Member).await.unwrap().unwrap();
 
-    // Group commit: concurrent sends (some failing inside their savepoint, after the counts
+    // Group commit: concurrent sends (some failing half-way, after the counts
     // were taken) and marks, in shared transactions.
     fail_appends_of_boom(&store).await;
     let senders = [alice, bob, carol, dave];
