@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Frames queued per client before it counts as too slow.
 const QUEUE: usize = 8192;
-/// Same as Hubbub's WebSocket read buffer.
+/// Tungstenite's usual read buffer (Hubbub's is 1 KiB: client frames are small).
 const READ_BUFFER: usize = 4096;
 /// Frames are written when this much is buffered, or at the flush after the queue is drained.
 const WRITE_BATCH: usize = 64 * 1024;
