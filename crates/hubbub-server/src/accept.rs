@@ -1,13 +1,17 @@
 //! The accept loop: every TCP connection is served by hyper's HTTP/1.1 connection, with the
 //! router as its service.
 //!
-//! Why not `axum::serve`: it cannot be configured, and two things matter on the hot paths.
-//! * Pipelined requests (a publisher keeping several `POST /api/publish` in flight on one
-//!   connection) get their responses written together (`pipeline_flush`), one `writev` for
-//!   the burst instead of one per response.
-//! * The connection is handed to hyper as a bare [`TcpStream`], so an upgraded WebSocket gets
-//!   that stream back ([`crate::transport::websocket`] downcasts it): reads and writes go
-//!   straight to the socket, not through hyper's boxed, rewindable upgrade wrapper.
+//! Why not `axum::serve`: it hands hyper the stream inside its own wrapper, so an upgraded
+//! WebSocket could only be reached through hyper's boxed, rewindable `Upgraded`. Here the
+//! connection is handed to hyper as a bare [`TcpStream`], so an upgraded WebSocket gets that
+//! stream back ([`crate::transport::handshake`] downcasts it): reads and writes go straight to
+//! the socket. Also, hyper gets a timer: a connection that sends no complete request head
+//! for 30 s (idle between requests, or stuck in the middle of one) is closed.
+//!
+//! Not used: hyper's `pipeline_flush` (responses to pipelined requests written together). It
+//! loses the `101 Switching Protocols` of a WebSocket upgrade when the client's first frame
+//! came in the same read as the request (hyper holds the response back for the "next
+//! request" and drops its write buffer at the upgrade); `tests/http_wire.rs` checks both.
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -73,7 +77,7 @@ async fn connection(
         router.clone().call(request)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).pipeline_flush(true);
+    builder.timer(TokioTimer::new());
     let conn = builder.serve_connection(ServedIo::new(tcp), service).with_upgrades();
     tokio::pin!(conn);
     let mut asked = false;
