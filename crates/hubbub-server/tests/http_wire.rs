@@ -83,11 +83,10 @@ async fn pipelined_publishes_are_answered_and_delivered_in_order() {
 async fn websocket_frame_sent_with_the_upgrade_request_is_read() {
     let srv = Server::new();
     let command = json!({"id": 1, "connect": {"token": token("1")}}).to_string();
-    let mut wire = format!(
-        "GET /connection/websocket HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
-    .into_bytes();
+    let mut wire =
+        b"GET /connection/websocket HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
     let mask = [0x12u8, 0x34, 0x56, 0x78];
     wire.push(0x81); // FIN, text
     assert!(command.len() > 125 && command.len() < 65536);
