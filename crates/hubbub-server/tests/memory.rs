@@ -9,16 +9,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc status")
-}
-
 /// Raises this process's open-files limit to its hard limit: every client takes a descriptor
 /// here and one in the server, which is started afterwards and inherits the limit.
 fn raise_fd_limit() {
@@ -49,10 +39,10 @@ async fn memory_per_idle_connection_stays_under_8_kib() {
     // Warm-up: the allocator's arenas, the hub's maps and the runtime's first buffers.
     let warm = open(&srv, 200).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_kib(srv.pid());
+    let before = srv.rss_kib();
     let idle = open(&srv, N).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = rss_kib(srv.pid());
+    let after = srv.rss_kib();
     let per = after.saturating_sub(before) as f64 / N as f64;
     eprintln!("server RSS {before} → {after} KiB for {N} connections: {per:.2} KiB each");
     assert!(per < 8.0, "{per:.2} KiB of server RSS per idle connection (target < 8)");

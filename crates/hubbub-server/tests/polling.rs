@@ -49,10 +49,6 @@ impl PollServer {
         PollServer { srv, api, url, http }
     }
 
-    fn pid(&self) -> u32 {
-        self.srv.pid()
-    }
-
     /// Publishes via the server API; returns (offset, epoch).
     async fn publish(&self, channel: &str, data: Value) -> (u64, String) {
         let r = self.api.publish(channel, data).await;
@@ -151,15 +147,6 @@ fn assert_unrecoverable(status: u16, body: &Value, offset: u64, epoch: &str, wha
     assert_eq!(body["error"]["message"].as_str(), Some("unrecoverable position"), "{body}");
     assert_eq!(body["offset"].as_u64(), Some(offset), "{what}: current offset in the body: {body}");
     assert_eq!(body["epoch"].as_str(), Some(epoch), "{what}: current epoch in the body: {body}");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
 }
 
 /// The tests measure time and memory: one at a time, so they do not disturb each other
@@ -381,7 +368,7 @@ async fn thousand_concurrent_long_polls_on_one_server() {
         let ch = uniq("many");
         let (since, epoch) = s.publish(&ch, json!({"seed": true})).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let rss_before = rss_kib(s.pid());
+        let rss_before = s.srv.rss_kib();
 
         // One connection per poll (HTTP/1.1: a held request occupies its connection).
         let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
@@ -398,7 +385,7 @@ async fn thousand_concurrent_long_polls_on_one_server() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let early = tasks.iter().filter(|t| t.is_finished()).count();
         assert_eq!(early, 0, "{early} polls answered before any publication");
-        let rss_held = rss_kib(s.pid());
+        let rss_held = s.srv.rss_kib();
         let per_poll = (rss_held.saturating_sub(rss_before)) as f64 * 1024.0 / POLLS as f64;
         println!(
             "server RSS: {rss_before} KiB before, {rss_held} KiB with {POLLS} long polls held: {per_poll:.0} bytes per poll"
