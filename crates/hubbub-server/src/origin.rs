@@ -5,6 +5,7 @@
 //! host and port equal the request's `Host`. `["*"]` allows any. Requests without `Origin`
 //! (servers, curl, native apps) are not browser requests and pass.
 
+use crate::api::ApiError;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -36,7 +37,7 @@ pub async fn guard(State(state): State<Arc<AppState>>, request: Request, next: N
             message: format!("origin {origin} is not allowed (http.allowed_origins)"),
             ..ERROR_PERMISSION_DENIED.into()
         };
-        return (StatusCode::FORBIDDEN, axum::Json(serde_json::json!({ "error": error }))).into_response();
+        return ApiError::new(StatusCode::FORBIDDEN, error).into_response();
     }
     let preflight = request.method() == Method::OPTIONS;
     let mut response = if preflight {

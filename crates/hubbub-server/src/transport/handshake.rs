@@ -8,6 +8,7 @@
 //! connection downcasts back to the bare stream, and tokio-tungstenite runs on it directly.
 
 use crate::accept::ServedIo;
+use crate::api::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -52,7 +53,7 @@ impl IntoResponse for Refused {
             Refused::Version | Refused::NoKey => StatusCode::BAD_REQUEST,
         };
         let error = ProtocolError { message: self.to_string(), ..ERROR_BAD_REQUEST.into() };
-        let mut response = (status, axum::Json(serde_json::json!({ "error": error }))).into_response();
+        let mut response = ApiError::new(status, error).into_response();
         if matches!(self, Refused::Version | Refused::NotUpgrade) {
             let headers = response.headers_mut();
             headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
