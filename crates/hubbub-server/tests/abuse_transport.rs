@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -246,7 +245,8 @@ async fn raw_request(srv: &Server, head: &str, body: impl Iterator<Item = Vec<u8
     })
     .await;
     let text = String::from_utf8_lossy(&got).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no answer: {text:?}"));
+    let status =
+        text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no answer: {text:?}"));
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())))
 }
@@ -274,7 +274,8 @@ async fn emulation_refusals_are_clear() {
         too_large(raw_request(&srv, &head, (0..16).map(|_| vec![b'y'; 64 << 10])).await);
         // Chunked, 3 MB (over axum's own 2 MB default, whose answer is not JSON).
         let head = format!("POST {path} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n");
-        let chunk = |_| [format!("{:x}\r\n", 64 << 10).into_bytes(), vec![b'y'; 64 << 10], b"\r\n".to_vec()].concat();
+        let chunk =
+            |_| [format!("{:x}\r\n", 64 << 10).into_bytes(), vec![b'y'; 64 << 10], b"\r\n".to_vec()].concat();
         too_large(raw_request(&srv, &head, (0..48).map(chunk)).await);
     }
     let grown = srv.rss_kib().saturating_sub(before);

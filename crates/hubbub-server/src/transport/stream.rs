@@ -20,13 +20,13 @@ use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
 use hubbub_core::session::TransportKind;
 use hubbub_core::Session;
 use hubbub_protocol::command::{ConnectRequest, SubscribeRequest};
 use hubbub_protocol::Disconnect;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use futures_util::StreamExt;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -222,8 +222,8 @@ impl FromRequest<Arc<AppState>> for LimitedBody {
         let mut chunks = request.into_body().into_data_stream();
         let mut body = BytesMut::new();
         while let Some(chunk) = chunks.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::bad_request(format!("bad request: cannot read the body: {e}")))?;
+            let chunk = chunk
+                .map_err(|e| ApiError::bad_request(format!("bad request: cannot read the body: {e}")))?;
             if body.len() + chunk.len() > limit {
                 return Err(body_too_large(limit));
             }
