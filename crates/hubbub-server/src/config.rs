@@ -61,7 +61,8 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Browser origins allowed; empty: same origin only; `"*"`: any.
+    /// Browser origins allowed; empty: same origin only; `"*"`: any real origin, answered
+    /// `*` without credentials; `"null"` only when listed.
     pub allowed_origins: Vec<String>,
     /// Longest `wait` a long poll may ask for.
     #[serde(with = "serde_human")]
@@ -145,6 +146,11 @@ impl Config {
         }
         if self.chat.max_distinct_reactions == 0 {
             return bad("chat.max_distinct_reactions", "must be at least 1");
+        }
+        if let Some(message) =
+            self.http.allowed_origins.iter().find_map(|o| crate::origin::invalid_allowed_origin(o))
+        {
+            return bad("http.allowed_origins", &message);
         }
         if let Err(message) = hubbub_core::channel::Namespaces::new(&self.namespaces) {
             return bad("namespaces", &message);

@@ -5,6 +5,7 @@ mod accept;
 pub mod api;
 pub mod config;
 mod emulation;
+mod headers;
 mod http;
 mod origin;
 mod poll;
