@@ -69,6 +69,9 @@ pub struct HttpConfig {
     pub poll_max_wait: Duration,
     /// Largest body accepted by `/emulation` and the streaming transports' connect.
     pub max_request_body: usize,
+    /// Long polls one token subject may keep waiting at once (each holds a listener in
+    /// the hub); more are answered 429 at once.
+    pub poll_max_waiters_per_user: usize,
 }
 
 impl Default for HttpConfig {
@@ -77,6 +80,7 @@ impl Default for HttpConfig {
             allowed_origins: Vec::new(),
             poll_max_wait: Duration::from_secs(30),
             max_request_body: 65536,
+            poll_max_waiters_per_user: 16,
         }
     }
 }
@@ -146,6 +150,9 @@ impl Config {
         }
         if self.chat.max_distinct_reactions == 0 {
             return bad("chat.max_distinct_reactions", "must be at least 1");
+        }
+        if self.http.poll_max_waiters_per_user == 0 {
+            return bad("http.poll_max_waiters_per_user", "must be at least 1");
         }
         if let Some(message) =
             self.http.allowed_origins.iter().find_map(|o| crate::origin::invalid_allowed_origin(o))

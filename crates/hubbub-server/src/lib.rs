@@ -38,6 +38,8 @@ pub fn init_logging() {
 pub struct AppState {
     pub node: Arc<Node>,
     pub config: Config,
+    /// Waiting long polls per token subject (`http.poll_max_waiters_per_user`).
+    pub poll_waiters: poll::Waiters,
 }
 
 fn generated_secret() -> String {
@@ -101,7 +103,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let chat = hubbub_chat::Chat::install(node.clone(), Arc::new(store), config.chat.clone());
 
     let grace = config.shutdown_grace;
-    let state = Arc::new(AppState { node: node.clone(), config });
+    let state = Arc::new(AppState { node: node.clone(), config, poll_waiters: Default::default() });
     let app = http::router(state, hubbub_chat::rest::router(chat));
     println!("hubbub listening on http://{addr}");
     tracing::info!(%addr, node = %node.id, "serving");
