@@ -70,7 +70,7 @@ async fn publishing_to_fresh_channels_stays_within_the_history_budget() {
         .subscribe_with(json!({"channel": "victim-channel", "recover": true, "offset": 1, "epoch": epoch}))
         .await;
     assert_ne!(r["recovered"], json!(true), "an evicted channel must not claim recovery: {r}");
-    assert!(r["publications"].as_array().map_or(true, Vec::is_empty), "{r}");
+    assert!(r["publications"].as_array().is_none_or(Vec::is_empty), "{r}");
     assert_ne!(r["epoch"], json!(epoch), "the dropped stream's epoch must not come back: {r}");
 
     // Everyone keeps working: a new channel still publishes, delivers and keeps history.
