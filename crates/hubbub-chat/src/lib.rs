@@ -43,6 +43,20 @@ pub struct ChatConfig {
     /// Failed log-ins allowed per minute for one account, and for one address.
     pub login_failures_per_account: usize,
     pub login_failures_per_address: usize,
+    /// Reactions one user may have on one message.
+    pub max_reactions_per_user: u32,
+    /// Distinct reactions one message may carry.
+    pub max_distinct_reactions: u32,
+}
+
+impl ChatConfig {
+    /// The store's bounds that come from this section.
+    pub fn store_limits(&self) -> hubbub_store::StoreLimits {
+        hubbub_store::StoreLimits {
+            reactions_per_user: self.max_reactions_per_user,
+            distinct_reactions: self.max_distinct_reactions,
+        }
+    }
 }
 
 impl Default for ChatConfig {
@@ -54,6 +68,8 @@ impl Default for ChatConfig {
             typing_throttle: Duration::from_secs(2),
             login_failures_per_account: 5,
             login_failures_per_address: 20,
+            max_reactions_per_user: hubbub_store::StoreLimits::default().reactions_per_user,
+            max_distinct_reactions: hubbub_store::StoreLimits::default().distinct_reactions,
         }
     }
 }
