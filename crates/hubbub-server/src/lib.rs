@@ -88,6 +88,9 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let grace = config.shutdown_grace;
     let state = Arc::new(AppState { node: node.clone(), config });
     let app = http::router(state, hubbub_chat::rest::router(chat));
+    // Listen for signals before saying we listen: a SIGTERM sent right after the line must
+    // shut down gracefully, not kill the process with the default action.
+    let stop_signal = shutdown_signal()?;
     println!("hubbub listening on http://{addr}");
     tracing::info!(%addr, node = %node.id, "serving");
 
@@ -98,7 +101,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     });
     let server = tokio::spawn(server);
 
-    shutdown_signal().await;
+    stop_signal.await;
     tracing::info!(?grace, "shutting down: no new connections, telling clients to reconnect");
     let _ = stop_tx.send(true);
     node.shutdown();
@@ -158,23 +161,23 @@ fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(4096)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT or SIGTERM, whichever comes first; the handlers are installed now, not at the
+/// first poll.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
+        })
     }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
