@@ -140,6 +140,9 @@ impl Config {
         if self.client.commands_per_second == 0 {
             return bad("client.commands_per_second", "must be above 0");
         }
+        if let Err((key, message)) = self.chat.validate() {
+            return Err(ConfigError::Key { key, message });
+        }
         if let Err(message) = hubbub_core::channel::Namespaces::new(&self.namespaces) {
             return bad("namespaces", &message);
         }
