@@ -60,27 +60,21 @@ pub struct ChatConfig {
     /// limiters tracks at once. When one is full, uses that need a new key are refused
     /// (log-ins and sends: 429) or dropped (typing events) until keys expire.
     pub limiter_max_keys: usize,
-}
-
-impl Default for ChatConfig {
-    fn default() -> Self {
-        ChatConfig {
-            access_token_ttl: Duration::from_secs(15 * 60),
-            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
-            max_message_length: 4000,
-            typing_throttle: Duration::from_secs(2),
-            login_failures_per_account: 5,
-            login_failures_per_address: 20,
-            login_window: Duration::from_secs(60),
-            auth_max_body: 4096,
-            sends_per_second: 5.0,
-            send_burst: 20,
-            limiter_max_keys: 100_000,
-        }
-    }
+    /// Reactions one user may have on one message.
+    pub max_reactions_per_user: u32,
+    /// Distinct reactions one message may carry.
+    pub max_distinct_reactions: u32,
 }
 
 impl ChatConfig {
+    /// The store's bounds that come from this section.
+    pub fn store_limits(&self) -> hubbub_store::StoreLimits {
+        hubbub_store::StoreLimits {
+            reactions_per_user: self.max_reactions_per_user,
+            distinct_reactions: self.max_distinct_reactions,
+        }
+    }
+
     /// Checks the values; the error names the key (`chat.<key>`) and what it must be.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, message: &str| Err((format!("chat.{key}"), message.to_owned()));
@@ -105,7 +99,33 @@ impl ChatConfig {
         if self.limiter_max_keys == 0 {
             return bad("limiter_max_keys", "must be at least 1");
         }
+        if self.max_reactions_per_user == 0 {
+            return bad("max_reactions_per_user", "must be at least 1");
+        }
+        if self.max_distinct_reactions == 0 {
+            return bad("max_distinct_reactions", "must be at least 1");
+        }
         Ok(())
+    }
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_message_length: 4000,
+            typing_throttle: Duration::from_secs(2),
+            login_failures_per_account: 5,
+            login_failures_per_address: 20,
+            login_window: Duration::from_secs(60),
+            auth_max_body: 4096,
+            sends_per_second: 5.0,
+            send_burst: 20,
+            limiter_max_keys: 100_000,
+            max_reactions_per_user: hubbub_store::StoreLimits::default().reactions_per_user,
+            max_distinct_reactions: hubbub_store::StoreLimits::default().distinct_reactions,
+        }
     }
 }
 

@@ -37,6 +37,9 @@ pub struct ClientConfig {
     pub commands_per_second: u32,
     /// Channels one connection may subscribe to.
     pub max_channels: usize,
+    /// Connections one user may hold open on this node at once (0: no limit; anonymous
+    /// connections are not counted per user). One more is refused with 3504.
+    pub max_connections_per_user: usize,
     /// How long an expired connection or subscription token is tolerated before the
     /// connection is closed, so that the client's refresh (sent at expiry) can arrive.
     #[serde(with = "crate::duration::serde_human")]
@@ -52,6 +55,7 @@ impl Default for ClientConfig {
             max_message_size: 65536,
             commands_per_second: 100,
             max_channels: 128,
+            max_connections_per_user: 100,
             expired_close_delay: Duration::from_secs(25),
         }
     }
@@ -198,13 +202,19 @@ impl Node {
         *self.user_events.write().unwrap_or_else(|p| p.into_inner()) = Some(events);
     }
 
-    /// Registers a connection of `user`; tells the application when the user comes online.
-    pub fn add_connection(&self, user: &str, conn: &Arc<crate::hub::Connection>) {
-        if self.hub.add_connection(user, conn) {
+    /// Registers a connection of `user` (refused when the user is at
+    /// `client.max_connections_per_user`); tells the application when the user comes online.
+    pub fn add_connection(
+        &self,
+        user: &str,
+        conn: &Arc<crate::hub::Connection>,
+    ) -> Result<(), crate::hub::UserConnectionLimit> {
+        if self.hub.add_connection(user, conn, self.client.max_connections_per_user)? {
             if let Some(events) = self.user_events.read().unwrap_or_else(|p| p.into_inner()).clone() {
                 events.online(user);
             }
         }
+        Ok(())
     }
 
     pub fn remove_connection(&self, user: &str, conn: &crate::hub::Connection) {

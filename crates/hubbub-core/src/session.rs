@@ -274,10 +274,13 @@ impl Session {
                 }
             }
         };
+        if self.node.add_connection(&claims.sub, &self.conn).is_err() {
+            tracing::info!(client = %self.conn.client, user = %claims.sub, "connection limit of the user reached");
+            return Err(CommandError::Disconnect(Disconnect::CONNECTION_LIMIT));
+        }
         self.user = Some(claims.sub.clone());
         self.conn_info = claims.info;
         self.expires_at = claims.exp;
-        self.node.add_connection(&claims.sub, &self.conn);
         if self.kind.emulation {
             self.node.hub.add_session(&self.session_id, &self.conn);
         }

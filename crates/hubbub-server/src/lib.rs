@@ -71,7 +71,8 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let db = config.data_dir.join("hubbub.db");
     let store = hubbub_store::sqlite::SqliteStore::open(&db)
         .await
-        .with_context(|| format!("cannot open the database {}", db.display()))?;
+        .with_context(|| format!("cannot open the database {}", db.display()))?
+        .with_limits(config.chat.store_limits());
 
     let mut rpc = RpcRegistry::new();
     rpc.register("echo", Echo);
