@@ -3,14 +3,14 @@
 //! use; presenting a used one revokes the whole family), and log-in rate limiting.
 
 use crate::error::{ChatError, ChatResult, Kind};
+use crate::limit::{RateLimiter, Refused, Slot};
+use crate::ChatConfig;
 use crate::{now_millis, Chat};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use hubbub_store::{RefreshOutcome, StoreError, User};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use crate::limit::{RateLimiter, Refused, Slot};
-use crate::ChatConfig;
 use std::sync::LazyLock;
 
 /// What sign-up, log-in and refresh answer.
@@ -122,9 +122,8 @@ impl LoginLimiter {
 /// wrong password for a real account and the answer's timing does not tell which names
 /// exist. Made with the same parameters as every account's hash (`Argon2::default`), from
 /// a random password that nothing can match.
-static DUMMY_HASH: LazyLock<Option<String>> = LazyLock::new(|| {
-    Chat::hash_password(&uuid::Uuid::new_v4().simple().to_string()).ok()
-});
+static DUMMY_HASH: LazyLock<Option<String>> =
+    LazyLock::new(|| Chat::hash_password(&uuid::Uuid::new_v4().simple().to_string()).ok());
 
 /// Makes [`DUMMY_HASH`] in the background at start, so the first unknown name costs no more
 /// than the others.

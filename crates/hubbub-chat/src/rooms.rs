@@ -2,13 +2,13 @@
 //! shared by the REST API and the RPC methods.
 
 use crate::error::{ChatError, ChatResult, Kind};
+use crate::limit::{RateLimiter, Refused};
 use crate::{now_millis, room_channel, user_channel, Chat};
 use hubbub_store::{
     Appended, Member, Message, NewMessage, Notification, Page, Role, Room, RoomId, RoomKind, SearchHit,
     StoreError, User, UserId,
 };
 use serde::Serialize;
-use crate::limit::{RateLimiter, Refused};
 use std::time::Duration;
 
 /// Longest room name, in characters.

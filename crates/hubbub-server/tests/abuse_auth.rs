@@ -85,12 +85,6 @@ fn code(b: &Value) -> &str {
     b["error"]["code"].as_str().unwrap_or_else(|| panic!("not a JSON error: {b}"))
 }
 
-fn chat_config(extra: &str) -> Builder {
-    let mut b = Server::builder();
-    b.extra_top.push_str(&format!("\n[chat]\n{extra}\n"));
-    b
-}
-
 // ---------------------------------------------------------------------------------------------
 // Finding 1: parallel guesses
 // ---------------------------------------------------------------------------------------------
@@ -107,8 +101,8 @@ async fn parallel_login_guesses_stop_at_the_limit() {
     let mut attempts: Vec<_> =
         (0..39).map(|i| (h.clone(), format!("wrong-password-{i}"))).collect::<Vec<_>>();
     attempts.push((h.clone(), PASSWORD.to_owned()));
-    let answers = join_all(attempts.into_iter().map(|(h, pw)| async move { h.login("alice", &pw).await }))
-        .await;
+    let answers =
+        join_all(attempts.into_iter().map(|(h, pw)| async move { h.login("alice", &pw).await })).await;
     let count = |s: u16| answers.iter().filter(|(st, _)| *st == s).count();
     let (ok, wrong, limited) = (count(200), count(401), count(429));
     assert_eq!(ok + wrong + limited, 40, "unexpected answers: {answers:?}");
@@ -166,7 +160,7 @@ async fn huge_credentials_are_refused_before_anything_is_kept() {
 /// entries expire after `login_window`, after which log-ins work again.
 #[tokio::test]
 async fn failed_login_tracker_is_capped_and_expires() {
-    let srv = chat_config("login_window = \"3s\"\nlimiter_max_keys = 20").start();
+    let srv = Server::builder().chat("login_window", "\"3s\"").chat("limiter_max_keys", "20").start();
     let h = Http::new(&srv);
     h.signup("carol").await;
 
@@ -314,7 +308,7 @@ async fn non_accounts_disconnect_without_warnings() {
 /// refills (each slot `send_burst / sends_per_second` after it was used).
 #[tokio::test]
 async fn chat_sends_are_rate_limited_per_user_over_rest_and_rpc() {
-    let srv = chat_config("sends_per_second = 2.0\nsend_burst = 5").start();
+    let srv = Server::builder().chat("sends_per_second", "2.0").chat("send_burst", "5").start();
     let h = Http::new(&srv);
     let (_, greta) = h.signup("greta").await;
     let (_, hans) = h.signup("hans").await;
