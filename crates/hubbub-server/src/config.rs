@@ -152,11 +152,8 @@ impl Config {
         if self.client.commands_per_second == 0 {
             return bad("client.commands_per_second", "must be above 0");
         }
-        if self.chat.max_reactions_per_user == 0 {
-            return bad("chat.max_reactions_per_user", "must be at least 1");
-        }
-        if self.chat.max_distinct_reactions == 0 {
-            return bad("chat.max_distinct_reactions", "must be at least 1");
+        if let Err((key, message)) = self.chat.validate() {
+            return Err(ConfigError::Key { key, message });
         }
         if let Err(message) = hubbub_core::channel::Namespaces::new(&self.namespaces) {
             return bad("namespaces", &message);
