@@ -48,6 +48,11 @@ pub struct ChatConfig {
     pub login_failures_per_address: usize,
     #[serde(with = "serde_human")]
     pub login_window: Duration,
+    /// Sign-ups allowed per `signup_window` from one address (IPv6: its /64); a refused one
+    /// (name taken) counts too.
+    pub signups_per_address: usize,
+    #[serde(with = "serde_human")]
+    pub signup_window: Duration,
     /// Largest request body of `/api/auth/*` (credentials and refresh tokens are small):
     /// bigger ones are refused (413) before they are read.
     pub auth_max_body: usize,
@@ -87,6 +92,12 @@ impl ChatConfig {
         if self.login_window < Duration::from_secs(1) {
             return bad("login_window", "must be at least 1s");
         }
+        if self.signups_per_address == 0 {
+            return bad("signups_per_address", "must be at least 1");
+        }
+        if self.signup_window < Duration::from_secs(1) {
+            return bad("signup_window", "must be at least 1s");
+        }
         if self.auth_max_body < 512 {
             return bad("auth_max_body", "must be at least 512 bytes");
         }
@@ -119,6 +130,8 @@ impl Default for ChatConfig {
             login_failures_per_account: 5,
             login_failures_per_address: 20,
             login_window: Duration::from_secs(60),
+            signups_per_address: 20,
+            signup_window: Duration::from_secs(3600),
             auth_max_body: 4096,
             sends_per_second: 5.0,
             send_burst: 20,
@@ -170,7 +183,7 @@ pub struct Chat {
     pub node: Arc<Node>,
     pub store: Arc<dyn ChatStore>,
     pub config: ChatConfig,
-    limiter: accounts::LoginLimiter,
+    limiter: accounts::AuthLimiter,
     /// Message writes per user (REST and RPC share it).
     sends: limit::RateLimiter<hubbub_store::UserId>,
     publishers: stream::Publishers,
@@ -193,7 +206,7 @@ impl Chat {
             node: node.clone(),
             store,
             typing: rooms::TypingThrottle::new(config.typing_throttle, config.limiter_max_keys),
-            limiter: accounts::LoginLimiter::new(&config),
+            limiter: accounts::AuthLimiter::new(&config),
             sends: limit::RateLimiter::per_second(
                 config.sends_per_second,
                 config.send_burst,
