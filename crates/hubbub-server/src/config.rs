@@ -4,6 +4,7 @@
 
 use hubbub_core::channel::NamespaceConfig;
 use hubbub_core::duration::serde_human;
+use hubbub_core::engine::memory::MemoryEngineConfig;
 use hubbub_core::ClientConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub struct Config {
     pub client: ClientConfig,
     pub http: HttpConfig,
     pub chat: hubbub_chat::ChatConfig,
+    /// Bounds of the channel history kept in memory.
+    pub engine: MemoryEngineConfig,
     /// Channel namespaces; the one named "" is the default namespace.
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -40,6 +43,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             http: HttpConfig::default(),
             chat: hubbub_chat::ChatConfig::default(),
+            engine: MemoryEngineConfig::default(),
             namespaces: vec![NamespaceConfig::default()],
         }
     }
@@ -152,6 +156,15 @@ impl Config {
         if self.client.commands_per_second == 0 {
             return bad("client.commands_per_second", "must be above 0");
         }
+        if self.engine.history_max_bytes < 1 << 20 {
+            return bad("engine.history_max_bytes", "must be at least 1048576 (1 MiB)");
+        }
+        if self.engine.history_max_streams == 0 {
+            return bad("engine.history_max_streams", "must be above 0");
+        }
+        if self.engine.history_meta_ttl.is_zero() {
+            return bad("engine.history_meta_ttl", "must be above 0");
+        }
         if let Err((key, message)) = self.chat.validate() {
             return Err(ConfigError::Key { key, message });
         }
@@ -261,6 +274,10 @@ mod tests {
         let e =
             load("[[namespaces]]\nname = \"x\"\nhistory_ttl = \"forever\"\n", &[]).unwrap_err().to_string();
         assert!(e.contains("namespaces[0].history_ttl"), "{e}");
+        let e = load("[engine]\nhistory_max_bytes = 1000\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("engine.history_max_bytes"), "{e}");
+        let e = load("", &[("HUBBUB_ENGINE_HISTORY_MAX_STREAMS", "0")]).unwrap_err().to_string();
+        assert!(e.contains("engine.history_max_streams"), "{e}");
         let e = load("listen = \"nowhere\"\n", &[]).unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
         let e = load("", &[("HUBBUB_CLIENT_MAX_CHANNELS", "lots")]).unwrap_err().to_string();

@@ -62,7 +62,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
 
     let mut rpc = RpcRegistry::new();
     rpc.register("echo", Echo);
-    let broker = Arc::new(MemoryBroker::new());
+    let broker = Arc::new(MemoryBroker::with_config(config.engine.clone()));
     let node = Node::start(NodeOptions {
         name: if config.node_name.is_empty() { addr.to_string() } else { config.node_name.clone() },
         version: env!("CARGO_PKG_VERSION").to_owned(),
