@@ -94,15 +94,39 @@ impl Outbox {
             return false;
         }
         if s.bytes + frame.len() > self.max_bytes && !s.items.is_empty() {
-            s.items.clear();
-            s.bytes = 0;
-            s.closed = true;
-            self.enqueue(Outgoing::Control(Control::Disconnect(Disconnect::SLOW)), s);
+            self.overflow(s);
             return false;
         }
         s.bytes += frame.len();
         self.enqueue(Outgoing::Frame(frame), s);
         true
+    }
+
+    /// Drops what is queued and queues the slow-consumer disconnect instead.
+    fn overflow(&self, mut s: std::sync::MutexGuard<'_, State>) {
+        s.items.clear();
+        s.bytes = 0;
+        s.closed = true;
+        self.enqueue(Outgoing::Control(Control::Disconnect(Disconnect::SLOW)), s);
+    }
+
+    /// Disconnects the connection as slow, as an overflow does: for deliveries kept aside
+    /// for it elsewhere (a recovering subscriber's held publications) that exceed its budget.
+    pub fn disconnect_slow(&self) {
+        let s = self.lock();
+        if !s.closed {
+            self.overflow(s);
+        }
+    }
+
+    /// Bytes of the frames queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// The queue's bound in bytes.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
     }
 
     /// Queues an instruction for the connection task. A disconnect closes the queue.

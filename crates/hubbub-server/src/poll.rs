@@ -119,7 +119,14 @@ pub async fn poll(
     };
     let epoch = query.get("epoch").filter(|e| !e.is_empty()).cloned().unwrap_or(current.epoch.clone());
     let asked = StreamPosition { offset: since, epoch };
-    let after = HistoryQuery { since: Some(asked.clone()), limit: None, reverse: false };
+    // Bounded like every answer: what does not fit comes with the next poll, which asks
+    // from the `offset` of this one (the last publication returned).
+    let after = HistoryQuery {
+        since: Some(asked.clone()),
+        limit: Some(node.client.max_history_limit),
+        reverse: false,
+        max_bytes: Some(node.client.max_answer_bytes),
+    };
 
     let waiter = if wait > 0 { Some(Waiter::listen(node, &channel).await.map_err(engine)?) } else { None };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
