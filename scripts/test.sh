@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: Rust unit and integration tests (real server, real
 # sockets), the compatibility suite with the real centrifuge-js SDK over every transport,
-# and the browser tests of the web UI (Debian's Chromium driven by playwright-core).
+# every snippet of the README (run as written), and the browser tests of the web UI (Debian's
+# Chromium driven by playwright-core).
 # Installs what it needs (npm packages, Chromium) from the registries itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ cargo build --workspace --all-targets
 echo "== cargo test"
 cargo test --workspace
 
-echo "== centrifuge-js compatibility suite"
+echo "== centrifuge-js compatibility suite, and the README snippets (tests/js/readme.test.mjs)"
 if ! command -v node >/dev/null 2>&1; then
   echo "node is required for the centrifuge-js suite (apt-get install nodejs npm)" >&2
   exit 1

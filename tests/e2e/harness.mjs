@@ -31,19 +31,25 @@ export const CHROMIUM_ARGS = [
 export const DESKTOP = { width: 1280, height: 800 };
 export const PHONE = { width: 390, height: 844 };
 
-/** Starts `hubbub serve` with a fresh config and data dir; resolves once it listens. */
-export async function startServer({ accessTokenTtl = '15m' } = {}) {
+export const TOKEN_SECRET = 'e2e-token-secret-that-is-long-enough-0123456789';
+
+/** Starts `hubbub serve` with a fresh config and data dir; resolves once it listens.
+ * `tokenSecret: null` leaves auth.token_secret out (the server generates one and keeps it
+ * in its data dir). `restart(changes)` stops it and starts it again on the same address and
+ * data dir, with `changes` to these options. */
+export async function startServer(options = {}) {
+  const { accessTokenTtl = '15m', tokenSecret = TOKEN_SECRET, listen = '127.0.0.1:0' } = options;
   const bin = process.env.HUBBUB_BIN ?? join(repo, 'target', 'debug', 'hubbub');
   if (!existsSync(bin)) throw new Error(`${bin} is missing: run \`cargo build -p hubbub-server\` first`);
-  const dir = mkdtempSync(join(tmpdir(), 'hubbub-e2e-'));
+  const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'hubbub-e2e-'));
   const config = join(dir, 'hubbub.toml');
   writeFileSync(
     config,
     [
-      'listen = "127.0.0.1:0"',
+      `listen = "${listen}"`,
       `data_dir = "${join(dir, 'data')}"`,
       '[auth]',
-      'token_secret = "e2e-token-secret-that-is-long-enough-0123456789"',
+      ...(tokenSecret === null ? [] : [`token_secret = "${tokenSecret}"`]),
       'api_key = "e2e-api-key"',
       '[chat]',
       `access_token_ttl = "${accessTokenTtl}"`,
@@ -73,23 +79,31 @@ export async function startServer({ accessTokenTtl = '15m' } = {}) {
       reject(new Error(`hubbub exited with ${code}:\n${logs.join('')}`));
     });
   });
+  const exit = async () => {
+    if (child.exitCode === null) {
+      child.kill('SIGTERM');
+      await new Promise((r) => {
+        const t = setTimeout(() => {
+          child.kill('SIGKILL');
+          r();
+        }, 5000);
+        child.once('exit', () => {
+          clearTimeout(t);
+          r();
+        });
+      });
+    }
+  };
   return {
     url,
     logs,
+    dir,
+    async restart(changes = {}) {
+      await exit();
+      return startServer({ ...options, ...changes, dir, listen: new URL(url).host });
+    },
     async stop() {
-      if (child.exitCode === null) {
-        child.kill('SIGTERM');
-        await new Promise((r) => {
-          const t = setTimeout(() => {
-            child.kill('SIGKILL');
-            r();
-          }, 5000);
-          child.once('exit', () => {
-            clearTimeout(t);
-            r();
-          });
-        });
-      }
+      await exit();
       rmSync(dir, { recursive: true, force: true });
     },
   };

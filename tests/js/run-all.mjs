@@ -1,10 +1,11 @@
 // Runs the centrifuge-js suite once per SDK transport, then the unidirectional /
-// bad-input suite and the chat scenario once each, and exits non-zero if any run failed.
+// bad-input suite, the chat scenario and the README's snippets once each, and exits non-zero if any run failed.
 //
 //   node run-all.mjs                      # websocket, http_stream, sse, fallback + uni
 //   MODES=sse,fallback node run-all.mjs   # only these transports (+ uni)
 //   UNI=0 node run-all.mjs                # without uni.test.mjs
 //   CHAT=0 node run-all.mjs               # without the chat scenario (chat.test.mjs)
+//   README=0 node run-all.mjs             # without the README snippets (readme.test.mjs)
 //
 // Each run is `node --test --test-concurrency=1 --test-reporter=spec <file>` with env
 // TRANSPORT set; the last line is the total over all runs.
@@ -20,6 +21,7 @@ const modes = (process.env.MODES || 'websocket,http_stream,sse,fallback')
 const runs = modes.map((mode) => ({ label: `TRANSPORT=${mode}`, env: { TRANSPORT: mode }, files: ['compat.test.mjs'] }));
 if (process.env.UNI !== '0') runs.push({ label: 'uni + bad input', env: {}, files: ['uni.test.mjs'] });
 if (process.env.CHAT !== '0') runs.push({ label: 'chat scenario', env: { TRANSPORT: 'websocket' }, files: ['chat.test.mjs'] });
+if (process.env.README !== '0') runs.push({ label: 'README snippets', env: {}, files: ['readme.test.mjs'] });
 
 function run({ label, env, files }) {
   return new Promise((resolve) => {

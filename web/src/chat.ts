@@ -79,6 +79,8 @@ export function start() {
     setState({ conn: s.everConnected ? 'offline' : 'connecting' });
   });
   c.on('connected', (ctx) => {
+    refreshedToken = false;
+    reauthTries = 0;
     const s = getState();
     clearTimeout(reconnectedTimer);
     if (s.everConnected && s.conn !== 'connected') {
@@ -98,9 +100,11 @@ export function start() {
   });
   c.on('disconnected', (ctx) => {
     setState({ conn: 'offline' });
-    if (ctx.code === 3500 || ctx.code === 3005 || !rest.currentSession()) {
-      // The server no longer takes our token, and refreshing failed: log in again.
+    if (!rest.currentSession()) {
+      // Refreshing was refused (getToken threw): log in again.
       endSession();
+    } else if (AUTH_FAILURES.includes(ctx.code)) {
+      void reauthenticate(c);
     }
   });
 
@@ -119,8 +123,50 @@ export function start() {
   void loadNotifications();
 }
 
+/** Disconnect codes meaning the server refused the connection token (3500 invalid, for
+ * example signed with a secret the server no longer has; 3005 expired). */
+const AUTH_FAILURES = [3500, 3005];
+/** Whether the token of the current attempt is fresh from a refresh since the last connect. */
+let refreshedToken = false;
+let reauthTries = 0;
+let reauthTimer: ReturnType<typeof setTimeout> | undefined;
+
+/** The server refused the connection token, but we may hold a valid refresh token (a restart
+ * with a new secret refuses every access token, never the refresh tokens it stores): get a
+ * fresh access token and connect again. The session ends ("You are logged out") only when
+ * the refresh token is refused, or a token fresh from a refresh is refused as well. */
+async function reauthenticate(c: Centrifuge) {
+  if (refreshedToken) {
+    endSession();
+    return;
+  }
+  try {
+    await rest.refresh();
+  } catch (e) {
+    if (client !== c) return;
+    if (!rest.currentSession() || (e instanceof ApiError && e.status === 401)) {
+      endSession();
+      return;
+    }
+    // The server cannot be reached right now: try again later, backing off as the SDK does.
+    reauthTries += 1;
+    const delay = Math.min(30_000, 500 * 2 ** Math.min(reauthTries, 6));
+    reauthTimer = setTimeout(() => {
+      if (client === c) void reauthenticate(c);
+    }, delay);
+    return;
+  }
+  if (client !== c) return;
+  refreshedToken = true;
+  c.setToken(''); // the next attempt asks getToken, which now has the fresh token
+  c.connect();
+}
+
 export function stop() {
   clearTimeout(reconnectedTimer);
+  clearTimeout(reauthTimer);
+  refreshedToken = false;
+  reauthTries = 0;
   if (client) {
     client.removeAllListeners();
     client.disconnect();

@@ -57,7 +57,8 @@ pub struct ServerProc {
 /// Hubbub's config for the bench: the default namespace is plain fan-out (no presence, no
 /// history, like the peers); namespace `r` keeps history for recovery (connect-storm). The
 /// chat's `room` namespace is the server's own (durable, in `data_dir`); access tokens live
-/// an hour instead of 15 minutes so that a long run never meets an expiry.
+/// an hour instead of 15 minutes so that a long run never meets an expiry, and a sender's
+/// message budget is far above what the bench sends.
 fn hubbub_config(data_dir: &Path) -> String {
     format!(
         r#"listen = "127.0.0.1:0"
@@ -78,6 +79,8 @@ max_channels = 128
 
 [chat]
 access_token_ttl = "1h"
+sends_per_second = 100000.0
+send_burst = 10000
 
 [[namespaces]]
 name = ""

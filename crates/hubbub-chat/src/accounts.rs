@@ -3,15 +3,15 @@
 //! use; presenting a used one revokes the whole family), and log-in rate limiting.
 
 use crate::error::{ChatError, ChatResult, Kind};
+use crate::limit::{RateLimiter, Refused, Slot};
+use crate::ChatConfig;
 use crate::{now_millis, Chat};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use hubbub_store::{RefreshOutcome, StoreError, User};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::LazyLock;
 
 /// What sign-up, log-in and refresh answer.
 #[derive(Debug, Serialize)]
@@ -57,50 +57,83 @@ fn new_refresh_token() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
-/// Failed log-ins per key in a sliding window.
+/// Longest password, in characters (sign-up refuses longer ones, so a log-in with one
+/// cannot be right and is refused before it is counted or hashed).
+const MAX_PASSWORD: usize = 256;
+
+/// Log-in guesses per account and per address: at most the configured number in any
+/// window, concurrent or not, because a guess takes its slot *before* the password is
+/// checked. A successful log-in gives its slots back (only failures count).
 pub struct LoginLimiter {
-    window: Duration,
-    max_per_account: usize,
-    max_per_address: usize,
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
+    accounts: RateLimiter<String>,
+    addresses: RateLimiter<String>,
+}
+
+/// The slots one log-in attempt holds; kept (the attempt counts as a failed guess) unless
+/// [`Attempt::does_not_count`] gives them back.
+struct Attempt<'a> {
+    limiter: &'a LoginLimiter,
+    account: String,
+    address: String,
+    slots: (Slot, Slot),
+}
+
+impl Attempt<'_> {
+    fn does_not_count(self) {
+        self.limiter.accounts.release(&self.account, self.slots.0);
+        self.limiter.addresses.release(&self.address, self.slots.1);
+    }
 }
 
 impl LoginLimiter {
-    pub fn new(window: Duration, max_per_account: usize, max_per_address: usize) -> Self {
-        LoginLimiter { window, max_per_account, max_per_address, failures: Mutex::new(HashMap::new()) }
-    }
-
-    fn count(&self, key: &str) -> usize {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let window = self.window;
-        let entry = map.entry(key.to_owned()).or_default();
-        entry.retain(|t| now.duration_since(*t) < window);
-        let n = entry.len();
-        if n == 0 {
-            map.remove(key);
+    pub fn new(config: &ChatConfig) -> Self {
+        let max = config.limiter_max_keys;
+        LoginLimiter {
+            accounts: RateLimiter::new(config.login_failures_per_account, config.login_window, max),
+            addresses: RateLimiter::new(config.login_failures_per_address, config.login_window, max),
         }
-        n
     }
 
-    fn check(&self, account: &str, address: &str) -> ChatResult<()> {
-        if self.count(&format!("u:{}", account.to_lowercase())) >= self.max_per_account
-            || self.count(&format!("a:{address}")) >= self.max_per_address
-        {
-            return Err(ChatError::new(
+    /// Takes a slot for `account` and one for `address`, or neither.
+    fn begin(&self, account: &str, address: &str) -> ChatResult<Attempt<'_>> {
+        let refused = |why| {
+            ChatError::new(
                 Kind::TooManyRequests,
-                "too many failed log-ins; wait a minute and try again",
-            ));
-        }
-        Ok(())
+                match why {
+                    Refused::Limited => "too many failed log-ins; wait a minute and try again",
+                    Refused::Full => "too many log-ins are being tried right now; try again in a minute",
+                },
+            )
+        };
+        let account = account.to_lowercase();
+        let a = self.accounts.acquire(&account).map_err(refused)?;
+        let b = match self.addresses.acquire(&address.to_owned()) {
+            Ok(b) => b,
+            Err(why) => {
+                self.accounts.release(&account, a);
+                return Err(refused(why));
+            }
+        };
+        Ok(Attempt { limiter: self, account, address: address.to_owned(), slots: (a, b) })
     }
+}
 
-    fn fail(&self, account: &str, address: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        map.entry(format!("u:{}", account.to_lowercase())).or_default().push(now);
-        map.entry(format!("a:{address}")).or_default().push(now);
-    }
+/// The hash an unknown username's log-in is checked against, so that it takes as long as a
+/// wrong password for a real account and the answer's timing does not tell which names
+/// exist. Made with the same parameters as every account's hash (`Argon2::default`), from
+/// a random password that nothing can match.
+static DUMMY_HASH: LazyLock<Option<String>> =
+    LazyLock::new(|| Chat::hash_password(&uuid::Uuid::new_v4().simple().to_string()).ok());
+
+/// Makes [`DUMMY_HASH`] in the background at start, so the first unknown name costs no more
+/// than the others.
+pub(crate) fn prepare_dummy_hash() {
+    std::thread::spawn(|| LazyLock::force(&DUMMY_HASH));
+}
+
+/// Whether `password` matches the PHC string `hash` (false for a malformed hash).
+fn password_matches(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
 impl Chat {
@@ -151,29 +184,52 @@ impl Chat {
         self.new_login(user).await
     }
 
+    /// Logs in. Everything a client controls is bounded before it is counted or hashed
+    /// (the body by `chat.auth_max_body`, then the lengths here); the guess takes its
+    /// limiter slots before the password is checked; unknown names are checked against a
+    /// dummy hash so that they answer as slowly as wrong passwords.
     pub async fn login(&self, username: &str, password: &str, address: &str) -> ChatResult<Session> {
-        self.limiter.check(username, address)?;
-        let wrong = || ChatError::unauthorized("wrong username or password");
-        let Some(auth) = self.store.user_auth(username).await? else {
-            self.limiter.fail(username, address);
-            return Err(wrong());
-        };
+        validate_username(username)?;
+        if password.chars().count() > MAX_PASSWORD {
+            return Err(ChatError::bad_request(format!(
+                "the password is longer than {MAX_PASSWORD} characters"
+            )));
+        }
+        let attempt = self.limiter.begin(username, address)?;
+        match self.check_password(username, password).await {
+            Ok(Some(user)) => {
+                attempt.does_not_count();
+                self.new_login(user).await
+            }
+            Ok(None) => Err(ChatError::unauthorized("wrong username or password")),
+            Err(e) => {
+                attempt.does_not_count();
+                Err(e)
+            }
+        }
+    }
+
+    /// The account when `password` is its password; `None` when the name is unknown or the
+    /// password wrong, after the same amount of work either way.
+    async fn check_password(&self, username: &str, password: &str) -> ChatResult<Option<User>> {
+        let auth = self.store.user_auth(username).await?;
         let permit =
             self.hashing.acquire().await.map_err(|_| ChatError::new(Kind::Internal, "shutting down"))?;
         let pw = password.to_owned();
-        let hash = auth.password_hash.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .is_ok_and(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
+        let hash = auth.as_ref().map(|a| a.password_hash.clone());
+        let ok = tokio::task::spawn_blocking(move || match hash {
+            Some(hash) => password_matches(&pw, &hash),
+            None => {
+                if let Some(dummy) = DUMMY_HASH.as_deref() {
+                    password_matches(&pw, dummy);
+                }
+                false
+            }
         })
         .await
         .unwrap_or(false);
         drop(permit);
-        if !ok {
-            self.limiter.fail(username, address);
-            return Err(wrong());
-        }
-        self.new_login(auth.user).await
+        Ok(auth.filter(|_| ok).map(|a| a.user))
     }
 
     pub async fn refresh(&self, refresh_token: &str) -> ChatResult<Session> {
@@ -235,11 +291,29 @@ mod tests {
 
     #[test]
     fn limiter_counts_per_account_and_address() {
-        let l = LoginLimiter::new(Duration::from_secs(60), 2, 3);
-        l.fail("Alice", "1.1.1.1");
-        assert!(l.check("alice", "2.2.2.2").is_ok());
-        l.fail("alice", "2.2.2.2");
-        assert!(l.check("ALICE", "3.3.3.3").is_err());
-        assert!(l.check("bob", "9.9.9.9").is_ok());
+        let config = ChatConfig {
+            login_failures_per_account: 2,
+            login_failures_per_address: 3,
+            ..ChatConfig::default()
+        };
+        let l = LoginLimiter::new(&config);
+        let _failed = l.begin("Alice", "1.1.1.1").unwrap();
+        assert!(l.begin("alice", "2.2.2.2").is_ok());
+        assert!(l.begin("ALICE", "3.3.3.3").is_err(), "two guesses for alice, whatever the case");
+        assert!(l.begin("bob", "9.9.9.9").is_ok());
+        // A successful log-in gives its slots back.
+        let l = LoginLimiter::new(&config);
+        l.begin("carol", "1.1.1.1").unwrap().does_not_count();
+        l.begin("carol", "1.1.1.1").unwrap().does_not_count();
+        l.begin("carol", "1.1.1.1").unwrap().does_not_count();
+        assert!(l.begin("carol", "1.1.1.1").is_ok());
+    }
+
+    #[test]
+    fn the_dummy_hash_matches_nothing() {
+        let dummy = DUMMY_HASH.as_deref().expect("dummy hash");
+        assert!(PasswordHash::new(dummy).is_ok());
+        assert!(!password_matches("", dummy));
+        assert!(!password_matches("password", dummy));
     }
 }

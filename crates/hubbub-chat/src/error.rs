@@ -18,6 +18,8 @@ pub enum Kind {
     Conflict,
     TooLarge,
     TooManyRequests,
+    /// A bound on what one member may pile up (reactions on a message, ...).
+    LimitExceeded,
     Internal,
 }
 
@@ -59,6 +61,7 @@ impl ChatError {
             Kind::Conflict => (StatusCode::CONFLICT, "conflict"),
             Kind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Kind::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Kind::LimitExceeded => (StatusCode::CONFLICT, "limit_exceeded"),
             Kind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -70,6 +73,7 @@ impl From<StoreError> for ChatError {
             StoreError::Conflict => ChatError::new(Kind::Conflict, "that is already done"),
             StoreError::NotFound => ChatError::not_found("no such message (or it was deleted)"),
             StoreError::Forbidden => ChatError::forbidden("you cannot change this"),
+            StoreError::LimitExceeded(why) => ChatError::new(Kind::LimitExceeded, why),
             other => {
                 tracing::error!(error = %other, "store error");
                 ChatError::new(Kind::Internal, "the server could not complete this; try again")
@@ -86,6 +90,7 @@ impl From<ChatError> for ProtocolError {
             Kind::Forbidden => ERROR_PERMISSION_DENIED,
             Kind::NotFound => ERROR_UNKNOWN_CHANNEL,
             Kind::TooManyRequests => ERROR_TOO_MANY_REQUESTS,
+            Kind::LimitExceeded => ERROR_LIMIT_EXCEEDED,
             Kind::Internal => ERROR_INTERNAL,
         };
         ProtocolError { message: e.message, ..base.into() }

@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod error;
+pub mod limit;
 pub mod openapi;
 pub mod rest;
 pub mod rooms;
@@ -40,9 +41,72 @@ pub struct ChatConfig {
     /// A user's typing events in one room are forwarded at most this often.
     #[serde(with = "serde_human")]
     pub typing_throttle: Duration,
-    /// Failed log-ins allowed per minute for one account, and for one address.
+    /// Log-in guesses (failed log-ins) allowed per `login_window` for one account, and for
+    /// one address (an IPv6 address counts by its /64). Counted before the password is
+    /// checked, so concurrent guesses cannot exceed them.
     pub login_failures_per_account: usize,
     pub login_failures_per_address: usize,
+    #[serde(with = "serde_human")]
+    pub login_window: Duration,
+    /// Largest request body of `/api/auth/*` (credentials and refresh tokens are small):
+    /// bigger ones are refused (413) before they are read.
+    pub auth_max_body: usize,
+    /// Message writes (send, edit, delete, react) and room creations per user, REST and
+    /// RPC alike: `send_burst` at once, `sends_per_second` on average; over it, HTTP 429 or
+    /// the protocol's error 111.
+    pub sends_per_second: f64,
+    pub send_burst: usize,
+    /// Most keys (accounts, addresses, users, user-and-room pairs) each of the chat's rate
+    /// limiters tracks at once. When one is full, uses that need a new key are refused
+    /// (log-ins and sends: 429) or dropped (typing events) until keys expire.
+    pub limiter_max_keys: usize,
+    /// Reactions one user may have on one message.
+    pub max_reactions_per_user: u32,
+    /// Distinct reactions one message may carry.
+    pub max_distinct_reactions: u32,
+}
+
+impl ChatConfig {
+    /// The store's bounds that come from this section.
+    pub fn store_limits(&self) -> hubbub_store::StoreLimits {
+        hubbub_store::StoreLimits {
+            reactions_per_user: self.max_reactions_per_user,
+            distinct_reactions: self.max_distinct_reactions,
+        }
+    }
+
+    /// Checks the values; the error names the key (`chat.<key>`) and what it must be.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, message: &str| Err((format!("chat.{key}"), message.to_owned()));
+        if self.login_failures_per_account == 0 {
+            return bad("login_failures_per_account", "must be at least 1");
+        }
+        if self.login_failures_per_address == 0 {
+            return bad("login_failures_per_address", "must be at least 1");
+        }
+        if self.login_window < Duration::from_secs(1) {
+            return bad("login_window", "must be at least 1s");
+        }
+        if self.auth_max_body < 512 {
+            return bad("auth_max_body", "must be at least 512 bytes");
+        }
+        if !(self.sends_per_second.is_finite() && self.sends_per_second > 0.0) {
+            return bad("sends_per_second", "must be a number above 0");
+        }
+        if self.send_burst == 0 {
+            return bad("send_burst", "must be at least 1");
+        }
+        if self.limiter_max_keys == 0 {
+            return bad("limiter_max_keys", "must be at least 1");
+        }
+        if self.max_reactions_per_user == 0 {
+            return bad("max_reactions_per_user", "must be at least 1");
+        }
+        if self.max_distinct_reactions == 0 {
+            return bad("max_distinct_reactions", "must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 impl Default for ChatConfig {
@@ -54,6 +118,13 @@ impl Default for ChatConfig {
             typing_throttle: Duration::from_secs(2),
             login_failures_per_account: 5,
             login_failures_per_address: 20,
+            login_window: Duration::from_secs(60),
+            auth_max_body: 4096,
+            sends_per_second: 5.0,
+            send_burst: 20,
+            limiter_max_keys: 100_000,
+            max_reactions_per_user: hubbub_store::StoreLimits::default().reactions_per_user,
+            max_distinct_reactions: hubbub_store::StoreLimits::default().distinct_reactions,
         }
     }
 }
@@ -100,6 +171,8 @@ pub struct Chat {
     pub store: Arc<dyn ChatStore>,
     pub config: ChatConfig,
     limiter: accounts::LoginLimiter,
+    /// Message writes per user (REST and RPC share it).
+    sends: limit::RateLimiter<hubbub_store::UserId>,
     publishers: stream::Publishers,
     typing: rooms::TypingThrottle,
     /// Password hashes in flight at once. argon2id takes ~19 MiB and a core per hash: a
@@ -115,17 +188,18 @@ impl Chat {
     /// Builds the chat and plugs it into the node: the `room` namespace's hooks, the chat's
     /// RPC methods and presence events. The node must have the [`room_namespace`].
     pub fn install(node: Arc<Node>, store: Arc<dyn ChatStore>, config: ChatConfig) -> Arc<Chat> {
-        let limiter = accounts::LoginLimiter::new(
-            Duration::from_secs(60),
-            config.login_failures_per_account,
-            config.login_failures_per_address,
-        );
+        accounts::prepare_dummy_hash();
         let chat = Arc::new(Chat {
             node: node.clone(),
             store,
-            typing: rooms::TypingThrottle::new(config.typing_throttle),
+            typing: rooms::TypingThrottle::new(config.typing_throttle, config.limiter_max_keys),
+            limiter: accounts::LoginLimiter::new(&config),
+            sends: limit::RateLimiter::per_second(
+                config.sends_per_second,
+                config.send_burst,
+                config.limiter_max_keys,
+            ),
             config,
-            limiter,
             publishers: stream::Publishers::default(),
             users: Default::default(),
             hashing: tokio::sync::Semaphore::new(

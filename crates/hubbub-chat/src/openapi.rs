@@ -343,6 +343,9 @@ fn operation(op: &Op) -> Value {
     if op.auth {
         codes.extend(["401", "403", "404"]);
     }
+    if op.body.is_some() {
+        codes.push("413");
+    }
     for code in codes {
         responses.insert(code.into(), error.clone());
     }

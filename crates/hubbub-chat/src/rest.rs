@@ -2,7 +2,7 @@
 //! `Authorization: Bearer <access token>`; every error is
 //! `{"error":{"code","message"}}` with the matching HTTP status.
 
-use crate::error::{ChatError, ChatResult};
+use crate::error::{ChatError, ChatResult, Kind};
 use crate::rpc::page;
 use crate::Chat;
 use axum::body::Bytes;
@@ -16,7 +16,7 @@ use hubbub_store::{RoomId, User};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 type AppState = Arc<Chat>;
@@ -40,15 +40,47 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// The client's address, for log-in rate limiting.
+/// The client's address, for log-in rate limiting: an IPv4 address, or the /64 network of
+/// an IPv6 one (one host usually has a whole /64, so counting single IPv6 addresses would
+/// give it 2^64 budgets).
 pub struct ClientAddr(String);
+
+impl ClientAddr {
+    fn key(ip: IpAddr) -> String {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => {
+                let net = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", Ipv6Addr::from(net))
+            }
+        }
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = ChatError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ChatError> {
-        let addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        let addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| Self::key(c.0.ip()));
         Ok(ClientAddr(addr.unwrap_or_else(|| "unknown".into())))
+    }
+}
+
+/// The body of an `/api/auth/*` request, read only up to `chat.auth_max_body` bytes: a
+/// larger one is refused (413) before it is buffered, parsed or counted anywhere.
+struct AuthBody(Bytes);
+
+impl FromRequest<AppState> for AuthBody {
+    type Rejection = ChatError;
+
+    async fn from_request(req: Request, chat: &AppState) -> Result<Self, ChatError> {
+        let max = chat.config.auth_max_body;
+        axum::body::to_bytes(req.into_body(), max).await.map(AuthBody).map_err(|_| {
+            ChatError::new(
+                Kind::TooLarge,
+                format!("the request body is larger than {max} bytes (chat.auth_max_body)"),
+            )
+        })
     }
 }
 
@@ -186,7 +218,7 @@ struct IdsBody {
     ids: Vec<i64>,
 }
 
-async fn signup(State(chat): State<AppState>, raw: Bytes) -> ChatResult<Response> {
+async fn signup(State(chat): State<AppState>, AuthBody(raw): AuthBody) -> ChatResult<Response> {
     let c: Credentials = body(&raw)?;
     Ok(created(chat.signup(c.username.trim(), &c.password).await?))
 }
@@ -194,18 +226,18 @@ async fn signup(State(chat): State<AppState>, raw: Bytes) -> ChatResult<Response
 async fn login(
     State(chat): State<AppState>,
     ClientAddr(addr): ClientAddr,
-    raw: Bytes,
+    AuthBody(raw): AuthBody,
 ) -> ChatResult<Response> {
     let c: Credentials = body(&raw)?;
     Ok(ok(chat.login(c.username.trim(), &c.password, &addr).await?))
 }
 
-async fn refresh(State(chat): State<AppState>, raw: Bytes) -> ChatResult<Response> {
+async fn refresh(State(chat): State<AppState>, AuthBody(raw): AuthBody) -> ChatResult<Response> {
     let r: RefreshBody = body(&raw)?;
     Ok(ok(chat.refresh(&r.refresh_token).await?))
 }
 
-async fn logout(State(chat): State<AppState>, raw: Bytes) -> ChatResult<Response> {
+async fn logout(State(chat): State<AppState>, AuthBody(raw): AuthBody) -> ChatResult<Response> {
     let r: RefreshBody = body(&raw)?;
     chat.logout(&r.refresh_token).await?;
     Ok(no_content())

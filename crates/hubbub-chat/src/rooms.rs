@@ -2,46 +2,31 @@
 //! shared by the REST API and the RPC methods.
 
 use crate::error::{ChatError, ChatResult, Kind};
+use crate::limit::{RateLimiter, Refused};
 use crate::{now_millis, room_channel, user_channel, Chat};
 use hubbub_store::{
     Appended, Member, Message, NewMessage, Notification, Page, Role, Room, RoomId, RoomKind, SearchHit,
     StoreError, User, UserId,
 };
 use serde::Serialize;
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest room name, in characters.
 const MAX_ROOM_NAME: usize = 80;
 const MAX_CLIENT_MSG_ID: usize = 64;
 const MAX_EMOJI: usize = 16;
 
-/// At most one typing event per user and room per interval.
-pub struct TypingThrottle {
-    every: Duration,
-    last: Mutex<HashMap<(RoomId, UserId), Instant>>,
-}
+/// At most one typing event per user and room per interval; a bounded map (see
+/// [`RateLimiter`]): when it is full, typing events that need a new entry are dropped.
+pub struct TypingThrottle(RateLimiter<(RoomId, UserId)>);
 
 impl TypingThrottle {
-    pub fn new(every: Duration) -> Self {
-        TypingThrottle { every, last: Mutex::new(HashMap::new()) }
+    pub fn new(every: Duration, max_keys: usize) -> Self {
+        TypingThrottle(RateLimiter::new(1, every, max_keys))
     }
 
     fn allow(&self, room: RoomId, user: UserId) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if last.len() > 10_000 {
-            let every = self.every;
-            last.retain(|_, t| now.duration_since(*t) < every);
-        }
-        match last.get(&(room, user)) {
-            Some(t) if now.duration_since(*t) < self.every => false,
-            _ => {
-                last.insert((room, user), now);
-                true
-            }
-        }
+        self.0.acquire(&(room, user)).is_ok()
     }
 }
 
@@ -159,12 +144,14 @@ impl Chat {
     }
 
     pub async fn create_room(&self, owner: &User, name: &str) -> ChatResult<RoomView> {
+        self.spend_write(owner.id)?;
         let name = validate_room_name(name)?;
         let room = self.store.create_group(&name, owner.id).await?;
         self.room_view(room.id, owner.id).await
     }
 
     pub async fn open_dm(&self, user: &User, username: &str) -> ChatResult<RoomView> {
+        self.spend_write(user.id)?;
         let other = self
             .store
             .user_by_name(username.trim())
@@ -181,6 +168,7 @@ impl Chat {
     }
 
     pub async fn invite(&self, by: &User, room: RoomId, username: &str) -> ChatResult<RoomView> {
+        self.spend_write(by.id)?;
         let r = self.require_admin(room, by.id).await?;
         let invitee = self
             .store
@@ -217,12 +205,33 @@ impl Chat {
     }
 
     pub async fn rename(&self, by: &User, room: RoomId, name: &str) -> ChatResult<RoomView> {
+        self.spend_write(by.id)?;
         self.require_admin(room, by.id).await?;
         let name = validate_room_name(name)?;
         self.prepare_publisher(room).await?;
         self.store.rename_room(room, &name).await?;
         self.publish_stored(room).await;
         self.room_view(room, by.id).await
+    }
+
+    /// Takes one of the user's write slots (`chat.sends_per_second`, `chat.send_burst`):
+    /// every write that adds to a room's log or creates a room spends one, whether it came
+    /// by REST or RPC, before any work is done for it.
+    fn spend_write(&self, user: UserId) -> ChatResult<()> {
+        match self.sends.acquire(&user) {
+            Ok(_slot) => Ok(()),
+            Err(Refused::Limited) => Err(ChatError::new(
+                Kind::TooManyRequests,
+                format!(
+                    "too many messages: at most {} at once and {} per second; wait a moment",
+                    self.config.send_burst, self.config.sends_per_second
+                ),
+            )),
+            Err(Refused::Full) => Err(ChatError::new(
+                Kind::TooManyRequests,
+                "the server is taking too many messages right now; try again in a moment",
+            )),
+        }
     }
 
     fn validate_text(&self, text: &str) -> ChatResult<String> {
@@ -253,6 +262,7 @@ impl Chat {
         client_msg_id: &str,
         reply_to: Option<u64>,
     ) -> ChatResult<Message> {
+        self.spend_write(sender.id)?;
         let text = self.validate_text(text)?;
         let client_msg_id = client_msg_id.trim();
         if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
@@ -354,6 +364,7 @@ impl Chat {
     }
 
     pub async fn edit(&self, user: &User, room: RoomId, seq: u64, text: &str) -> ChatResult<Message> {
+        self.spend_write(user.id)?;
         let text = self.validate_text(text)?;
         self.require_member(room, user.id).await?;
         self.prepare_publisher(room).await?;
@@ -363,6 +374,7 @@ impl Chat {
     }
 
     pub async fn delete(&self, user: &User, room: RoomId, seq: u64) -> ChatResult<Message> {
+        self.spend_write(user.id)?;
         self.require_member(room, user.id).await?;
         self.prepare_publisher(room).await?;
         let (message, _) = self.store.delete_message(room, seq, user.id).await?;
@@ -378,6 +390,7 @@ impl Chat {
         emoji: &str,
         add: bool,
     ) -> ChatResult<Message> {
+        self.spend_write(user.id)?;
         let emoji = emoji.trim();
         if emoji.is_empty() || emoji.chars().count() > MAX_EMOJI {
             return Err(ChatError::bad_request("a reaction is one emoji (or a short text)"));
@@ -473,10 +486,11 @@ mod tests {
 
     #[test]
     fn throttles_typing_per_user_and_room() {
-        let t = TypingThrottle::new(Duration::from_secs(60));
+        let t = TypingThrottle::new(Duration::from_secs(60), 3);
         assert!(t.allow(1, 1));
         assert!(!t.allow(1, 1));
         assert!(t.allow(1, 2));
         assert!(t.allow(2, 1));
+        assert!(!t.allow(3, 3), "a full throttle drops new keys");
     }
 }

@@ -87,7 +87,8 @@ impl ChannelHooks for RoomHooks {
         } else {
             let mut cursor = after;
             'forwards: while !answer.is_full() {
-                let events = chat.store.events_after(room_id, cursor, READ_BATCH).await.map_err(unavailable)?;
+                let events =
+                    chat.store.events_after(room_id, cursor, READ_BATCH).await.map_err(unavailable)?;
                 for event in &events {
                     if !answer.offer(&publication(event)?) {
                         break 'forwards;
@@ -228,6 +229,11 @@ impl Chat {
 
     /// Tells everyone who shares a room with `user` that they came online or went offline.
     async fn announce_presence(&self, user: UserId, online: bool) {
+        // Connections of users that are not chat accounts (tokens made with the CLI, numeric
+        // or not) come and go too: nothing to store or announce for them.
+        if self.caller(user).await.is_err() {
+            return;
+        }
         let now = now_millis();
         if !online {
             if let Err(e) = self.store.set_last_seen(user, now).await {

@@ -23,6 +23,11 @@ pub struct ConnectClaims {
     /// Channels the server subscribes the connection to at connect.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+    /// Never set in a connection token: a token with a `channel` claim is a subscription
+    /// token, and [`Tokens::verify_connect`] refuses it (as Centrifugo does), so that a
+    /// token handed out for one channel cannot open a connection or call the chat's API.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub channel: String,
 }
 
 /// Claims of a subscription token for a private channel.
@@ -72,6 +77,8 @@ impl Tokens {
         validation.required_spec_claims.clear();
         validation.leeway = 0;
         validation.validate_aud = false;
+        // `nbf` (not before) is checked too: a token valid only later is refused now.
+        validation.validate_nbf = true;
         Tokens {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
@@ -87,8 +94,14 @@ impl Tokens {
         }
     }
 
+    /// Verifies a connection token (also the chat's access token). A subscription token
+    /// (one with a `channel` claim) is not one.
     pub fn verify_connect(&self, token: &str) -> Result<ConnectClaims, TokenError> {
-        self.verify(token)
+        let claims: ConnectClaims = self.verify(token)?;
+        if !claims.channel.is_empty() {
+            return Err(TokenError::Invalid("a subscription token is not a connection token".into()));
+        }
+        Ok(claims)
     }
 
     pub fn verify_subscription(&self, token: &str) -> Result<SubscriptionClaims, TokenError> {
@@ -113,6 +126,7 @@ impl Tokens {
             iat: Some(now),
             info: None,
             channels,
+            channel: String::new(),
         })
     }
 
@@ -149,5 +163,31 @@ mod tests {
 
         let sub = t.mint_subscription("42", "$secret", None);
         assert_eq!(t.verify_subscription(&sub).unwrap().channel, "$secret");
+    }
+
+    #[test]
+    fn each_kind_only_where_it_belongs() {
+        let t = Tokens::new("s3cret");
+        let sub = t.mint_subscription("42", "$secret", None);
+        assert!(matches!(t.verify_connect(&sub), Err(TokenError::Invalid(_))));
+        let conn = t.mint_connect("42", None, Vec::new());
+        assert!(matches!(t.verify_subscription(&conn), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn not_before_is_checked() {
+        #[derive(Serialize)]
+        struct Nbf<'a> {
+            sub: &'a str,
+            channel: &'a str,
+            nbf: u64,
+        }
+        let t = Tokens::new("s3cret");
+        let later = t.sign(&Nbf { sub: "1", channel: "", nbf: unix_now() + 3600 });
+        assert!(matches!(t.verify_connect(&later), Err(TokenError::Invalid(_))));
+        let sub_later = t.sign(&Nbf { sub: "1", channel: "$x", nbf: unix_now() + 3600 });
+        assert!(matches!(t.verify_subscription(&sub_later), Err(TokenError::Invalid(_))));
+        let now = t.sign(&Nbf { sub: "1", channel: "", nbf: unix_now().saturating_sub(1) });
+        assert_eq!(t.verify_connect(&now).unwrap().sub, "1");
     }
 }

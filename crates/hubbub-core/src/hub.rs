@@ -65,18 +65,34 @@ pub struct Hub {
     sessions: ShardedMap<String, Arc<Connection>>,
 }
 
+/// A user already has as many connections on this node as `client.max_connections_per_user`
+/// allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserConnectionLimit;
+
 impl Hub {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Registers an authenticated connection under its user. Returns true when it is the
+    /// Registers an authenticated connection under its user, unless the user already has
+    /// `limit` connections on this node (0: no limit; anonymous connections, user "", are
+    /// not limited per user). Checked and added under the shard's lock, so concurrent
+    /// connects of one user cannot pass the limit together. `Ok(true)` when it is the
     /// user's first connection on this node.
-    pub fn add_connection(&self, user: &str, conn: &Arc<Connection>) -> bool {
+    pub fn add_connection(
+        &self,
+        user: &str,
+        conn: &Arc<Connection>,
+        limit: usize,
+    ) -> Result<bool, UserConnectionLimit> {
         let mut shard = self.users.shard(user);
         let list = shard.entry(user.to_owned()).or_default();
+        if limit > 0 && !user.is_empty() && list.len() >= limit {
+            return Err(UserConnectionLimit);
+        }
         list.push(conn.clone());
-        list.len() == 1
+        Ok(list.len() == 1)
     }
 
     /// Returns true when it was the user's last connection on this node.

@@ -34,7 +34,8 @@ pub struct ClientConfig {
     /// Largest answer built for a client, in bytes of publications (history, recovery,
     /// polls; the chat's REST pages): what does not fit is paged. At most
     /// `queue_max_bytes`, so that the server's own answer never makes a connection slow;
-    /// by default half of it, leaving room for live deliveries meanwhile.
+    /// 0 (the default) for half of it, leaving room for live deliveries meanwhile. Read it
+    /// with [`ClientConfig::answer_bytes`].
     pub max_answer_bytes: usize,
     /// Most publications one history answer carries, whatever `limit` asks.
     pub max_history_limit: usize,
@@ -44,6 +45,9 @@ pub struct ClientConfig {
     pub commands_per_second: u32,
     /// Channels one connection may subscribe to.
     pub max_channels: usize,
+    /// Connections one user may hold open on this node at once (0: no limit; anonymous
+    /// connections are not counted per user). One more is refused with 3504.
+    pub max_connections_per_user: usize,
     /// How long an expired connection or subscription token is tolerated before the
     /// connection is closed, so that the client's refresh (sent at expiry) can arrive.
     #[serde(with = "crate::duration::serde_human")]
@@ -56,12 +60,24 @@ impl Default for ClientConfig {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(8),
             queue_max_bytes: 1 << 20,
-            max_answer_bytes: 1 << 19,
+            max_answer_bytes: 0,
             max_history_limit: 1000,
             max_message_size: 65536,
             commands_per_second: 100,
             max_channels: 128,
+            max_connections_per_user: 100,
             expired_close_delay: Duration::from_secs(25),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The bound of one answer in bytes: `max_answer_bytes`, or half of `queue_max_bytes`
+    /// when it is 0, never more than the queue.
+    pub fn answer_bytes(&self) -> usize {
+        match self.max_answer_bytes {
+            0 => self.queue_max_bytes / 2,
+            n => n.min(self.queue_max_bytes),
         }
     }
 }
@@ -207,13 +223,19 @@ impl Node {
         *self.user_events.write().unwrap_or_else(|p| p.into_inner()) = Some(events);
     }
 
-    /// Registers a connection of `user`; tells the application when the user comes online.
-    pub fn add_connection(&self, user: &str, conn: &Arc<crate::hub::Connection>) {
-        if self.hub.add_connection(user, conn) {
+    /// Registers a connection of `user` (refused when the user is at
+    /// `client.max_connections_per_user`); tells the application when the user comes online.
+    pub fn add_connection(
+        &self,
+        user: &str,
+        conn: &Arc<crate::hub::Connection>,
+    ) -> Result<(), crate::hub::UserConnectionLimit> {
+        if self.hub.add_connection(user, conn, self.client.max_connections_per_user)? {
             if let Some(events) = self.user_events.read().unwrap_or_else(|p| p.into_inner()).clone() {
                 events.online(user);
             }
         }
+        Ok(())
     }
 
     pub fn remove_connection(&self, user: &str, conn: &crate::hub::Connection) {
@@ -301,7 +323,7 @@ impl Node {
             n if n < 0 => Some(cap),
             n => Some((n as usize).min(cap)),
         };
-        let query = HistoryQuery { since, limit, reverse, max_bytes: Some(self.client.max_answer_bytes) };
+        let query = HistoryQuery { since, limit, reverse, max_bytes: Some(self.client.answer_bytes()) };
         Ok(self.read_stream(channel, ns, query).await?)
     }
 

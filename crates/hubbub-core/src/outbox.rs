@@ -4,7 +4,9 @@
 //! itself) goes through one queue, so a reply is never overtaken by a push queued after it.
 //! The writer takes everything queued at once and writes it as one frame. The bound is in
 //! bytes: a subscriber that cannot keep up overflows it and is disconnected as slow instead
-//! of making the server's memory grow.
+//! of making the server's memory grow. Commands posted for an emulation session
+//! ([`Control::Commands`]) wait in the same queue and count toward the same bound: a client
+//! that posts faster than its session's stream is read gets the same slow disconnect.
 
 use bytes::Bytes;
 use hubbub_protocol::Disconnect;
@@ -23,7 +25,18 @@ pub enum Control {
     /// Unsubscribe the session on the server's behalf.
     Unsubscribe(String),
     /// Commands for the session that arrived outside its own connection (`POST /emulation`).
+    /// Counted in the queue's bytes until the connection task takes them.
     Commands(String),
+}
+
+impl Control {
+    /// Bytes this instruction holds that the client chose (and could make large).
+    fn bytes(&self) -> usize {
+        match self {
+            Control::Commands(text) => text.len(),
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -35,10 +48,12 @@ enum Outgoing {
 #[derive(Default)]
 struct State {
     items: VecDeque<Outgoing>,
-    /// Bytes of the frames in `items`.
+    /// Bytes of the frames and posted commands in `items`.
     bytes: usize,
     /// Set once the queue overflowed or was closed: nothing more is accepted.
     closed: bool,
+    /// Why it was closed (the disconnect queued then), for those refused afterwards.
+    closed_by: Option<Disconnect>,
     /// The task waiting in [`Outbox::ready`]. Taken by the first push after it registered,
     /// so a burst of pushes (one per publication of a busy channel) wakes the writer once.
     waiter: Option<Waker>,
@@ -53,10 +68,28 @@ impl State {
                     self.bytes -= frame.len();
                     frames.push(frame);
                 }
-                Outgoing::Control(control) => return Some(control),
+                Outgoing::Control(control) => {
+                    self.bytes -= control.bytes();
+                    return Some(control);
+                }
             }
         }
         None
+    }
+
+    /// Whether `bytes` more would overflow the queue. One item alone always fits, however
+    /// large (a message is bounded elsewhere): only a backlog overflows.
+    fn overflows(&self, bytes: usize, max_bytes: usize) -> bool {
+        self.bytes + bytes > max_bytes && !self.items.is_empty()
+    }
+
+    /// Drops what is queued and queues `disconnect` instead; nothing more is accepted.
+    fn close_with(&mut self, disconnect: Disconnect) {
+        self.items.clear();
+        self.bytes = 0;
+        self.closed = true;
+        self.closed_by = Some(disconnect.clone());
+        self.items.push_back(Outgoing::Control(Control::Disconnect(disconnect)));
     }
 }
 
@@ -78,6 +111,11 @@ impl Outbox {
     /// Appends under the lock, then wakes the waiting writer outside it.
     fn enqueue(&self, item: Outgoing, mut s: std::sync::MutexGuard<'_, State>) {
         s.items.push_back(item);
+        self.wake(s);
+    }
+
+    /// Wakes the waiting writer, outside the lock.
+    fn wake(&self, mut s: std::sync::MutexGuard<'_, State>) {
         let waiter = s.waiter.take();
         drop(s);
         if let Some(waker) = waiter {
@@ -93,8 +131,9 @@ impl Outbox {
         if s.closed {
             return false;
         }
-        if s.bytes + frame.len() > self.max_bytes && !s.items.is_empty() {
-            self.overflow(s);
+        if s.overflows(frame.len(), self.max_bytes) {
+            s.close_with(Disconnect::SLOW);
+            self.wake(s);
             return false;
         }
         s.bytes += frame.len();
@@ -102,20 +141,13 @@ impl Outbox {
         true
     }
 
-    /// Drops what is queued and queues the slow-consumer disconnect instead.
-    fn overflow(&self, mut s: std::sync::MutexGuard<'_, State>) {
-        s.items.clear();
-        s.bytes = 0;
-        s.closed = true;
-        self.enqueue(Outgoing::Control(Control::Disconnect(Disconnect::SLOW)), s);
-    }
-
     /// Disconnects the connection as slow, as an overflow does: for deliveries kept aside
     /// for it elsewhere (a recovering subscriber's held publications) that exceed its budget.
     pub fn disconnect_slow(&self) {
-        let s = self.lock();
+        let mut s = self.lock();
         if !s.closed {
-            self.overflow(s);
+            s.close_with(Disconnect::SLOW);
+            self.wake(s);
         }
     }
 
@@ -130,15 +162,33 @@ impl Outbox {
     }
 
     /// Queues an instruction for the connection task. A disconnect closes the queue.
+    /// Instructions that come too late (the queue is closed) are dropped: the connection is
+    /// ending anyway. See [`Outbox::try_control`] for a caller that must know.
     pub fn control(&self, control: Control) {
+        let _ = self.try_control(control);
+    }
+
+    /// Queues an instruction, or says why the queue refused it: the disconnect that closed
+    /// it, already or because this instruction overflowed it (posted commands count toward
+    /// the bound; then the queue is dropped and a slow disconnect queued instead).
+    pub fn try_control(&self, control: Control) -> Result<(), Disconnect> {
         let mut s = self.lock();
         if s.closed {
-            return;
+            return Err(s.closed_by.clone().unwrap_or(Disconnect::CONNECTION_CLOSED));
         }
-        if matches!(control, Control::Disconnect(_)) {
+        let bytes = control.bytes();
+        if s.overflows(bytes, self.max_bytes) {
+            s.close_with(Disconnect::SLOW);
+            self.wake(s);
+            return Err(Disconnect::SLOW);
+        }
+        if let Control::Disconnect(d) = &control {
             s.closed = true;
+            s.closed_by = Some(d.clone());
         }
+        s.bytes += bytes;
         self.enqueue(Outgoing::Control(control), s);
+        Ok(())
     }
 
     /// Moves the queued frames into `frames`, in order, up to the first instruction, which
@@ -154,6 +204,7 @@ impl Outbox {
         let mut s = self.lock();
         match s.take_frames(frames) {
             Some(instruction) => {
+                s.bytes += instruction.bytes();
                 s.items.push_front(Outgoing::Control(instruction));
                 true
             }
@@ -249,6 +300,27 @@ mod tests {
         q.clear();
         let pending = tokio::time::timeout(std::time::Duration::from_millis(20), q.ready()).await;
         assert!(pending.is_err(), "nothing queued: not ready");
+    }
+
+    #[test]
+    fn posted_commands_count_toward_the_bound() {
+        let q = Outbox::new(10);
+        assert!(q.try_control(Control::Commands("123456".into())).is_ok());
+        // Taken back out and put back: still counted once.
+        let mut frames = vec![];
+        assert!(q.drain_leading_frames(&mut frames));
+        assert!(q.push(Bytes::from_static(b"1234")));
+        assert_eq!(q.try_control(Control::Commands("1".into())), Err(Disconnect::SLOW));
+        assert_eq!(q.try_control(Control::Commands("1".into())), Err(Disconnect::SLOW));
+        assert!(matches!(q.drain_frames(&mut frames), Some(Control::Disconnect(d)) if d == Disconnect::SLOW));
+        // Taken out for good: the bytes are free again.
+        let q = Outbox::new(10);
+        assert!(q.try_control(Control::Commands("123456789".into())).is_ok());
+        assert!(matches!(q.drain_frames(&mut frames), Some(Control::Commands(_))));
+        assert!(q.try_control(Control::Commands("123456789".into())).is_ok());
+        // A disconnect is what later callers are told.
+        q.control(Control::Disconnect(Disconnect::SHUTDOWN));
+        assert_eq!(q.try_control(Control::Commands("1".into())), Err(Disconnect::SHUTDOWN));
     }
 
     #[test]

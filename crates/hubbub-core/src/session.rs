@@ -291,10 +291,13 @@ impl Session {
                 }
             }
         };
+        if self.node.add_connection(&claims.sub, &self.conn).is_err() {
+            tracing::info!(client = %self.conn.client, user = %claims.sub, "connection limit of the user reached");
+            return Err(CommandError::Disconnect(Disconnect::CONNECTION_LIMIT));
+        }
         self.user = Some(claims.sub.clone());
         self.conn_info = claims.info;
         self.expires_at = claims.exp;
-        self.node.add_connection(&claims.sub, &self.conn);
         if self.kind.emulation {
             self.node.hub.add_session(&self.session_id, &self.conn);
         }
@@ -501,7 +504,7 @@ impl Session {
     /// the live deliveries queued meanwhile fit together.
     fn answer_budget(&self) -> usize {
         let free = self.node.client.queue_max_bytes.saturating_sub(self.conn.outbox.queued_bytes());
-        self.node.client.max_answer_bytes.min(free / 2)
+        self.node.client.answer_bytes().min(free / 2)
     }
 
     /// Whether a recovery is still being sent: the transport then calls
@@ -547,7 +550,10 @@ impl Session {
         let Some(index) = self.backlogs.iter().position(|b| b.channel == channel) else { return Ok(()) };
         let covered = page.publications.last().map_or(sent.offset, |p| p.offset);
         for publication in page.publications {
-            self.send(Reply::push(Push { channel: channel.clone(), body: PushBody::Publication(publication) }));
+            self.send(Reply::push(Push {
+                channel: channel.clone(),
+                body: PushBody::Publication(publication),
+            }));
         }
         if covered < page.position.offset && covered > sent.offset {
             self.backlogs[index].sent.offset = covered;

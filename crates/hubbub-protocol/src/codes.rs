@@ -92,6 +92,13 @@ impl Disconnect {
     /// message size limit.
     pub const MESSAGE_TOO_BIG: Disconnect =
         Disconnect { code: 1009, reason: Cow::Borrowed("message too big") };
+    /// WebSocket's "protocol error" (RFC 6455 §7.4.1): the client broke the framing rules
+    /// (an unmasked frame, a reserved opcode or bit, a stray continuation).
+    pub const PROTOCOL_ERROR: Disconnect = Disconnect { code: 1002, reason: Cow::Borrowed("protocol error") };
+    /// WebSocket's "invalid frame payload data" (RFC 6455 §8.1): a text message that is
+    /// not UTF-8.
+    pub const INVALID_PAYLOAD: Disconnect =
+        Disconnect { code: 1007, reason: Cow::Borrowed("invalid frame payload data") };
 
     /// Whether the client is advised to reconnect.
     pub fn reconnect(&self) -> bool {

@@ -84,15 +84,24 @@ impl Default for HttpConfig {
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {source}")]
-    Syntax { path: PathBuf, source: toml::de::Error },
+    /// `message` is the parser's one line (its full display is a multi-line snippet).
+    #[error("config file {path}, line {line}: {message}")]
+    Syntax { path: PathBuf, line: usize, message: String },
     #[error("config key `{key}`: {message}")]
     Key { key: String, message: String },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
+    #[error("environment variable {var} names no config key{}", suggestion.as_ref().map(|s| format!(" (did you mean {s}?)")).unwrap_or_default())]
+    UnknownEnv { var: String, suggestion: Option<String> },
 }
 
 const ENV_PREFIX: &str = "HUBBUB_";
+
+/// `HUBBUB_*` variables that are not config keys: read by CI and the test tooling (`.ci/run`,
+/// tests/js, tests/e2e, web/vite.config.ts), never by the server. Every other unknown
+/// `HUBBUB_*` variable is a misspelt key and stops the server.
+pub const NON_CONFIG_ENV_VARS: &[&str] =
+    &["HUBBUB_REQUIRE_SERVICES", "HUBBUB_BIN", "HUBBUB_JS_VERBOSE", "HUBBUB_URL"];
 
 impl Config {
     /// Reads the file (if any), applies `HUBBUB_*` overrides from `env`, and validates.
@@ -104,8 +113,11 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                text.parse::<toml::Table>()
-                    .map_err(|source| ConfigError::Syntax { path: path.to_owned(), source })?
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    line: e.span().map_or(0, |span| text[..span.start].matches('\n').count() + 1),
+                    message: e.message().trim().to_owned(),
+                })?
             }
             None => toml::Table::new(),
         };
@@ -137,10 +149,10 @@ impl Config {
         if self.client.queue_max_bytes < 1024 {
             return bad("client.queue_max_bytes", "must be at least 1024 bytes");
         }
-        if self.client.max_answer_bytes == 0 || self.client.max_answer_bytes > self.client.queue_max_bytes {
+        if self.client.max_answer_bytes > self.client.queue_max_bytes {
             return bad(
                 "client.max_answer_bytes",
-                "must be above 0 and at most client.queue_max_bytes (an answer must fit the queue)",
+                "must be at most client.queue_max_bytes (an answer must fit the queue); 0 for half of it",
             );
         }
         if self.client.max_history_limit == 0 {
@@ -148,6 +160,9 @@ impl Config {
         }
         if self.client.commands_per_second == 0 {
             return bad("client.commands_per_second", "must be above 0");
+        }
+        if let Err((key, message)) = self.chat.validate() {
+            return Err(ConfigError::Key { key, message });
         }
         if let Err(message) = hubbub_core::channel::Namespaces::new(&self.namespaces) {
             return bad("namespaces", &message);
@@ -158,8 +173,9 @@ impl Config {
 
 /// Overrides keys from `HUBBUB_*` variables. The variable's name, after the prefix and in
 /// lower case, is a top-level key or `<section>_<key>`; its value is read as a TOML value
-/// (so numbers, booleans and `[{...}]` arrays work) and otherwise as a string. Variables
-/// that name no key are left alone: `HUBBUB_` is also used by test tooling.
+/// (so numbers, booleans and `[{...}]` arrays work) and otherwise as a string. A variable
+/// that names no key is an error suggesting the closest one, unless it is one of
+/// [`NON_CONFIG_ENV_VARS`].
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -167,6 +183,9 @@ fn apply_env(
     let defaults = toml::Table::try_from(Config::default()).expect("default config serializes");
     for (var, raw) in env {
         let Some(name) = var.strip_prefix(ENV_PREFIX) else { continue };
+        if NON_CONFIG_ENV_VARS.contains(&var.as_str()) {
+            continue;
+        }
         let name = name.to_ascii_lowercase();
         let value = parse_env_value(&raw);
         if defaults.contains_key(&name) {
@@ -187,9 +206,26 @@ fn apply_env(
                 });
             };
             t.insert(key, value);
+        } else {
+            let suggestion = closest_env_var(&defaults, &name);
+            return Err(ConfigError::UnknownEnv { var, suggestion });
         }
     }
     Ok(())
+}
+
+/// The `HUBBUB_*` variable of a config key nearest to `name` (lower case, prefix stripped),
+/// if one is near enough to be a likely misspelling.
+fn closest_env_var(defaults: &toml::Table, name: &str) -> Option<String> {
+    let keys = defaults.iter().flat_map(|(key, value)| {
+        let nested =
+            value.as_table().into_iter().flat_map(move |t| t.keys().map(move |k| format!("{key}_{k}")));
+        std::iter::once(key.clone()).chain(nested)
+    });
+    keys.map(|key| (strsim::levenshtein(name, &key), key))
+        .filter(|(distance, key)| *distance <= (key.len() / 3).max(2))
+        .min()
+        .map(|(_, key)| format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()))
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -238,5 +274,12 @@ mod tests {
         assert!(e.contains("listen"), "{e}");
         let e = load("", &[("HUBBUB_CLIENT_MAX_CHANNELS", "lots")]).unwrap_err().to_string();
         assert!(e.contains("client.max_channels"), "{e}");
+        let e = load("", &[("HUBBUB_CLIENT_PING_INTERVALL", "1s")]).unwrap_err().to_string();
+        assert!(
+            e.contains("HUBBUB_CLIENT_PING_INTERVALL") && e.contains("HUBBUB_CLIENT_PING_INTERVAL?"),
+            "{e}"
+        );
+        let e = load("", &[("HUBBUB_NOTHING_LIKE_ANY_KEY_AT_ALL", "1")]).unwrap_err().to_string();
+        assert!(e.contains("HUBBUB_NOTHING_LIKE_ANY_KEY_AT_ALL") && !e.contains("did you mean"), "{e}");
     }
 }

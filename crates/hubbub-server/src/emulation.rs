@@ -1,15 +1,19 @@
 //! `POST /emulation`: commands for a bidirectional-emulation session (http_stream, sse),
 //! routed by the session id from its connect reply. Replies go out on the session's stream.
+//!
+//! Posted commands wait in the session's outbox until its connection task takes them, and
+//! count toward its byte budget (`client.queue_max_bytes`) like the replies they cause: a
+//! client that posts faster than it reads its stream is disconnected as slow (3008), and the
+//! post that went over, like every later one, is answered 410 Gone.
 
 use crate::api::ApiError;
-use crate::transport::stream::too_big;
+use crate::transport::stream::LimitedBody;
 use crate::AppState;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use hubbub_core::outbox::Control;
-use hubbub_protocol::codes::ERROR_NOT_AVAILABLE;
-use hubbub_protocol::ProtocolError;
+use hubbub_protocol::codes::{ERROR_LIMIT_EXCEEDED, ERROR_NOT_AVAILABLE};
+use hubbub_protocol::{Disconnect, ProtocolError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -30,8 +34,30 @@ fn unknown_session() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, error)
 }
 
-pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<StatusCode, ApiError> {
-    too_big(&state, &body)?;
+/// The session refused the commands because it is closing: 410, saying why.
+fn closed_session(disconnect: Disconnect) -> ApiError {
+    let error = if disconnect == Disconnect::SLOW {
+        ProtocolError {
+            code: ERROR_LIMIT_EXCEEDED.code,
+            message: "session closed: commands and replies waiting for its stream went over \
+                      client.queue_max_bytes (disconnected with 3008 slow)"
+                .into(),
+            temporary: false,
+        }
+    } else {
+        ProtocolError {
+            code: ERROR_NOT_AVAILABLE.code,
+            message: format!("session closed ({} {})", disconnect.code, disconnect.reason),
+            temporary: false,
+        }
+    };
+    ApiError::new(StatusCode::GONE, error)
+}
+
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    LimitedBody(body): LimitedBody,
+) -> Result<StatusCode, ApiError> {
     let request: EmulationRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("bad request: malformed emulation request: {e}")))?;
     let raw = request.data.get();
@@ -50,6 +76,9 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<S
         tracing::info!(session = %request.session, "emulation request for an unknown session");
         return Err(unknown_session());
     };
-    conn.outbox.control(Control::Commands(commands));
+    conn.outbox.try_control(Control::Commands(commands)).map_err(|disconnect| {
+        tracing::info!(session = %request.session, code = disconnect.code, "emulation request for a closing session");
+        closed_session(disconnect)
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }

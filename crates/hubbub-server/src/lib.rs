@@ -4,6 +4,7 @@
 mod accept;
 pub mod api;
 pub mod config;
+pub mod data_dir;
 mod emulation;
 mod http;
 mod origin;
@@ -39,23 +40,11 @@ pub struct AppState {
     pub config: Config,
 }
 
-fn generated_secret() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
-}
-
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
 pub async fn serve(mut config: Config) -> anyhow::Result<()> {
-    if config.auth.token_secret.is_empty() {
-        config.auth.token_secret = generated_secret();
-        tracing::warn!(
-            secret = %config.auth.token_secret,
-            "auth.token_secret is not configured: generated one for this run only; set it to keep tokens valid across restarts"
-        );
-    }
-    if config.auth.api_key.is_empty() {
-        config.auth.api_key = generated_secret();
-        tracing::warn!(api_key = %config.auth.api_key, "auth.api_key is not configured: generated one for this run only");
-    }
+    // First of all: a second server on the same data_dir stops here, before it opens anything.
+    let data_dir = data_dir::DataDir::open(&config.data_dir)?;
+    use_kept_secrets(&mut config, &data_dir)?;
     let listener = listen(&config.listen)
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
     let addr = listener.local_addr()?;
@@ -65,13 +54,11 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     if !namespaces.iter().any(|ns| ns.name == hubbub_chat::ROOM_NAMESPACE) {
         namespaces.push(hubbub_chat::room_namespace());
     }
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!("cannot create data_dir {} (config key `data_dir`)", config.data_dir.display())
-    })?;
-    let db = config.data_dir.join("hubbub.db");
+    let db = data_dir.path().join("hubbub.db");
     let store = hubbub_store::sqlite::SqliteStore::open(&db)
         .await
-        .with_context(|| format!("cannot open the database {}", db.display()))?;
+        .with_context(|| format!("cannot open the database {}", db.display()))?
+        .with_limits(config.chat.store_limits());
 
     let mut rpc = RpcRegistry::new();
     rpc.register("echo", Echo);
@@ -101,6 +88,9 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let grace = config.shutdown_grace;
     let state = Arc::new(AppState { node: node.clone(), config });
     let app = http::router(state, hubbub_chat::rest::router(chat));
+    // Listen for signals before saying we listen: a SIGTERM sent right after the line must
+    // shut down gracefully, not kill the process with the default action.
+    let stop_signal = shutdown_signal()?;
     println!("hubbub listening on http://{addr}");
     tracing::info!(%addr, node = %node.id, "serving");
 
@@ -111,7 +101,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     });
     let server = tokio::spawn(server);
 
-    shutdown_signal().await;
+    stop_signal.await;
     tracing::info!(?grace, "shutting down: no new connections, telling clients to reconnect");
     let _ = stop_tx.send(true);
     node.shutdown();
@@ -130,6 +120,33 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     }
     sweeper.abort();
     tracing::info!("stopped");
+    drop(data_dir);
+    Ok(())
+}
+
+/// Fills `auth.token_secret` and `auth.api_key` when the configuration leaves them empty,
+/// with the secrets kept in `data_dir` (generated on the first start): tokens and refresh
+/// sessions stay valid across restarts.
+fn use_kept_secrets(config: &mut Config, data_dir: &data_dir::DataDir) -> anyhow::Result<()> {
+    let auth = &mut config.auth;
+    if !auth.token_secret.is_empty() && !auth.api_key.is_empty() {
+        return Ok(());
+    }
+    let (kept, generated) = data_dir.secrets()?;
+    let file = data_dir.path().join(data_dir::SECRETS_FILE);
+    let origin = if generated { "generated" } else { "kept" };
+    for (key, value, kept) in [
+        ("auth.token_secret", &mut auth.token_secret, kept.token_secret),
+        ("auth.api_key", &mut auth.api_key, kept.api_key),
+    ] {
+        if value.is_empty() {
+            *value = kept;
+            tracing::warn!(
+                "{key} is not configured: using the one {origin} in {} (mode 0600, reused at every start; set {key} to choose your own)",
+                file.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -144,23 +161,23 @@ fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(4096)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT or SIGTERM, whichever comes first; the handlers are installed now, not at the
+/// first poll.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
+        })
     }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -125,7 +125,7 @@ pub async fn poll(
         since: Some(asked.clone()),
         limit: Some(node.client.max_history_limit),
         reverse: false,
-        max_bytes: Some(node.client.max_answer_bytes),
+        max_bytes: Some(node.client.answer_bytes()),
     };
 
     let waiter = if wait > 0 { Some(Waiter::listen(node, &channel).await.map_err(engine)?) } else { None };

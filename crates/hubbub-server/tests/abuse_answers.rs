@@ -55,7 +55,10 @@ async fn page_history(srv: &Server, user: &str, channel: &str) {
         }
         let since = *seen.last().unwrap();
         answer = c
-            .ok("history", json!({ "channel": channel, "limit": -1, "since": {"offset": since, "epoch": epoch} }))
+            .ok(
+                "history",
+                json!({ "channel": channel, "limit": -1, "since": {"offset": since, "epoch": epoch} }),
+            )
             .await;
     }
     assert_eq!(seen, (1..=MESSAGES as i64).collect::<Vec<_>>(), "history paging lost or reordered");
@@ -90,8 +93,9 @@ async fn history_poll_and_api_answers_are_bounded_and_page_through_everything() 
     let rss_filled = srv.rss_kib();
 
     // The server API's history, everything at once: bounded too.
-    let (status, body) =
-        api.raw("history", &json!({"channel": channel, "limit": -1}).to_string(), &[("X-API-Key", API_KEY)]).await;
+    let (status, body) = api
+        .raw("history", &json!({"channel": channel, "limit": -1}).to_string(), &[("X-API-Key", API_KEY)])
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.len() <= CAP + ENVELOPE, "an API history answer of {} bytes is over the cap", body.len());
 

@@ -1616,3 +1616,47 @@ async fn recovery_after_full_server_restart_on_same_data_dir() {
     assert_eq!(num(&fresh, "offset"), last + 7, "{fresh}");
     assert_eq!(fresh["epoch"], json!(epoch));
 }
+
+/// A reaction change stores the whole message as a room event: one member adding distinct
+/// "emoji" in a loop would grow the event log quadratically. Reactions are bounded per user
+/// and per message (`chat.max_reactions_per_user`, `chat.max_distinct_reactions`), the refusal
+/// is 409 `limit_exceeded` (106 over RPC), and it stores nothing.
+#[tokio::test]
+async fn reactions_are_bounded_per_user_and_per_message() {
+    let srv = Server::builder()
+        .env("HUBBUB_CHAT_MAX_REACTIONS_PER_USER", "3")
+        .env("HUBBUB_CHAT_MAX_DISTINCT_REACTIONS", "4")
+        .start();
+    let h = Http::new(&srv.addr);
+    let alice = signup(&h, "alice").await;
+    let bob = signup(&h, "bob").await;
+    let r = create_room(&h, &alice, "Team").await;
+    invite(&h, &alice, r, &bob).await;
+    let m = send(&h, &bob, r, "react to me", "b1").await;
+    let path = format!("/api/rooms/{r}/messages/{}/reactions", seq(&m));
+    for i in 0..50 {
+        let resp = h.post(&path, alice.tok(), json!({ "emoji": format!("e{i}") })).await;
+        if i < 3 {
+            resp.ok(200);
+        } else {
+            resp.err(409, "limit_exceeded");
+        }
+    }
+    h.post(&path, bob.tok(), json!({"emoji": "b"})).await.ok(200);
+    h.post(&path, bob.tok(), json!({"emoji": "c"})).await.err(409, "limit_exceeded");
+    let mut bw = srv.ws().await;
+    bw.connect(&bob.access).await;
+    assert_eq!(
+        rpc_err(&mut bw, "chat.react", json!({"room_id": r, "seq": seq(&m), "emoji": "z"})).await,
+        106
+    );
+    let m = h.post(&path, bob.tok(), json!({"emoji": "e0"})).await.ok(200);
+    assert_eq!(m["reactions"].as_array().map(Vec::len), Some(4), "{m}");
+    let mine = m["reactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["user_ids"].to_string().contains(&alice.id.to_string()))
+        .count();
+    assert_eq!(mine, 3, "{m}");
+}

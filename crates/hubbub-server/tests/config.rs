@@ -198,3 +198,42 @@ async fn serve_without_config_file_uses_env() {
     let (st, _) = srv.api().call("info", json!({})).await;
     assert_eq!(st, 200);
 }
+
+#[test]
+fn misspelt_env_var_is_named_with_the_closest_key() {
+    let b = Builder::default().env("HUBBUB_CLIENT_PING_INTERVALL", "10s");
+    let err = serve_expect_failure(&b);
+    assert_names_key(&err, "HUBBUB_CLIENT_PING_INTERVALL");
+    assert!(err.contains("HUBBUB_CLIENT_PING_INTERVAL?"), "must suggest the closest key: {err}");
+}
+
+#[test]
+fn non_config_hubbub_vars_of_the_tooling_are_allowed() {
+    let _srv = Builder::default()
+        .env("HUBBUB_REQUIRE_SERVICES", "1")
+        .env("HUBBUB_BIN", "/somewhere/hubbub")
+        .env("HUBBUB_JS_VERBOSE", "1")
+        .env("HUBBUB_URL", "http://127.0.0.1:1")
+        .start();
+}
+
+/// A config error is one line on stderr and exit status 1, even with RUST_BACKTRACE=1.
+#[test]
+fn config_error_is_one_line_even_with_backtraces_on() {
+    for b in [
+        Builder::default().env("HUBBUB_CLIENT_PONG_TIMEOUT", "abc"),
+        Builder { extra_top: "listen = [\n".into(), ..Builder::default() },
+        Builder::default().env("HUBBUB_AUTH_TOKN_SECRET", "x"),
+    ] {
+        let b = b.env("RUST_BACKTRACE", "1").env("RUST_LIB_BACKTRACE", "1");
+        let err = serve_expect_failure(&b);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line, got:\n{err}");
+        assert!(lines[0].starts_with("hubbub: "), "{err}");
+    }
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config", "/nonexistent/hubbub.toml"]).env("RUST_BACKTRACE", "1");
+    let (st, _, err) = run_with_timeout(cmd, Duration::from_secs(15));
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

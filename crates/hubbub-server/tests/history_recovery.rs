@@ -348,7 +348,8 @@ async fn large_backlog_recovers_in_pieces_while_another_channel_is_busy() {
         api.publish(channel, json!({ "n": MISSED + n })).await;
     }
     let reply = c.reply_within(id, Duration::from_secs(15)).await;
-    let result = reply.get("subscribe").unwrap_or_else(|| panic!("subscribe failed: {reply}; close {:?}", c.close));
+    let result =
+        reply.get("subscribe").unwrap_or_else(|| panic!("subscribe failed: {reply}; close {:?}", c.close));
     assert_eq!(result["recovered"], json!(true), "{result}");
     let in_reply = offsets(&arr(result, "publications"));
     assert!(in_reply.len() < MISSED as usize, "the reply carries what fits, not {}", in_reply.len());

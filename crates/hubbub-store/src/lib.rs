@@ -208,6 +208,9 @@ pub enum StoreError {
     /// The caller may not change this (e.g. someone else's message).
     #[error("forbidden")]
     Forbidden,
+    /// A bound of [`StoreLimits`] would be passed; says which, for a person.
+    #[error("{0}")]
+    LimitExceeded(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -215,6 +218,24 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Bounds on what one member can pile onto shared rows. A reaction change stores the whole
+/// message (with all its reactions) as a room event, so without them one member adding
+/// distinct "emoji" in a loop would grow the event log quadratically and every history
+/// answer with it. Checked inside the writing transaction: concurrent adds cannot pass them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Reactions one user may have on one message.
+    pub reactions_per_user: u32,
+    /// Distinct reactions (emoji) one message may carry.
+    pub distinct_reactions: u32,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits { reactions_per_user: 10, distinct_reactions: 40 }
+    }
+}
 
 #[async_trait]
 pub trait ChatStore: Send + Sync + 'static {

@@ -76,8 +76,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     Appended, ChatStore, Member, Message, Millis, NewMessage, Notification, Page, Reaction, RefreshOutcome,
-    Role, Room, RoomEvent, RoomId, RoomKind, RoomSummary, SearchHit, StoreError, StoreResult, StoredEvent,
-    User, UserAuth, UserId,
+    Role, Room, RoomEvent, RoomId, RoomKind, RoomSummary, SearchHit, StoreError, StoreLimits, StoreResult,
+    StoredEvent, User, UserAuth, UserId,
 };
 
 /// Most appends stored by one group commit.
@@ -266,6 +266,7 @@ pub struct SqliteStore {
     readers: SqlitePool,
     appends: mpsc::Sender<AppendRequest>,
     commits: Arc<AtomicU64>,
+    limits: StoreLimits,
 }
 
 struct AppendRequest {
@@ -316,7 +317,13 @@ impl SqliteStore {
         let (appends, queue) = mpsc::channel(QUEUE);
         let commits = Arc::new(AtomicU64::new(0));
         tokio::spawn(writer_task(writer.clone(), queue, commits.clone()));
-        SqliteStore { writer, readers, appends, commits }
+        SqliteStore { writer, readers, appends, commits, limits: StoreLimits::default() }
+    }
+
+    /// The same store with these bounds (the defaults otherwise).
+    pub fn with_limits(mut self, limits: StoreLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// How many transactions the group-commit writer has committed (each stores one or more
@@ -486,9 +493,12 @@ async fn try_batch(
         match append_one(&mut tx, &request.message).await {
             Ok(appended) => results.push(Ok(appended)),
             // Refusals are decided before the message writes anything: the batch goes on.
-            Err(e @ (StoreError::NotFound | StoreError::Forbidden | StoreError::Conflict)) => {
-                results.push(Err(e))
-            }
+            Err(
+                e @ (StoreError::NotFound
+                | StoreError::Forbidden
+                | StoreError::Conflict
+                | StoreError::LimitExceeded(_)),
+            ) => results.push(Err(e)),
             // SQLite refused a statement of this message: the others may still be stored.
             Err(StoreError::Database(e @ sqlx::Error::Database(_))) => {
                 return Err(BatchFailure::Message(index, e))
@@ -858,6 +868,41 @@ async fn room_updated(conn: &mut SqliteConnection, room: RoomId) -> StoreResult<
     let room_now = load_room(conn, room).await?.ok_or(StoreError::NotFound)?;
     let member_ids = member_ids(conn, room).await?;
     insert_event(conn, room, seq, &RoomEvent::RoomUpdated { room: room_now, member_ids }).await
+}
+
+/// Refuses a new reaction that would pass `limits`: the user's own count on the message,
+/// or, for an emoji the message does not carry yet, its number of distinct ones.
+async fn check_reaction_limits(
+    conn: &mut SqliteConnection,
+    room: RoomId,
+    seq: u64,
+    user: UserId,
+    emoji: &str,
+    limits: StoreLimits,
+) -> StoreResult<()> {
+    let (mine, distinct, present): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(user_id = ?), 0), COUNT(DISTINCT emoji), COALESCE(MAX(emoji = ?), 0) \
+         FROM reactions WHERE room_id = ? AND seq = ?",
+    )
+    .bind(user)
+    .bind(emoji)
+    .bind(room)
+    .bind(to_i64(seq))
+    .fetch_one(&mut *conn)
+    .await?;
+    if mine >= i64::from(limits.reactions_per_user) {
+        return Err(StoreError::LimitExceeded(format!(
+            "you have the most reactions one person can add to a message ({})",
+            limits.reactions_per_user
+        )));
+    }
+    if present == 0 && distinct >= i64::from(limits.distinct_reactions) {
+        return Err(StoreError::LimitExceeded(format!(
+            "this message has the most distinct reactions allowed ({}); add one of those",
+            limits.distinct_reactions
+        )));
+    }
+    Ok(())
 }
 
 /// A live (not deleted) message and its sender, for edit/delete/react.
@@ -1298,6 +1343,7 @@ impl ChatStore for SqliteStore {
             return Err(StoreError::Forbidden);
         }
         let done = if add {
+            check_reaction_limits(&mut tx, room, seq, user, emoji, self.limits).await?;
             sqlx::query(
                 "INSERT INTO reactions (room_id, seq, user_id, emoji, created_at) VALUES (?, ?, ?, ?, ?) \
                  ON CONFLICT DO NOTHING",

@@ -16,10 +16,11 @@ use super::{disconnect_push, drive, unwrap_push, Inbound, Transport};
 use crate::api::ApiError;
 use crate::AppState;
 use axum::body::{Body, Bytes as BodyBytes};
-use axum::extract::{Query, State};
+use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
 use hubbub_core::session::TransportKind;
 use hubbub_core::Session;
 use hubbub_protocol::command::{ConnectRequest, SubscribeRequest};
@@ -186,12 +187,50 @@ fn stream_response(rx: mpsc::Receiver<Bytes>, content_type: &'static str) -> Res
     response
 }
 
+/// 413, naming the limit.
+fn body_too_large(limit: usize) -> ApiError {
+    ApiError::bad_request(format!("bad request: request body over {limit} bytes (http.max_request_body)"))
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
 pub(crate) fn too_big(state: &AppState, body: &[u8]) -> Result<(), ApiError> {
-    if body.len() > state.config.http.max_request_body {
-        return Err(ApiError::bad_request("bad request: request body too large".into())
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+    let limit = state.config.http.max_request_body;
+    if body.len() > limit {
+        return Err(body_too_large(limit));
     }
     Ok(())
+}
+
+/// A request body of at most `http.max_request_body` bytes. Read as it arrives and refused
+/// (413, JSON) as soon as it goes over: a client cannot make the server buffer more, whatever
+/// `Content-Length` it announces.
+pub(crate) struct LimitedBody(pub BodyBytes);
+
+impl FromRequest<Arc<AppState>> for LimitedBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let limit = state.config.http.max_request_body;
+        let announced = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > limit as u64) {
+            return Err(body_too_large(limit));
+        }
+        let mut chunks = request.into_body().into_data_stream();
+        let mut body = BytesMut::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk
+                .map_err(|e| ApiError::bad_request(format!("bad request: cannot read the body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(body_too_large(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(LimitedBody(body.freeze()))
+    }
 }
 
 /// Starts a bidirectional emulation session whose first frame is `connect`.
@@ -212,8 +251,10 @@ fn utf8(body: BodyBytes) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request("bad request: body is not UTF-8".into()))
 }
 
-pub async fn http_stream(State(state): State<Arc<AppState>>, body: BodyBytes) -> Result<Response, ApiError> {
-    too_big(&state, &body)?;
+pub async fn http_stream(
+    State(state): State<Arc<AppState>>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError> {
     Ok(start_emulation(&state, "http_stream", Format::Lines, utf8(body)?))
 }
 
@@ -228,8 +269,10 @@ pub async fn sse_get(
     Ok(start_emulation(&state, "sse", Format::Events, connect.clone()))
 }
 
-pub async fn sse_post(State(state): State<Arc<AppState>>, body: BodyBytes) -> Result<Response, ApiError> {
-    too_big(&state, &body)?;
+pub async fn sse_post(
+    State(state): State<Arc<AppState>>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError> {
     Ok(start_emulation(&state, "sse", Format::Events, utf8(body)?))
 }
 
@@ -266,9 +309,8 @@ fn parse_connect_request(text: &str) -> Result<ConnectRequest, ApiError> {
 
 pub async fn uni_http_stream(
     State(state): State<Arc<AppState>>,
-    body: BodyBytes,
+    LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
-    too_big(&state, &body)?;
     let request = parse_connect_request(&utf8(body)?)?;
     Ok(start_unidirectional(&state, "uni_http_stream", Format::Lines, request).await)
 }
@@ -284,6 +326,7 @@ pub async fn uni_sse(
     // A reconnecting EventSource resumes from the positions in its last event id; explicit
     // positions in the connect request win.
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    too_big(&state, last_event_id.unwrap_or_default().as_bytes())?;
     if let Some(positions) = last_event_id.and_then(Positions::parse_event_id) {
         for (channel, (offset, epoch)) in positions {
             request.subs.entry(channel).or_insert_with(|| SubscribeRequest {

@@ -14,7 +14,7 @@ use hubbub_core::{Node, Session};
 use hubbub_protocol::command::ConnectRequest;
 use hubbub_protocol::Disconnect;
 use std::sync::Arc;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -52,6 +52,10 @@ pub async fn unidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpg
         // The first message is the connect request.
         let request = match transport.socket.next().await {
             Some(Ok(Message::Text(text))) => serde_json::from_str::<ConnectRequest>(text.as_str()).ok(),
+            Some(Err(e)) => match read_error(e) {
+                Inbound::Violation(disconnect) => return transport.close(disconnect).await,
+                _ => return,
+            },
             _ => None,
         };
         let Some(request) = request else {
@@ -67,6 +71,37 @@ pub async fn unidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpg
         }
         drive(session, transport, None).await
     })
+}
+
+/// What a read error means: the client broke the WebSocket protocol (closed with the code
+/// RFC 6455 gives it, so the client learns why instead of seeing the TCP connection drop), or
+/// the connection is gone (nothing can be written any more).
+fn read_error(e: WsError) -> Inbound {
+    let disconnect = match e {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            tracing::info!(size, max_size, "websocket message too big");
+            Disconnect::MESSAGE_TOO_BIG
+        }
+        WsError::Capacity(e) => {
+            tracing::info!(error = %e, "websocket frame too big");
+            Disconnect::MESSAGE_TOO_BIG
+        }
+        WsError::Utf8(e) => {
+            tracing::info!(error = %e, "websocket text message is not UTF-8");
+            Disconnect::INVALID_PAYLOAD
+        }
+        // The peer closed the TCP connection: nobody to tell.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return Inbound::Gone,
+        WsError::Protocol(e) => {
+            tracing::info!(error = %e, "websocket protocol violation");
+            Disconnect::PROTOCOL_ERROR
+        }
+        e => {
+            tracing::debug!(error = %e, "websocket read error");
+            return Inbound::Gone;
+        }
+    };
+    Inbound::Violation(disconnect)
 }
 
 struct WsTransport {
@@ -125,14 +160,7 @@ impl Transport for WsTransport {
                     Inbound::Gone
                 }
                 None => Inbound::Gone,
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                    tracing::info!(size, max_size, "websocket message too big");
-                    Inbound::Violation(Disconnect::MESSAGE_TOO_BIG)
-                }
-                Some(Err(e)) => {
-                    tracing::info!(error = %e, "websocket read error");
-                    Inbound::Gone
-                }
+                Some(Err(e)) => read_error(e),
             };
         }
     }

@@ -136,6 +136,8 @@ pub struct Builder {
     pub shutdown_grace: String,
     /// `[client]` keys, raw TOML values.
     pub client: Vec<(String, String)>,
+    /// `[chat]` keys, raw TOML values.
+    pub chat: Vec<(String, String)>,
     pub namespaces: Vec<Ns>,
     /// Extra raw TOML appended to the top level (before any table).
     pub extra_top: String,
@@ -168,6 +170,11 @@ impl Default for Builder {
             api_key: API_KEY.to_string(),
             shutdown_grace: "\"5s\"".to_string(),
             client,
+            // Higher than the documented defaults so that ordinary tests never hit 429/111.
+            chat: vec![
+                ("sends_per_second".to_string(), "100000.0".to_string()),
+                ("send_burst".to_string(), "10000".to_string()),
+            ],
             namespaces: default_namespaces(),
             extra_top: String::new(),
             extra_client: String::new(),
@@ -188,6 +195,15 @@ impl Builder {
             e.1 = raw.to_string();
         } else {
             self.client.push((key.to_string(), raw.to_string()));
+        }
+        self
+    }
+    /// Set a `[chat]` key to a raw TOML value.
+    pub fn chat(mut self, key: &str, raw: &str) -> Self {
+        if let Some(e) = self.chat.iter_mut().find(|(k, _)| k == key) {
+            e.1 = raw.to_string();
+        } else {
+            self.chat.push((key.to_string(), raw.to_string()));
         }
         self
     }
@@ -222,6 +238,10 @@ impl Builder {
             s.push_str(&format!("{k} = {v}\n"));
         }
         s.push_str(&self.extra_client);
+        s.push_str("\n[chat]\n");
+        for (k, v) in &self.chat {
+            s.push_str(&format!("{k} = {v}\n"));
+        }
         s.push('\n');
         for ns in &self.namespaces {
             s.push_str(&ns.render());

@@ -1249,3 +1249,29 @@ async fn refused_appends_take_no_seq() {
     assert_eq!(second.seq, first.seq + 1, "seqs stay contiguous");
     assert_eq!(store.room(room).await.unwrap().unwrap().last_seq, second.seq);
 }
+
+#[tokio::test]
+async fn reactions_are_bounded_per_user_and_per_message() {
+    let (_dir, store) = store().await;
+    let store = store.with_limits(StoreLimits { reactions_per_user: 3, distinct_reactions: 4 });
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let room = group(&store, "g", alice, &[bob]).await;
+    let m = send(&store, room, bob, "react to me", "b1").await;
+    for emoji in ["a", "b", "c"] {
+        store.react(room, m.seq, alice, emoji, true).await.unwrap();
+    }
+    // Alice's fourth: over her own bound.
+    assert!(matches!(store.react(room, m.seq, alice, "d", true).await, Err(StoreError::LimitExceeded(_))));
+    // Bob may add a fourth distinct one, not a fifth; joining an existing one is always fine.
+    store.react(room, m.seq, bob, "d", true).await.unwrap();
+    assert!(matches!(store.react(room, m.seq, bob, "e", true).await, Err(StoreError::LimitExceeded(_))));
+    store.react(room, m.seq, bob, "a", true).await.unwrap();
+    // Removing one frees a place; refusals wrote nothing.
+    store.react(room, m.seq, alice, "c", false).await.unwrap();
+    store.react(room, m.seq, alice, "d", true).await.unwrap();
+    let reactions = store.message(room, m.seq).await.unwrap().unwrap().reactions;
+    let emojis: Vec<&str> = reactions.iter().map(|r| r.emoji.as_str()).collect();
+    assert_eq!(emojis, ["a", "b", "d"]);
+    assert_contiguous_events(&store, room).await;
+}

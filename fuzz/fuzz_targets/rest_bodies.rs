@@ -1,0 +1,152 @@
+//! The REST bodies, end to end: the chat's REST API and the server HTTP API, in process (the
+//! real routers, the real SQLite store in a temporary directory), fed requests whose method,
+//! path, credentials, query and body the fuzzer picks. Every answer must be a clear one: never
+//! a panic, never a 500, and every error is a JSON object with an `error`.
+#![no_main]
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use http_body_util::BodyExt;
+use hubbub_core::auth::Tokens;
+use hubbub_core::channel::Namespaces;
+use hubbub_core::engine::memory::{MemoryBroker, MemoryPresence};
+use hubbub_core::rpc::RpcRegistry;
+use hubbub_core::{Node, NodeOptions};
+use hubbub_server::config::Config;
+use hubbub_server::AppState;
+use libfuzzer_sys::fuzz_target;
+use std::sync::{Arc, OnceLock};
+use tower::ServiceExt;
+
+const API_KEY: &str = "fuzz-api-key";
+
+/// The routes under test, `{room}` and `{seq}` filled in with ones that exist.
+const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/auth/signup"),
+    ("POST", "/api/auth/login"),
+    ("POST", "/api/auth/refresh"),
+    ("POST", "/api/auth/logout"),
+    ("GET", "/api/me"),
+    ("GET", "/api/rooms"),
+    ("POST", "/api/rooms"),
+    ("GET", "/api/rooms/{room}"),
+    ("PATCH", "/api/rooms/{room}"),
+    ("POST", "/api/rooms/{room}/members"),
+    ("POST", "/api/dms"),
+    ("GET", "/api/rooms/{room}/messages"),
+    ("POST", "/api/rooms/{room}/messages"),
+    ("PATCH", "/api/rooms/{room}/messages/{seq}"),
+    ("DELETE", "/api/rooms/{room}/messages/{seq}"),
+    ("POST", "/api/rooms/{room}/messages/{seq}/reactions"),
+    ("POST", "/api/rooms/{room}/receipts"),
+    ("POST", "/api/rooms/{room}/typing"),
+    ("GET", "/api/notifications"),
+    ("POST", "/api/notifications/read"),
+    ("GET", "/api/search"),
+    ("POST", "/api/publish"),
+    ("POST", "/api/broadcast"),
+    ("POST", "/api/subscribe"),
+    ("POST", "/api/unsubscribe"),
+    ("POST", "/api/disconnect"),
+    ("POST", "/api/presence"),
+    ("POST", "/api/presence_stats"),
+    ("POST", "/api/history"),
+    ("POST", "/api/history_remove"),
+    ("POST", "/api/channels"),
+    ("POST", "/api/info"),
+];
+
+struct World {
+    runtime: tokio::runtime::Runtime,
+    app: Router,
+    access_token: String,
+    room: i64,
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (app, access_token, room) = runtime.block_on(build());
+        World { runtime, app, access_token, room }
+    })
+}
+
+/// The server's routers over a fresh store, with one user who has a room with a message.
+async fn build() -> (Router, String, i64) {
+    let dir = std::env::temp_dir().join(format!("hubbub-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = hubbub_store::sqlite::SqliteStore::open(&dir.join("hubbub.db")).await.unwrap();
+    let mut config = Config::default();
+    config.auth.api_key = API_KEY.into();
+    config.auth.token_secret = "fuzz-secret".into();
+    let mut namespaces = config.namespaces.clone();
+    namespaces.push(hubbub_chat::room_namespace());
+    let node = Node::start(NodeOptions {
+        name: "fuzz".into(),
+        version: "0".into(),
+        client: config.client.clone(),
+        namespaces: Namespaces::new(&namespaces).unwrap(),
+        tokens: Tokens::new(&config.auth.token_secret),
+        allow_anonymous: false,
+        broker: Arc::new(MemoryBroker::new()),
+        presence: Arc::new(MemoryPresence::new()),
+        rpc: RpcRegistry::new(),
+    })
+    .await
+    .unwrap();
+    let chat = hubbub_chat::Chat::install(node.clone(), Arc::new(store), config.chat.clone());
+    let session = chat.signup("fuzzer", "fuzzer-password").await.unwrap();
+    let room = chat.create_room(&session.user, "fuzz room").await.unwrap();
+    let room_id = serde_json::to_value(&room).unwrap()["id"].as_i64().unwrap();
+    chat.send(&session.user, room_id, "hello", "fuzz-seed-1", None).await.unwrap();
+    let state = Arc::new(AppState { node, config });
+    let api = Router::new().route("/api/{method}", post(hubbub_server::api::handle)).with_state(state);
+    (hubbub_chat::rest::router(chat).merge(api), session.access_token, room_id)
+}
+
+/// Bytes as a URI query: percent-encoded except for unreserved characters, `=` and `&`.
+fn query(bytes: &[u8]) -> String {
+    let mut q = String::with_capacity(bytes.len() * 3);
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~=&".contains(&b) {
+            q.push(b as char);
+        } else {
+            q.push_str(&format!("%{b:02X}"));
+        }
+    }
+    q
+}
+
+fuzz_target!(|data: &[u8]| {
+    let [route, credentials, rest @ ..] = data else { return };
+    let w = world();
+    let (method, template) = ROUTES[*route as usize % ROUTES.len()];
+    let path = template.replace("{room}", &w.room.to_string()).replace("{seq}", "1");
+    let mut request = Request::builder().method(method);
+    match credentials % 4 {
+        0 => {}
+        1 => request = request.header("authorization", format!("Bearer {}", w.access_token)),
+        2 => request = request.header("x-api-key", API_KEY),
+        _ => request = request.header("authorization", format!("Bearer {}", String::from_utf8_lossy(rest))),
+    }
+    let request = if method == "GET" {
+        request.uri(format!("{path}?{}", query(rest))).body(Body::empty())
+    } else {
+        request.uri(path).header("content-type", "application/json").body(Body::from(rest.to_vec()))
+    };
+    let Ok(request) = request else { return };
+    let (status, body) = w.runtime.block_on(async {
+        let response = w.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        (status, response.into_body().collect().await.unwrap().to_bytes())
+    });
+    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{method} {template}: {body:?}");
+    if status.is_client_error() {
+        let json: serde_json::Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{method} {template} {status}: not JSON ({e}): {body:?}"));
+        assert!(json.get("error").is_some(), "{method} {template} {status}: no error: {json}");
+    }
+});
