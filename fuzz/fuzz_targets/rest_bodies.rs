@@ -98,7 +98,7 @@ async fn build() -> (Router, String, i64) {
     .await
     .unwrap();
     let chat = hubbub_chat::Chat::install(node.clone(), Arc::new(store), config.chat.clone());
-    let session = chat.signup("fuzzer", "fuzzer-password").await.unwrap();
+    let session = chat.signup("fuzzer", "fuzzer-password", "fuzz").await.unwrap();
     let room = chat.create_room(&session.user, "fuzz room").await.unwrap();
     let room_id = serde_json::to_value(&room).unwrap()["id"].as_i64().unwrap();
     chat.send(&session.user, room_id, "hello", "fuzz-seed-1", None).await.unwrap();

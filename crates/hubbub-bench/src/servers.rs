@@ -58,7 +58,7 @@ pub struct ServerProc {
 /// history, like the peers); namespace `r` keeps history for recovery (connect-storm). The
 /// chat's `room` namespace is the server's own (durable, in `data_dir`); access tokens live
 /// an hour instead of 15 minutes so that a long run never meets an expiry, and a sender's
-/// message budget is far above what the bench sends.
+/// message budget and the sign-ups from one address are far above what the bench makes.
 fn hubbub_config(data_dir: &Path) -> String {
     format!(
         r#"listen = "127.0.0.1:0"
@@ -81,6 +81,7 @@ max_channels = 128
 access_token_ttl = "1h"
 sends_per_second = 100000.0
 send_burst = 10000
+signups_per_address = 1000000
 
 [[namespaces]]
 name = ""

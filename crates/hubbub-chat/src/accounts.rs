@@ -63,16 +63,19 @@ const MAX_PASSWORD: usize = 256;
 
 /// Log-in guesses per account and per address: at most the configured number in any
 /// window, concurrent or not, because a guess takes its slot *before* the password is
-/// checked. A successful log-in gives its slots back (only failures count).
-pub struct LoginLimiter {
+/// checked. A successful log-in gives its slots back (only failures count). Sign-ups per
+/// address likewise (each costs a password hash and a row, and a taken name tells that it
+/// exists).
+pub struct AuthLimiter {
     accounts: RateLimiter<String>,
     addresses: RateLimiter<String>,
+    signups: RateLimiter<String>,
 }
 
 /// The slots one log-in attempt holds; kept (the attempt counts as a failed guess) unless
 /// [`Attempt::does_not_count`] gives them back.
 struct Attempt<'a> {
-    limiter: &'a LoginLimiter,
+    limiter: &'a AuthLimiter,
     account: String,
     address: String,
     slots: (Slot, Slot),
@@ -85,12 +88,29 @@ impl Attempt<'_> {
     }
 }
 
-impl LoginLimiter {
+impl AuthLimiter {
     pub fn new(config: &ChatConfig) -> Self {
         let max = config.limiter_max_keys;
-        LoginLimiter {
+        AuthLimiter {
             accounts: RateLimiter::new(config.login_failures_per_account, config.login_window, max),
             addresses: RateLimiter::new(config.login_failures_per_address, config.login_window, max),
+            signups: RateLimiter::new(config.signups_per_address, config.signup_window, max),
+        }
+    }
+
+    /// Takes a sign-up slot for `address`.
+    fn begin_signup(&self, address: &str) -> ChatResult<(String, Slot)> {
+        let address = address.to_owned();
+        match self.signups.acquire(&address) {
+            Ok(slot) => Ok((address, slot)),
+            Err(Refused::Limited) => Err(ChatError::new(
+                Kind::TooManyRequests,
+                "too many sign-ups from this address; try again later",
+            )),
+            Err(Refused::Full) => Err(ChatError::new(
+                Kind::TooManyRequests,
+                "too many sign-ups are being tried right now; try again later",
+            )),
         }
     }
 
@@ -163,9 +183,22 @@ impl Chat {
             .map_err(|_| ChatError::new(Kind::Internal, "could not hash the password"))
     }
 
-    pub async fn signup(&self, username: &str, password: &str) -> ChatResult<Session> {
+    /// Signs up. The lengths are checked first, then the address's sign-up slot is taken
+    /// (`chat.signups_per_address` per `chat.signup_window`; a taken name counts too), then
+    /// the password is hashed.
+    pub async fn signup(&self, username: &str, password: &str, address: &str) -> ChatResult<Session> {
         validate_username(username)?;
         validate_password(password)?;
+        let (address, slot) = self.limiter.begin_signup(address)?;
+        let result = self.create_account(username, password).await;
+        if result.as_ref().is_err_and(|e| e.kind == Kind::Internal) {
+            // The server's failure, not a sign-up the address made.
+            self.limiter.signups.release(&address, slot);
+        }
+        result
+    }
+
+    async fn create_account(&self, username: &str, password: &str) -> ChatResult<Session> {
         // Hashing is CPU- and memory-heavy: off the async workers, a few at a time.
         let permit =
             self.hashing.acquire().await.map_err(|_| ChatError::new(Kind::Internal, "shutting down"))?;
@@ -296,13 +329,13 @@ mod tests {
             login_failures_per_address: 3,
             ..ChatConfig::default()
         };
-        let l = LoginLimiter::new(&config);
+        let l = AuthLimiter::new(&config);
         let _failed = l.begin("Alice", "1.1.1.1").unwrap();
         assert!(l.begin("alice", "2.2.2.2").is_ok());
         assert!(l.begin("ALICE", "3.3.3.3").is_err(), "two guesses for alice, whatever the case");
         assert!(l.begin("bob", "9.9.9.9").is_ok());
         // A successful log-in gives its slots back.
-        let l = LoginLimiter::new(&config);
+        let l = AuthLimiter::new(&config);
         l.begin("carol", "1.1.1.1").unwrap().does_not_count();
         l.begin("carol", "1.1.1.1").unwrap().does_not_count();
         l.begin("carol", "1.1.1.1").unwrap().does_not_count();

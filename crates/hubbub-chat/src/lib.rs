@@ -48,6 +48,11 @@ pub struct ChatConfig {
     pub login_failures_per_address: usize,
     #[serde(with = "serde_human")]
     pub login_window: Duration,
+    /// Sign-ups allowed per `signup_window` from one address (IPv6: its /64); a refused one
+    /// (name taken) counts too.
+    pub signups_per_address: usize,
+    #[serde(with = "serde_human")]
+    pub signup_window: Duration,
     /// Largest request body of `/api/auth/*` (credentials and refresh tokens are small):
     /// bigger ones are refused (413) before they are read.
     pub auth_max_body: usize,
@@ -60,6 +65,12 @@ pub struct ChatConfig {
     /// limiters tracks at once. When one is full, uses that need a new key are refused
     /// (log-ins and sends: 429) or dropped (typing events) until keys expire.
     pub limiter_max_keys: usize,
+    /// Log-in sessions (refresh-token families) kept per user; a new log-in beyond it signs
+    /// the oldest session out.
+    pub max_sessions_per_user: u32,
+    /// Used refresh tokens remembered per session to recognize one presented again (which
+    /// revokes the session); older ones are forgotten.
+    pub refresh_history: u32,
     /// Reactions one user may have on one message.
     pub max_reactions_per_user: u32,
     /// Distinct reactions one message may carry.
@@ -72,6 +83,8 @@ impl ChatConfig {
         hubbub_store::StoreLimits {
             reactions_per_user: self.max_reactions_per_user,
             distinct_reactions: self.max_distinct_reactions,
+            sessions_per_user: self.max_sessions_per_user,
+            refresh_history: self.refresh_history,
         }
     }
 
@@ -87,6 +100,12 @@ impl ChatConfig {
         if self.login_window < Duration::from_secs(1) {
             return bad("login_window", "must be at least 1s");
         }
+        if self.signups_per_address == 0 {
+            return bad("signups_per_address", "must be at least 1");
+        }
+        if self.signup_window < Duration::from_secs(1) {
+            return bad("signup_window", "must be at least 1s");
+        }
         if self.auth_max_body < 512 {
             return bad("auth_max_body", "must be at least 512 bytes");
         }
@@ -98,6 +117,12 @@ impl ChatConfig {
         }
         if self.limiter_max_keys == 0 {
             return bad("limiter_max_keys", "must be at least 1");
+        }
+        if self.max_sessions_per_user == 0 {
+            return bad("max_sessions_per_user", "must be at least 1");
+        }
+        if self.refresh_history == 0 {
+            return bad("refresh_history", "must be at least 1");
         }
         if self.max_reactions_per_user == 0 {
             return bad("max_reactions_per_user", "must be at least 1");
@@ -119,10 +144,14 @@ impl Default for ChatConfig {
             login_failures_per_account: 5,
             login_failures_per_address: 20,
             login_window: Duration::from_secs(60),
+            signups_per_address: 20,
+            signup_window: Duration::from_secs(3600),
             auth_max_body: 4096,
             sends_per_second: 5.0,
             send_burst: 20,
             limiter_max_keys: 100_000,
+            max_sessions_per_user: hubbub_store::StoreLimits::default().sessions_per_user,
+            refresh_history: hubbub_store::StoreLimits::default().refresh_history,
             max_reactions_per_user: hubbub_store::StoreLimits::default().reactions_per_user,
             max_distinct_reactions: hubbub_store::StoreLimits::default().distinct_reactions,
         }
@@ -170,7 +199,7 @@ pub struct Chat {
     pub node: Arc<Node>,
     pub store: Arc<dyn ChatStore>,
     pub config: ChatConfig,
-    limiter: accounts::LoginLimiter,
+    limiter: accounts::AuthLimiter,
     /// Message writes per user (REST and RPC share it).
     sends: limit::RateLimiter<hubbub_store::UserId>,
     publishers: stream::Publishers,
@@ -193,7 +222,7 @@ impl Chat {
             node: node.clone(),
             store,
             typing: rooms::TypingThrottle::new(config.typing_throttle, config.limiter_max_keys),
-            limiter: accounts::LoginLimiter::new(&config),
+            limiter: accounts::AuthLimiter::new(&config),
             sends: limit::RateLimiter::per_second(
                 config.sends_per_second,
                 config.send_burst,

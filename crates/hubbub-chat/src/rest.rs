@@ -218,9 +218,13 @@ struct IdsBody {
     ids: Vec<i64>,
 }
 
-async fn signup(State(chat): State<AppState>, AuthBody(raw): AuthBody) -> ChatResult<Response> {
+async fn signup(
+    State(chat): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    AuthBody(raw): AuthBody,
+) -> ChatResult<Response> {
     let c: Credentials = body(&raw)?;
-    Ok(created(chat.signup(c.username.trim(), &c.password).await?))
+    Ok(created(chat.signup(c.username.trim(), &c.password, &addr).await?))
 }
 
 async fn login(

@@ -170,6 +170,10 @@ pub struct NodeInfo {
     pub num_clients: usize,
     pub num_users: usize,
     pub num_channels: usize,
+    /// Channel streams kept in this process's memory, and their estimated bytes (bounded by
+    /// `engine.history_max_streams` and `engine.history_max_bytes`).
+    pub history_streams: usize,
+    pub history_bytes: usize,
     pub uptime: u64,
 }
 
@@ -410,6 +414,7 @@ impl Node {
 
     pub fn info(&self) -> NodeInfo {
         let (num_clients, num_users) = self.hub.counts();
+        let streams = self.broker.stream_stats().unwrap_or_default();
         NodeInfo {
             uid: self.id.clone(),
             name: self.name.clone(),
@@ -417,6 +422,8 @@ impl Node {
             num_clients,
             num_users,
             num_channels: self.hub.num_channels(),
+            history_streams: streams.streams,
+            history_bytes: streams.bytes,
             uptime: self.started.elapsed().as_secs(),
         }
     }

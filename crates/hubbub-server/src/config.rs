@@ -4,6 +4,7 @@
 
 use hubbub_core::channel::NamespaceConfig;
 use hubbub_core::duration::serde_human;
+use hubbub_core::engine::memory::MemoryEngineConfig;
 use hubbub_core::ClientConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub struct Config {
     pub client: ClientConfig,
     pub http: HttpConfig,
     pub chat: hubbub_chat::ChatConfig,
+    /// Bounds of the channel history kept in memory.
+    pub engine: MemoryEngineConfig,
     /// Channel namespaces; the one named "" is the default namespace.
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -40,6 +43,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             http: HttpConfig::default(),
             chat: hubbub_chat::ChatConfig::default(),
+            engine: MemoryEngineConfig::default(),
             namespaces: vec![NamespaceConfig::default()],
         }
     }
@@ -61,13 +65,17 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Browser origins allowed; empty: same origin only; `"*"`: any.
+    /// Browser origins allowed; empty: same origin only; `"*"`: any real origin, answered
+    /// `*` without credentials; `"null"` only when listed.
     pub allowed_origins: Vec<String>,
     /// Longest `wait` a long poll may ask for.
     #[serde(with = "serde_human")]
     pub poll_max_wait: Duration,
     /// Largest body accepted by `/emulation` and the streaming transports' connect.
     pub max_request_body: usize,
+    /// Long polls one token subject may keep waiting at once (each holds a listener in
+    /// the hub); more are answered 429 at once.
+    pub poll_max_waiters_per_user: usize,
 }
 
 impl Default for HttpConfig {
@@ -76,6 +84,7 @@ impl Default for HttpConfig {
             allowed_origins: Vec::new(),
             poll_max_wait: Duration::from_secs(30),
             max_request_body: 65536,
+            poll_max_waiters_per_user: 16,
         }
     }
 }
@@ -161,8 +170,25 @@ impl Config {
         if self.client.commands_per_second == 0 {
             return bad("client.commands_per_second", "must be above 0");
         }
+        if self.engine.history_max_bytes < 1 << 20 {
+            return bad("engine.history_max_bytes", "must be at least 1048576 (1 MiB)");
+        }
+        if self.engine.history_max_streams == 0 {
+            return bad("engine.history_max_streams", "must be above 0");
+        }
+        if self.engine.history_meta_ttl.is_zero() {
+            return bad("engine.history_meta_ttl", "must be above 0");
+        }
         if let Err((key, message)) = self.chat.validate() {
             return Err(ConfigError::Key { key, message });
+        }
+        if self.http.poll_max_waiters_per_user == 0 {
+            return bad("http.poll_max_waiters_per_user", "must be at least 1");
+        }
+        if let Some(message) =
+            self.http.allowed_origins.iter().find_map(|o| crate::origin::invalid_allowed_origin(o))
+        {
+            return bad("http.allowed_origins", &message);
         }
         if let Err(message) = hubbub_core::channel::Namespaces::new(&self.namespaces) {
             return bad("namespaces", &message);
@@ -270,6 +296,10 @@ mod tests {
         let e =
             load("[[namespaces]]\nname = \"x\"\nhistory_ttl = \"forever\"\n", &[]).unwrap_err().to_string();
         assert!(e.contains("namespaces[0].history_ttl"), "{e}");
+        let e = load("[engine]\nhistory_max_bytes = 1000\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("engine.history_max_bytes"), "{e}");
+        let e = load("", &[("HUBBUB_ENGINE_HISTORY_MAX_STREAMS", "0")]).unwrap_err().to_string();
+        assert!(e.contains("engine.history_max_streams"), "{e}");
         let e = load("listen = \"nowhere\"\n", &[]).unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
         let e = load("", &[("HUBBUB_CLIENT_MAX_CHANNELS", "lots")]).unwrap_err().to_string();

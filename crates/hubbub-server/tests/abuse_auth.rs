@@ -183,6 +183,23 @@ async fn failed_login_tracker_is_capped_and_expires() {
     assert_eq!(st, 200, "log-in after the window: {b}");
 }
 
+/// Sign-ups from one address are limited (`signups_per_address` per `signup_window`; a
+/// taken name counts too, so sign-up cannot enumerate names quickly); another address is
+/// not affected.
+#[tokio::test]
+async fn signups_per_address_are_limited() {
+    let srv = Server::builder().chat("signups_per_address", "3").start();
+    let h = Http::new(&srv);
+    h.signup("ina").await;
+    h.signup("jon").await;
+    let (st, b) = h.post("/api/auth/signup", None, json!({ "username": "ina", "password": PASSWORD })).await;
+    assert_eq!((st, code(&b)), (409, "conflict"), "{b}");
+    let (st, b) = h.post("/api/auth/signup", None, json!({ "username": "kim", "password": PASSWORD })).await;
+    assert_eq!((st, code(&b)), (429, "too_many_requests"), "{b}");
+    let other = Http::from_address(&srv, std::net::Ipv4Addr::new(127, 0, 2, 1));
+    other.signup("kim").await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Finding 9: tokens
 // ---------------------------------------------------------------------------------------------
@@ -212,8 +229,14 @@ async fn tokens_not_valid_yet_are_refused() {
     srv.user(&id.to_string()).await;
 }
 
+/// A connection token of `user` that is not valid for another hour.
+fn not_yet_valid(user: &str) -> String {
+    jwt(json!({ "sub": user, "nbf": now() + 3600 }))
+}
+
 /// A subscription token (it has a `channel` claim) is not a connection token: refused at
-/// connect and refresh (3500), by the REST API (401) and by long polling (401). A connection
+/// connect and refresh (3500, also on the unidirectional transports), by the REST API (401)
+/// and by long polling (401). A connection
 /// token is not a subscription token either (103).
 #[tokio::test]
 async fn each_kind_of_token_is_accepted_only_where_it_belongs() {
@@ -231,6 +254,19 @@ async fn each_kind_of_token_is_accepted_only_where_it_belongs() {
     assert_eq!((st, code(&b)), (401, "unauthorized"), "{b}");
     let (st, b) = h.get("/api/poll?channel=news", Some(&sub)).await;
     assert_eq!(st, 401, "poll with a subscription token: {b}");
+
+    // The unidirectional transports take a connection token in their connect body.
+    for token in [&sub, &not_yet_valid(&user)] {
+        let resp = http_client()
+            .post(srv.http_url("/connection/uni_http_stream"))
+            .header("Content-Type", "application/json")
+            .body(json!({ "token": token }).to_string())
+            .send()
+            .await
+            .unwrap();
+        let text = tokio::time::timeout(T, resp.text()).await.expect("uni_http_stream ends").unwrap();
+        assert!(text.contains("3500"), "uni_http_stream with a wrong kind of token: {text}");
+    }
 
     // Refreshing a connection with a subscription token.
     let mut c = srv.ws().await;

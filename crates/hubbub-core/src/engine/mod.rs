@@ -157,8 +157,9 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<StreamPosition, EngineError>;
     async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
     async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
-    /// Reads the channel's stream. The stream (and its epoch) is created when missing, so
-    /// that a position handed to a subscriber stays valid.
+    /// Reads the channel's stream. Reading creates nothing: a channel without a stream reads
+    /// as empty, at offset 0 in the epoch its stream will be created with, so that a position
+    /// handed to a subscriber of the empty channel recovers the first publications.
     async fn history(
         &self,
         channel: &str,
@@ -167,6 +168,17 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<HistoryPage, EngineError>;
     /// Drops the channel's kept publications; the offset and epoch stay.
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+    /// The streams this node keeps in memory, when the broker keeps them here.
+    fn stream_stats(&self) -> Option<StreamStats> {
+        None
+    }
+}
+
+/// How many channel streams a broker keeps in this process, and their estimated bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub streams: usize,
+    pub bytes: usize,
 }
 
 /// Number of connections and of distinct users in a channel.

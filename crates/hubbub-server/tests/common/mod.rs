@@ -174,6 +174,7 @@ impl Default for Builder {
             chat: vec![
                 ("sends_per_second".to_string(), "100000.0".to_string()),
                 ("send_burst".to_string(), "10000".to_string()),
+                ("signups_per_address".to_string(), "10000".to_string()),
             ],
             namespaces: default_namespaces(),
             extra_top: String::new(),
