@@ -65,6 +65,12 @@ pub struct ChatConfig {
     /// limiters tracks at once. When one is full, uses that need a new key are refused
     /// (log-ins and sends: 429) or dropped (typing events) until keys expire.
     pub limiter_max_keys: usize,
+    /// Log-in sessions (refresh-token families) kept per user; a new log-in beyond it signs
+    /// the oldest session out.
+    pub max_sessions_per_user: u32,
+    /// Used refresh tokens remembered per session to recognize one presented again (which
+    /// revokes the session); older ones are forgotten.
+    pub refresh_history: u32,
     /// Reactions one user may have on one message.
     pub max_reactions_per_user: u32,
     /// Distinct reactions one message may carry.
@@ -77,6 +83,8 @@ impl ChatConfig {
         hubbub_store::StoreLimits {
             reactions_per_user: self.max_reactions_per_user,
             distinct_reactions: self.max_distinct_reactions,
+            sessions_per_user: self.max_sessions_per_user,
+            refresh_history: self.refresh_history,
         }
     }
 
@@ -110,6 +118,12 @@ impl ChatConfig {
         if self.limiter_max_keys == 0 {
             return bad("limiter_max_keys", "must be at least 1");
         }
+        if self.max_sessions_per_user == 0 {
+            return bad("max_sessions_per_user", "must be at least 1");
+        }
+        if self.refresh_history == 0 {
+            return bad("refresh_history", "must be at least 1");
+        }
         if self.max_reactions_per_user == 0 {
             return bad("max_reactions_per_user", "must be at least 1");
         }
@@ -136,6 +150,8 @@ impl Default for ChatConfig {
             sends_per_second: 5.0,
             send_burst: 20,
             limiter_max_keys: 100_000,
+            max_sessions_per_user: hubbub_store::StoreLimits::default().sessions_per_user,
+            refresh_history: hubbub_store::StoreLimits::default().refresh_history,
             max_reactions_per_user: hubbub_store::StoreLimits::default().reactions_per_user,
             max_distinct_reactions: hubbub_store::StoreLimits::default().distinct_reactions,
         }

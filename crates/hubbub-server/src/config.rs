@@ -65,13 +65,17 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Browser origins allowed; empty: same origin only; `"*"`: any.
+    /// Browser origins allowed; empty: same origin only; `"*"`: any real origin, answered
+    /// `*` without credentials; `"null"` only when listed.
     pub allowed_origins: Vec<String>,
     /// Longest `wait` a long poll may ask for.
     #[serde(with = "serde_human")]
     pub poll_max_wait: Duration,
     /// Largest body accepted by `/emulation` and the streaming transports' connect.
     pub max_request_body: usize,
+    /// Long polls one token subject may keep waiting at once (each holds a listener in
+    /// the hub); more are answered 429 at once.
+    pub poll_max_waiters_per_user: usize,
 }
 
 impl Default for HttpConfig {
@@ -80,6 +84,7 @@ impl Default for HttpConfig {
             allowed_origins: Vec::new(),
             poll_max_wait: Duration::from_secs(30),
             max_request_body: 65536,
+            poll_max_waiters_per_user: 16,
         }
     }
 }
@@ -167,6 +172,14 @@ impl Config {
         }
         if let Err((key, message)) = self.chat.validate() {
             return Err(ConfigError::Key { key, message });
+        }
+        if self.http.poll_max_waiters_per_user == 0 {
+            return bad("http.poll_max_waiters_per_user", "must be at least 1");
+        }
+        if let Some(message) =
+            self.http.allowed_origins.iter().find_map(|o| crate::origin::invalid_allowed_origin(o))
+        {
+            return bad("http.allowed_origins", &message);
         }
         if let Err(message) = hubbub_core::channel::Namespaces::new(&self.namespaces) {
             return bad("namespaces", &message);

@@ -90,11 +90,36 @@ impl DataDir {
     /// Returns whether they were generated now.
     pub fn secrets(&self) -> Result<(Secrets, bool), DataDirError> {
         if let Some(secrets) = read_secrets(&self.path)? {
+            self.keep_private(&self.path.join(SECRETS_FILE))?;
             return Ok((secrets, false));
         }
         let secrets = Secrets { token_secret: generate(), api_key: generate() };
         write_secrets(&self.path.join(SECRETS_FILE), &secrets)?;
         Ok((secrets, true))
+    }
+}
+
+impl DataDir {
+    /// A secrets file copied or restored with a wider mode is made owner-only again, loudly.
+    #[cfg(unix)]
+    fn keep_private(&self, file: &Path) -> Result<(), DataDirError> {
+        use std::os::unix::fs::PermissionsExt;
+        let err = |source| DataDirError::WriteSecrets { path: file.to_owned(), source };
+        let mode = std::fs::metadata(file).map_err(err)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+            tracing::warn!(
+                "{} was readable by others (mode {:o}): made it 0600",
+                file.display(),
+                mode & 0o777
+            );
+        }
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    fn keep_private(&self, _file: &Path) -> Result<(), DataDirError> {
+        Ok(())
     }
 }
 

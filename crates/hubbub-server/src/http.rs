@@ -1,7 +1,7 @@
 //! The HTTP router: which path goes to which transport or handler.
 
 use crate::transport::{stream, websocket};
-use crate::{api, emulation, origin, poll, AppState};
+use crate::{api, emulation, headers, origin, poll, AppState};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,6 +24,8 @@ pub fn router(state: Arc<AppState>, app: Router) -> Router {
     core.merge(app)
         .fallback(crate::web::serve)
         .layer(axum::middleware::from_fn_with_state(state, origin::guard))
+        // Outermost: the origin check's refusals get the headers too.
+        .layer(axum::middleware::from_fn(headers::secure))
 }
 
 async fn health() -> impl IntoResponse {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod data_dir;
 mod emulation;
+mod headers;
 mod http;
 mod origin;
 mod poll;
@@ -38,6 +39,8 @@ pub fn init_logging() {
 pub struct AppState {
     pub node: Arc<Node>,
     pub config: Config,
+    /// Waiting long polls per token subject (`http.poll_max_waiters_per_user`).
+    pub poll_waiters: poll::Waiters,
 }
 
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
@@ -86,7 +89,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let chat = hubbub_chat::Chat::install(node.clone(), Arc::new(store), config.chat.clone());
 
     let grace = config.shutdown_grace;
-    let state = Arc::new(AppState { node: node.clone(), config });
+    let state = Arc::new(AppState { node: node.clone(), config, poll_waiters: Default::default() });
     let app = http::router(state, hubbub_chat::rest::router(chat));
     // Listen for signals before saying we listen: a SIGTERM sent right after the line must
     // shut down gracefully, not kill the process with the default action.

@@ -20,7 +20,7 @@ use hubbub_protocol::codes::*;
 use hubbub_protocol::{ProtocolError, StreamPosition};
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The queue of a waiting poll only needs to hold one wake-up.
@@ -35,6 +35,47 @@ fn parse_number<T: std::str::FromStr>(
         Some(v) => v.parse().map(Some).map_err(|_| {
             ApiError::bad_request(format!("bad request: `{key}` must be a non-negative integer"))
         }),
+    }
+}
+
+/// How many long polls each token subject has waiting. A waiting poll holds a listener in
+/// the hub (and its HTTP connection) for up to `http.poll_max_wait`: without a bound, one
+/// token could keep any number of them.
+#[derive(Default)]
+pub struct Waiters(Arc<Mutex<HashMap<String, usize>>>);
+
+/// One waiting poll's place, given back on drop (also when the client goes away).
+struct Place {
+    waiters: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Waiters {
+    fn lock(map: &Mutex<HashMap<String, usize>>) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a place for `user`, or `None` when it already has `max` polls waiting.
+    fn enter(&self, user: &str, max: usize) -> Option<Place> {
+        let mut map = Self::lock(&self.0);
+        let count = map.entry(user.to_owned()).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Place { waiters: self.0.clone(), user: user.to_owned() })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut map = Waiters::lock(&self.waiters);
+        if let Some(count) = map.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.user);
+            }
+        }
     }
 }
 
@@ -121,6 +162,20 @@ pub async fn poll(
     let asked = StreamPosition { offset: since, epoch };
     let after = HistoryQuery { since: Some(asked.clone()), limit: None, reverse: false };
 
+    let max_waiters = state.config.http.poll_max_waiters_per_user;
+    let _place = match wait {
+        0 => None,
+        _ => Some(state.poll_waiters.enter(&claims.sub, max_waiters).ok_or_else(|| {
+            tracing::info!(user = %claims.sub, "too many waiting long polls");
+            let error = ProtocolError {
+                message: format!(
+                    "too many waiting polls: at most {max_waiters} per user (http.poll_max_waiters_per_user)"
+                ),
+                ..ERROR_TOO_MANY_REQUESTS.into()
+            };
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, error)
+        })?),
+    };
     let waiter = if wait > 0 { Some(Waiter::listen(node, &channel).await.map_err(engine)?) } else { None };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {

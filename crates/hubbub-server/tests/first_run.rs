@@ -61,8 +61,19 @@ async fn generated_secrets_survive_a_restart() {
     assert_eq!(st, 200, "the kept api_key must be the server's");
     stop(srv);
 
-    // The same data_dir again: same secrets, so the token made before still connects.
+    // The same data_dir again: same secrets, so the token made before still connects; a
+    // file made readable by others meanwhile is owner-only again.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let srv = bare_server(&data);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
     assert_eq!(kept_secrets(&data), kept, "the secrets must be reused, not generated again");
     let mut c = srv.ws().await;
     c.connect(&token).await;

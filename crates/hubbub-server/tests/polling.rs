@@ -363,7 +363,7 @@ async fn resume_positions_never_skip_or_repeat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_long_polls_on_one_server() {
     const POLLS: usize = 1000;
-    let (_serial, s, tok) = start().await;
+    let (_serial, s, _alice) = start().await;
     bounded(Duration::from_secs(90), "test", async {
         let ch = uniq("many");
         let (since, epoch) = s.publish(&ch, json!({"seed": true})).await;
@@ -374,11 +374,12 @@ async fn thousand_concurrent_long_polls_on_one_server() {
         let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
         let q = format!("{}&wait=25", at(&ch, since, &epoch));
         let mut tasks = Vec::with_capacity(POLLS);
-        for _ in 0..POLLS {
+        // One user per poll: a user may keep only `http.poll_max_waiters_per_user` waiting.
+        for i in 0..POLLS {
             let http = http.clone();
             let url = s.url.clone();
             let q = q.clone();
-            let t = tok.clone();
+            let t = token(&format!("poller{i}"));
             tasks.push(tokio::spawn(async move { poll_with(&http, &url, &q, Some(&t), Duration::from_secs(40)).await }));
         }
         // Let every poll reach the server and be held.

@@ -233,11 +233,23 @@ pub struct StoreLimits {
     pub reactions_per_user: u32,
     /// Distinct reactions (emoji) one message may carry.
     pub distinct_reactions: u32,
+    /// Log-in sessions (refresh-token families) kept per user: a new log-in beyond it drops
+    /// the oldest (signs it out), so logging in again and again cannot grow the table.
+    pub sessions_per_user: u32,
+    /// Used refresh tokens kept per session, to recognize one presented again (which revokes
+    /// the session); older ones are forgotten (then answered as unknown), so refreshing in a
+    /// loop cannot grow the table.
+    pub refresh_history: u32,
 }
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        StoreLimits { reactions_per_user: 10, distinct_reactions: 40 }
+        StoreLimits {
+            reactions_per_user: 10,
+            distinct_reactions: 40,
+            sessions_per_user: 50,
+            refresh_history: 8,
+        }
     }
 }
 
@@ -252,6 +264,8 @@ pub trait ChatStore: Send + Sync + 'static {
     async fn set_last_seen(&self, id: UserId, at: Millis) -> StoreResult<()>;
 
     // Refresh tokens (stored as hashes; a family is one login's chain of rotations).
+    /// Stores a new family's first token; the user's families beyond
+    /// [`StoreLimits::sessions_per_user`] (the oldest) are deleted.
     async fn insert_refresh(
         &self,
         hash: &str,
@@ -259,7 +273,8 @@ pub trait ChatStore: Send + Sync + 'static {
         family: &str,
         expires_at: Millis,
     ) -> StoreResult<()>;
-    /// Uses up `hash` and stores `new_hash` (same family, `new_expires_at`) when valid.
+    /// Uses up `hash` and stores `new_hash` (same family, `new_expires_at`) when valid; the
+    /// family keeps its [`StoreLimits::refresh_history`] latest used tokens.
     async fn rotate_refresh(
         &self,
         hash: &str,

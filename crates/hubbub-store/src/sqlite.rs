@@ -1074,6 +1074,7 @@ impl ChatStore for SqliteStore {
         family: &str,
         expires_at: Millis,
     ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO refresh_tokens (hash, user_id, family, expires_at, created_at) VALUES (?, ?, ?, ?, ?)",
         )
@@ -1082,9 +1083,20 @@ impl ChatStore for SqliteStore {
         .bind(family)
         .bind(expires_at)
         .bind(now_millis())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(constraint)?;
+        // The user's oldest sessions beyond the bound: signed out and forgotten.
+        sqlx::query(
+            "DELETE FROM refresh_tokens WHERE user_id = ?1 AND family IN ( \
+                SELECT family FROM refresh_tokens WHERE user_id = ?1 GROUP BY family \
+                ORDER BY MAX(created_at) DESC, MAX(rowid) DESC LIMIT -1 OFFSET ?2)",
+        )
+        .bind(user_id)
+        .bind(i64::from(self.limits.sessions_per_user.max(1)))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1135,6 +1147,16 @@ impl ChatStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(constraint)?;
+        // Only the latest used tokens are kept to recognize reuse.
+        sqlx::query(
+            "DELETE FROM refresh_tokens WHERE family = ?1 AND used_at IS NOT NULL AND rowid NOT IN ( \
+                SELECT rowid FROM refresh_tokens WHERE family = ?1 AND used_at IS NOT NULL \
+                ORDER BY used_at DESC, rowid DESC LIMIT ?2)",
+        )
+        .bind(&family)
+        .bind(i64::from(self.limits.refresh_history.max(1)))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(RefreshOutcome::Rotated { user_id })
     }

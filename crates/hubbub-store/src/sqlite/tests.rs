@@ -95,6 +95,60 @@ async fn users() {
     assert!(matches!(store.set_last_seen(9999, 1).await, Err(StoreError::NotFound)));
 }
 
+/// Rows of the refresh-token table.
+async fn refresh_rows(store: &SqliteStore) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM refresh_tokens").fetch_one(&store.readers).await.unwrap()
+}
+
+/// Logging in again and again, or refreshing in a loop, keeps a bounded number of rows: the
+/// oldest sessions beyond `sessions_per_user` are dropped, and each session keeps its
+/// `refresh_history` latest used tokens (reuse of those still revokes it).
+#[tokio::test]
+async fn refresh_tokens_are_bounded_per_user_and_session() {
+    let (_dir, store) = store().await;
+    let limits = StoreLimits { sessions_per_user: 3, refresh_history: 2, ..StoreLimits::default() };
+    let store = store.with_limits(limits);
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let now = 1_000_000;
+    store.insert_refresh("bob-1", bob, "bob-fam", now + 1000).await.unwrap();
+    for i in 0..10 {
+        store.insert_refresh(&format!("a{i}"), alice, &format!("fam{i}"), now + 1000).await.unwrap();
+    }
+    assert_eq!(refresh_rows(&store).await, 4, "3 sessions of alice and bob's");
+    assert_eq!(store.rotate_refresh("a0", "x", now + 1000, now).await.unwrap(), RefreshOutcome::Invalid);
+    assert_eq!(
+        store.rotate_refresh("a9", "a9-1", now + 1000, now).await.unwrap(),
+        RefreshOutcome::Rotated { user_id: alice }
+    );
+    assert_eq!(
+        store.rotate_refresh("bob-1", "bob-2", now + 1000, now).await.unwrap(),
+        RefreshOutcome::Rotated { user_id: bob }
+    );
+
+    let mut current = "a9-1".to_owned();
+    for i in 2..50 {
+        let next = format!("a9-{i}");
+        let t = now + i;
+        assert_eq!(
+            store.rotate_refresh(&current, &next, now + 1000, t).await.unwrap(),
+            RefreshOutcome::Rotated { user_id: alice }
+        );
+        current = next;
+    }
+    // alice: fam7, fam8 (1 each) + fam9 (2 used + current); bob: 1 used + current.
+    assert_eq!(refresh_rows(&store).await, 2 + 3 + 2);
+    // The latest used one is still known: reuse revokes the session.
+    assert_eq!(
+        store.rotate_refresh("a9-48", "y", now + 1000, now + 60).await.unwrap(),
+        RefreshOutcome::Reused
+    );
+    assert_eq!(
+        store.rotate_refresh(&current, "z", now + 1000, now + 61).await.unwrap(),
+        RefreshOutcome::Reused
+    );
+}
+
 #[tokio::test]
 async fn refresh_tokens() {
     let (_dir, store) = store().await;
@@ -1253,7 +1307,11 @@ async fn refused_appends_take_no_seq() {
 #[tokio::test]
 async fn reactions_are_bounded_per_user_and_per_message() {
     let (_dir, store) = store().await;
-    let store = store.with_limits(StoreLimits { reactions_per_user: 3, distinct_reactions: 4 });
+    let store = store.with_limits(StoreLimits {
+        reactions_per_user: 3,
+        distinct_reactions: 4,
+        ..StoreLimits::default()
+    });
     let alice = user(&store, "alice").await;
     let bob = user(&store, "bob").await;
     let room = group(&store, "g", alice, &[bob]).await;
