@@ -17,7 +17,13 @@ struct Rest {
 }
 
 impl Rest {
-    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut rb = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
         if let Some(body) = body {
             rb = rb.json(&body);
@@ -65,11 +71,30 @@ async fn a_later_member_reads_no_removed_text() {
     let r = room["id"].as_i64().unwrap();
     let messages = format!("/api/rooms/{r}/messages");
 
-    let m1 = rest.ok(Method::POST, &messages, &alice, Some(json!({"text": format!("plan: {EDITED_AWAY}"), "client_msg_id": "m1"}))).await;
-    let s1 = m1["seq"].as_i64().unwrap();
-    rest.ok(Method::PATCH, &format!("{messages}/{s1}"), &alice, Some(json!({"text": "plan: second thoughts"})))
+    let m1 = rest
+        .ok(
+            Method::POST,
+            &messages,
+            &alice,
+            Some(json!({"text": format!("plan: {EDITED_AWAY}"), "client_msg_id": "m1"})),
+        )
         .await;
-    let m2 = rest.ok(Method::POST, &messages, &alice, Some(json!({"text": format!("oops {DELETED}"), "client_msg_id": "m2"}))).await;
+    let s1 = m1["seq"].as_i64().unwrap();
+    rest.ok(
+        Method::PATCH,
+        &format!("{messages}/{s1}"),
+        &alice,
+        Some(json!({"text": "plan: second thoughts"})),
+    )
+    .await;
+    let m2 = rest
+        .ok(
+            Method::POST,
+            &messages,
+            &alice,
+            Some(json!({"text": format!("oops {DELETED}"), "client_msg_id": "m2"})),
+        )
+        .await;
     let s2 = m2["seq"].as_i64().unwrap();
     rest.ok(Method::DELETE, &format!("{messages}/{s2}"), &alice, None).await;
 

@@ -1363,14 +1363,26 @@ async fn edited_and_deleted_text_is_redacted_everywhere() {
     let m = send(&store, room, alice, &format!("hey @bob {EDITED_AWAY}"), "a1").await;
     store.react(room, m.seq, bob, "👍", true).await.unwrap();
     store
-        .add_notification(bob, "mention", Some(room), Some(m.seq), &json!({"from": "alice", "preview": m.text}))
+        .add_notification(
+            bob,
+            "mention",
+            Some(room),
+            Some(m.seq),
+            &json!({"from": "alice", "preview": m.text}),
+        )
         .await
         .unwrap();
     let (edited, _) = store.edit_message(room, m.seq, alice, "hey @bob second thoughts").await.unwrap();
     // Long enough to spill into overflow pages, which a delete frees whole.
     let d = send(&store, room, alice, &format!("@bob {DELETED} {}", "and more ".repeat(800)), "a2").await;
     store
-        .add_notification(bob, "mention", Some(room), Some(d.seq), &json!({"from": "alice", "preview": d.text}))
+        .add_notification(
+            bob,
+            "mention",
+            Some(room),
+            Some(d.seq),
+            &json!({"from": "alice", "preview": d.text}),
+        )
         .await
         .unwrap();
     store.react(room, d.seq, bob, "🎉", true).await.unwrap();
