@@ -71,6 +71,8 @@ pub struct ChatConfig {
     /// Used refresh tokens remembered per session to recognize one presented again (which
     /// revokes the session); older ones are forgotten.
     pub refresh_history: u32,
+    /// Notifications kept per user; a new one beyond it drops the oldest.
+    pub max_notifications_per_user: u32,
     /// Reactions one user may have on one message.
     pub max_reactions_per_user: u32,
     /// Distinct reactions one message may carry.
@@ -85,6 +87,7 @@ impl ChatConfig {
             distinct_reactions: self.max_distinct_reactions,
             sessions_per_user: self.max_sessions_per_user,
             refresh_history: self.refresh_history,
+            notifications_per_user: self.max_notifications_per_user,
         }
     }
 
@@ -124,6 +127,9 @@ impl ChatConfig {
         if self.refresh_history == 0 {
             return bad("refresh_history", "must be at least 1");
         }
+        if self.max_notifications_per_user == 0 {
+            return bad("max_notifications_per_user", "must be at least 1");
+        }
         if self.max_reactions_per_user == 0 {
             return bad("max_reactions_per_user", "must be at least 1");
         }
@@ -152,6 +158,7 @@ impl Default for ChatConfig {
             limiter_max_keys: 100_000,
             max_sessions_per_user: hubbub_store::StoreLimits::default().sessions_per_user,
             refresh_history: hubbub_store::StoreLimits::default().refresh_history,
+            max_notifications_per_user: hubbub_store::StoreLimits::default().notifications_per_user,
             max_reactions_per_user: hubbub_store::StoreLimits::default().reactions_per_user,
             max_distinct_reactions: hubbub_store::StoreLimits::default().distinct_reactions,
         }

@@ -4,7 +4,7 @@
 
 use crate::{now_millis, room_channel, Chat, ROOM_NAMESPACE};
 use async_trait::async_trait;
-use hubbub_core::engine::{EngineError, HistoryPage, HistoryQuery};
+use hubbub_core::engine::{Answer, EngineError, HistoryPage, HistoryQuery};
 use hubbub_core::hooks::{ChannelHooks, UserEvents};
 use hubbub_protocol::codes::{ERROR_PERMISSION_DENIED, ERROR_UNKNOWN_CHANNEL};
 use hubbub_protocol::{json_from_str, ProtocolError, Publication, StreamPosition};
@@ -15,6 +15,10 @@ use tokio::sync::Mutex;
 
 /// Most events replayed by one history read.
 const MAX_REPLAY: u32 = 10_000;
+
+/// Events read from the log per query, by history reads and by the publisher catching up:
+/// a read stops as soon as its answer is full, so a long log is never loaded whole.
+const READ_BATCH: u32 = 64;
 
 fn parse_room(channel: &str) -> Option<RoomId> {
     channel.strip_prefix(ROOM_NAMESPACE)?.strip_prefix(':')?.parse().ok()
@@ -58,7 +62,7 @@ impl ChannelHooks for RoomHooks {
             Some(since) => since.offset,
             None => 0,
         };
-        let limit = query.limit.map_or(MAX_REPLAY, |l| (l as u32).min(MAX_REPLAY));
+        let limit = query.limit.map_or(MAX_REPLAY, |l| l.min(MAX_REPLAY as usize) as u32);
         if limit == 0 {
             // The position alone: what has been *published*, so that an event stored but not
             // yet published reaches this subscriber live instead of being taken as given.
@@ -66,19 +70,40 @@ impl ChannelHooks for RoomHooks {
             let position = StreamPosition { offset: published.min(room.last_seq), ..position };
             return Ok(HistoryPage { publications: Vec::new(), position });
         }
-        let events = if query.reverse && query.since.is_none() {
-            let from = room.last_seq.saturating_sub(limit as u64);
-            let mut e = chat.store.events_after(room_id, from, limit).await.map_err(unavailable)?;
-            e.reverse();
-            e
-        } else {
-            let mut e = chat.store.events_after(room_id, after, limit).await.map_err(unavailable)?;
-            if query.reverse {
-                e.reverse();
+        let mut answer = Answer::new(Some(limit as usize), query.max_bytes);
+        if query.reverse && query.since.is_none() {
+            // Newest first: the log is read backwards, one batch at a time.
+            let mut top = room.last_seq;
+            'backwards: while top > 0 && !answer.is_full() {
+                let from = top.saturating_sub(READ_BATCH as u64);
+                let events = chat.store.events_after(room_id, from, READ_BATCH).await.map_err(unavailable)?;
+                for event in events.iter().rev() {
+                    if !answer.offer(&publication(event)?) {
+                        break 'backwards;
+                    }
+                }
+                top = from;
             }
-            e
-        };
-        let publications = events.iter().map(publication).collect::<Result<_, _>>()?;
+        } else {
+            let mut cursor = after;
+            'forwards: while !answer.is_full() {
+                let events =
+                    chat.store.events_after(room_id, cursor, READ_BATCH).await.map_err(unavailable)?;
+                for event in &events {
+                    if !answer.offer(&publication(event)?) {
+                        break 'forwards;
+                    }
+                    cursor = event.seq;
+                }
+                if events.len() < READ_BATCH as usize {
+                    break;
+                }
+            }
+        }
+        let mut publications = answer.into_publications();
+        if query.reverse && query.since.is_some() {
+            publications.reverse();
+        }
         Ok(HistoryPage { publications, position })
     }
 }
@@ -175,17 +200,22 @@ impl Chat {
             tracing::error!(room, "publish without a prepared publisher");
             return;
         };
-        let events = match self.store.events_after(room, *last, MAX_REPLAY).await {
-            Ok(e) => e,
-            Err(e) => {
-                // Subscribers recover the events from the log when they resubscribe.
-                tracing::error!(room, error = %e, "could not read events to publish");
+        loop {
+            let events = match self.store.events_after(room, *last, READ_BATCH).await {
+                Ok(e) => e,
+                Err(e) => {
+                    // Subscribers recover the events from the log when they resubscribe.
+                    tracing::error!(room, error = %e, "could not read events to publish");
+                    return;
+                }
+            };
+            for event in &events {
+                self.publish_event(event).await;
+                *last = event.seq;
+            }
+            if events.len() < READ_BATCH as usize {
                 return;
             }
-        };
-        for event in events {
-            self.publish_event(&event).await;
-            *last = event.seq;
         }
     }
 

@@ -38,6 +38,10 @@ struct Subscriber {
     /// publications are held here with their offsets instead of being queued, so that the
     /// subscribe reply comes first and nothing is lost or doubled.
     held: Option<Vec<(u64, Bytes)>>,
+    /// Bytes of the frames in `held`. A recovery sent in pieces keeps the subscriber held
+    /// for as long as the client takes to read its backlog: what is held meanwhile counts
+    /// against the connection's queue budget, and over it the client is slow.
+    held_bytes: usize,
     /// For channels whose stream an application keeps (chat rooms): the highest offset this
     /// subscriber has been given, in its subscribe reply or live. Such a stream may publish
     /// an event after a recovering subscriber already read it from the stream (committed,
@@ -170,6 +174,7 @@ impl Hub {
                 conn: conn.clone(),
                 join_leave,
                 held: hold.then(Vec::new),
+                held_bytes: 0,
                 delivered: dedupe.then_some(0),
             },
         );
@@ -187,6 +192,7 @@ impl Hub {
             if let Some(delivered) = &mut sub.delivered {
                 *delivered = (*delivered).max(covered);
             }
+            sub.held_bytes = 0;
             for (offset, frame) in sub.held.take().unwrap_or_default() {
                 if offset == 0 || offset > covered {
                     if let Some(delivered) = &mut sub.delivered {
@@ -231,7 +237,18 @@ impl Hub {
                 continue;
             }
             match &mut sub.held {
-                Some(held) => held.push((offset, frame.clone())),
+                Some(held) => {
+                    if sub.conn.outbox.is_closed() {
+                        continue;
+                    }
+                    held.push((offset, frame.clone()));
+                    sub.held_bytes += frame.len();
+                    if sub.held_bytes > sub.conn.outbox.max_bytes() {
+                        held.clear();
+                        sub.held_bytes = 0;
+                        sub.conn.outbox.disconnect_slow();
+                    }
+                }
                 None => {
                     if let (Some(delivered), true) = (&mut sub.delivered, offset != 0) {
                         if offset <= *delivered {

@@ -31,6 +31,14 @@ pub struct ClientConfig {
     pub pong_timeout: Duration,
     /// Bound of a connection's outgoing queue; a subscriber over it is disconnected as slow.
     pub queue_max_bytes: usize,
+    /// Largest answer built for a client, in bytes of publications (history, recovery,
+    /// polls; the chat's REST pages): what does not fit is paged. At most
+    /// `queue_max_bytes`, so that the server's own answer never makes a connection slow;
+    /// 0 (the default) for half of it, leaving room for live deliveries meanwhile. Read it
+    /// with [`ClientConfig::answer_bytes`].
+    pub max_answer_bytes: usize,
+    /// Most publications one history answer carries, whatever `limit` asks.
+    pub max_history_limit: usize,
     /// Largest incoming frame accepted.
     pub max_message_size: usize,
     /// Commands a connection may send per second (a token bucket of this size).
@@ -52,11 +60,24 @@ impl Default for ClientConfig {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(8),
             queue_max_bytes: 1 << 20,
+            max_answer_bytes: 0,
+            max_history_limit: 1000,
             max_message_size: 65536,
             commands_per_second: 100,
             max_channels: 128,
             max_connections_per_user: 100,
             expired_close_delay: Duration::from_secs(25),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The bound of one answer in bytes: `max_answer_bytes`, or half of `queue_max_bytes`
+    /// when it is 0, never more than the queue.
+    pub fn answer_bytes(&self) -> usize {
+        match self.max_answer_bytes {
+            0 => self.queue_max_bytes / 2,
+            n => n.min(self.queue_max_bytes),
         }
     }
 }
@@ -285,7 +306,9 @@ impl Node {
     }
 
     /// Reads history; `limit` follows the protocol: 0 for the position only, negative for
-    /// everything kept.
+    /// everything kept. The answer is bounded by `client.max_history_limit` publications
+    /// and `client.max_answer_bytes`: a reader that wants more asks again `since` the last
+    /// publication it got.
     pub async fn history(
         &self,
         channel: &str,
@@ -298,12 +321,13 @@ impl Node {
             return Err(ERROR_NOT_AVAILABLE.into());
         }
         let cap = if ns.history_enabled() { ns.history_size } else { usize::MAX };
+        let cap = cap.min(self.client.max_history_limit);
         let limit = match limit {
             0 => Some(0),
-            n if n < 0 => None,
+            n if n < 0 => Some(cap),
             n => Some((n as usize).min(cap)),
         };
-        let query = HistoryQuery { since, limit, reverse };
+        let query = HistoryQuery { since, limit, reverse, max_bytes: Some(self.client.answer_bytes()) };
         Ok(self.read_stream(channel, ns, query).await?)
     }
 

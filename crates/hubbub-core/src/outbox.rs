@@ -141,6 +141,26 @@ impl Outbox {
         true
     }
 
+    /// Disconnects the connection as slow, as an overflow does: for deliveries kept aside
+    /// for it elsewhere (a recovering subscriber's held publications) that exceed its budget.
+    pub fn disconnect_slow(&self) {
+        let mut s = self.lock();
+        if !s.closed {
+            s.close_with(Disconnect::SLOW);
+            self.wake(s);
+        }
+    }
+
+    /// Bytes of the frames queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// The queue's bound in bytes.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Queues an instruction for the connection task. A disconnect closes the queue.
     /// Instructions that come too late (the queue is closed) are dropped: the connection is
     /// ending anyway. See [`Outbox::try_control`] for a caller that must know.

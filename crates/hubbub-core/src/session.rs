@@ -74,6 +74,20 @@ struct SubscribeParams {
     positioned: bool,
     chan_info: Option<Json>,
     expires_at: Option<u64>,
+    /// Bytes of recovered publications the reply may carry (see [`Session::answer_budget`]).
+    max_bytes: usize,
+}
+
+/// A recovery whose missed publications did not all fit in the subscribe reply. The rest
+/// goes out as ordinary publication pushes, in offset order, one answer's worth each time
+/// the connection's queue has drained ([`Session::continue_recovery`]), while the hub holds
+/// the channel's live publications for this subscriber; they are released after the last
+/// piece, without those the pieces already carried. The client sees every publication
+/// once, in order, and the server's own answer never overflows the connection's queue.
+struct Backlog {
+    channel: String,
+    /// The last publication sent.
+    sent: StreamPosition,
 }
 
 /// A token bucket: `capacity` commands, refilled at `capacity` per second.
@@ -134,6 +148,8 @@ pub struct Session {
     awaiting_pong_since: Option<Instant>,
     /// The session id handed to emulation transports.
     session_id: String,
+    /// Recoveries still being sent, oldest first.
+    backlogs: Vec<Backlog>,
 }
 
 impl Session {
@@ -153,6 +169,7 @@ impl Session {
             next_ping,
             awaiting_pong_since: None,
             session_id: uuid::Uuid::new_v4().to_string(),
+            backlogs: Vec::new(),
         }
     }
 
@@ -290,6 +307,7 @@ impl Session {
         let mut subs = HashMap::new();
         let mut held = Vec::new();
         let mut positions = req.subs;
+        let mut budget = self.answer_budget();
         for channel in claims.channels {
             if self.subs.contains_key(&channel) || self.subs.len() >= self.node.client.max_channels {
                 continue;
@@ -298,9 +316,11 @@ impl Session {
                 .remove(&channel)
                 .filter(|r| r.recover)
                 .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch });
-            let params = SubscribeParams { recover_from, ..Default::default() };
+            let params = SubscribeParams { recover_from, max_bytes: budget, ..Default::default() };
             match self.subscribe(&channel, params).await {
                 Ok((result, covered)) => {
+                    let carried: usize = result.publications.iter().map(|p| p.encoded_len()).sum();
+                    budget = budget.saturating_sub(carried);
                     held.push((channel.clone(), covered));
                     subs.insert(channel, result);
                 }
@@ -364,6 +384,7 @@ impl Session {
             positioned: req.positioned,
             chan_info,
             expires_at,
+            max_bytes: self.answer_budget(),
         };
         let (result, covered) = self.subscribe(&req.channel, params).await?;
         Ok(Outcome::ReplyThenRelease(ReplyBody::Subscribe(result), vec![(req.channel, covered)]))
@@ -395,10 +416,19 @@ impl Session {
         let mut result = SubscribeResult { recoverable, positioned, ..Default::default() };
         let recover_from = params.recover_from.filter(|_| recoverable);
         result.was_recovering = recover_from.is_some();
+        let mut backlog = None;
         if positioned {
             let mut query = HistoryQuery { limit: Some(0), ..Default::default() };
             if let Some(since) = recover_from {
-                query = HistoryQuery { since: Some(since), limit: None, reverse: false };
+                // No room left in the queue: the reply only checks the position, and the
+                // missed publications all come as pushes after it.
+                let limit = if params.max_bytes == 0 { 0 } else { node.client.max_history_limit };
+                query = HistoryQuery {
+                    since: Some(since),
+                    limit: Some(limit),
+                    reverse: false,
+                    max_bytes: Some(params.max_bytes),
+                };
             }
             let page = match node.read_stream(channel, ns, query.clone()).await {
                 Ok(page) => {
@@ -411,8 +441,24 @@ impl Session {
                 }
                 Err(e) => return Err(self.undo(channel, e)),
             };
+            let top = page.position.offset;
+            let covered = match (page.publications.last(), &query.since) {
+                (Some(last), _) => last.offset,
+                (None, Some(since)) if result.recovered => since.offset,
+                (None, _) => top,
+            };
+            if result.recovered && covered < top {
+                // More was missed than one answer carries: the reply says how far it goes,
+                // and the rest follows as pushes.
+                result.offset = covered;
+                backlog = Some(Backlog {
+                    channel: channel.to_owned(),
+                    sent: StreamPosition { offset: covered, epoch: page.position.epoch.clone() },
+                });
+            } else {
+                result.offset = covered.max(top);
+            }
             result.epoch = page.position.epoch;
-            result.offset = page.publications.last().map_or(0, |p| p.offset).max(page.position.offset);
             result.publications = page.publications;
         }
         if ns.presence {
@@ -428,6 +474,7 @@ impl Session {
             }
         }
         let covered = result.offset;
+        self.backlogs.extend(backlog);
         self.subs.insert(
             channel.to_owned(),
             Subscription { chan_info: params.chan_info, expires_at: params.expires_at },
@@ -444,13 +491,82 @@ impl Session {
         e.into()
     }
 
-    /// Queues the publications held for a new subscription that its reply did not carry.
+    /// Queues the publications held for a new subscription that its reply did not carry;
+    /// for a recovery still being sent, only after its last piece.
     fn release(&self, channel: &str, covered: u64) {
-        self.node.hub.release(channel, &self.conn, covered);
+        if !self.backlogs.iter().any(|b| b.channel == channel) {
+            self.node.hub.release(channel, &self.conn, covered);
+        }
+    }
+
+    /// Bytes of publications the next answer may carry: `client.max_answer_bytes`, and no
+    /// more than half of what the connection's queue has free now, so that the answer and
+    /// the live deliveries queued meanwhile fit together.
+    fn answer_budget(&self) -> usize {
+        let free = self.node.client.queue_max_bytes.saturating_sub(self.conn.outbox.queued_bytes());
+        self.node.client.answer_bytes().min(free / 2)
+    }
+
+    /// Whether a recovery is still being sent: the transport then calls
+    /// [`Session::continue_recovery`] whenever it has written what was queued.
+    pub fn recovering(&self) -> bool {
+        !self.backlogs.is_empty()
+    }
+
+    /// Queues the next piece of the oldest recovery still being sent, if the connection's
+    /// queue has room for it (otherwise the next call, after the next write, does), and
+    /// after the last piece releases the live publications held meanwhile. A stream that
+    /// lost what was still to be sent (pruned or reset meanwhile) ends the connection with
+    /// "insufficient state": the client reconnects and recovers again, or learns it cannot.
+    pub async fn continue_recovery(&mut self) -> Result<(), Disconnect> {
+        let Some(backlog) = self.backlogs.first() else { return Ok(()) };
+        if self.conn.outbox.queued_bytes() > self.node.client.queue_max_bytes / 2 {
+            return Ok(());
+        }
+        let (channel, sent) = (backlog.channel.clone(), backlog.sent.clone());
+        let node = self.node.clone();
+        let Ok((ns, _)) = node.namespaces.resolve(&channel) else {
+            self.backlogs.remove(0);
+            return Ok(());
+        };
+        let query = HistoryQuery {
+            since: Some(sent.clone()),
+            limit: Some(node.client.max_history_limit),
+            reverse: false,
+            max_bytes: Some(self.answer_budget()),
+        };
+        let page = match node.read_stream(&channel, ns, query).await {
+            Ok(page) if page.position.epoch == sent.epoch => page,
+            Ok(_) | Err(EngineError::UnrecoverablePosition) => {
+                tracing::info!(client = %self.conn.client, %channel, "recovery lost its stream");
+                return Err(Disconnect::INSUFFICIENT_STATE);
+            }
+            Err(e) => {
+                tracing::warn!(client = %self.conn.client, %channel, error = %e, "recovery not continued");
+                return Err(Disconnect::INSUFFICIENT_STATE);
+            }
+        };
+        // The subscription may have ended while the stream was read.
+        let Some(index) = self.backlogs.iter().position(|b| b.channel == channel) else { return Ok(()) };
+        let covered = page.publications.last().map_or(sent.offset, |p| p.offset);
+        for publication in page.publications {
+            self.send(Reply::push(Push {
+                channel: channel.clone(),
+                body: PushBody::Publication(publication),
+            }));
+        }
+        if covered < page.position.offset && covered > sent.offset {
+            self.backlogs[index].sent.offset = covered;
+        } else {
+            self.backlogs.remove(index);
+            self.node.hub.release(&channel, &self.conn, covered);
+        }
+        Ok(())
     }
 
     async fn unsubscribe(&mut self, channel: &str) -> bool {
         let Some(sub) = self.subs.remove(channel) else { return false };
+        self.backlogs.retain(|b| b.channel != channel);
         let node = self.node.clone();
         if node.hub.unsubscribe(channel, &self.conn) {
             if let Err(e) = node.broker.unsubscribe(channel).await {

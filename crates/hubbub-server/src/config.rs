@@ -158,6 +158,15 @@ impl Config {
         if self.client.queue_max_bytes < 1024 {
             return bad("client.queue_max_bytes", "must be at least 1024 bytes");
         }
+        if self.client.max_answer_bytes > self.client.queue_max_bytes {
+            return bad(
+                "client.max_answer_bytes",
+                "must be at most client.queue_max_bytes (an answer must fit the queue); 0 for half of it",
+            );
+        }
+        if self.client.max_history_limit == 0 {
+            return bad("client.max_history_limit", "must be above 0");
+        }
         if self.client.commands_per_second == 0 {
             return bad("client.commands_per_second", "must be above 0");
         }

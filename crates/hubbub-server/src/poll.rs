@@ -160,7 +160,14 @@ pub async fn poll(
     };
     let epoch = query.get("epoch").filter(|e| !e.is_empty()).cloned().unwrap_or(current.epoch.clone());
     let asked = StreamPosition { offset: since, epoch };
-    let after = HistoryQuery { since: Some(asked.clone()), limit: None, reverse: false };
+    // Bounded like every answer: what does not fit comes with the next poll, which asks
+    // from the `offset` of this one (the last publication returned).
+    let after = HistoryQuery {
+        since: Some(asked.clone()),
+        limit: Some(node.client.max_history_limit),
+        reverse: false,
+        max_bytes: Some(node.client.answer_bytes()),
+    };
 
     let max_waiters = state.config.http.poll_max_waiters_per_user;
     let _place = match wait {

@@ -295,3 +295,76 @@ async fn history_ttl_expires_publications() {
     .await;
     assert!(expired.is_some(), "publications still in history long after history_ttl=1s");
 }
+
+/// Issue 10, finding 8: a recovery larger than a connection's queue budget, while another
+/// channel keeps the connection busy, is sent in pieces (the reply, then publication pushes,
+/// then the live ones), never answered by a slow-consumer disconnect (3008). The client
+/// reads through a small socket buffer, so the busy channel's pushes wait in its queue when
+/// the subscribe reply is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_backlog_recovers_in_pieces_while_another_channel_is_busy() {
+    const MISSED: i64 = 800;
+    const LIVE: i64 = 50;
+    let srv = Server::new();
+    let api = srv.api();
+    let channel = "big:backlog";
+    let mut before = srv.user("1").await;
+    let r = before.subscribe(channel).await;
+    let epoch = r["epoch"].as_str().expect("epoch").to_owned();
+    before.close_now().await;
+
+    // 800 publications of ~1.8 KB missed: 1.4 MB, over the 1 MiB queue.
+    let text = "y".repeat(1800);
+    let lanes = (0..4).map(|lane| {
+        let (api, text) = (&api, &text);
+        async move {
+            for n in (0..MISSED / 4).map(|i| i * 4 + lane) {
+                api.publish(channel, json!({ "n": n, "text": text })).await;
+            }
+        }
+    });
+    futures_util::future::join_all(lanes).await;
+
+    // Another channel keeps publishing while the client recovers.
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let busy_publisher = tokio::spawn({
+        let (api, busy) = (srv.api(), busy.clone());
+        async move {
+            let filler = "z".repeat(2000);
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                api.publish("busy", json!({ "filler": filler })).await;
+            }
+        }
+    });
+    let mut c = Client::open_small_rcvbuf(&srv.addr, &srv.ws_url(), 8192).await;
+    c.connect(&token("1")).await;
+    c.subscribe("busy").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = c
+        .send_cmd("subscribe", json!({"channel": channel, "recover": true, "offset": 0, "epoch": epoch}))
+        .await;
+    // Live publications while the backlog is still being sent: they come after it, once.
+    for n in 0..LIVE {
+        api.publish(channel, json!({ "n": MISSED + n })).await;
+    }
+    let reply = c.reply_within(id, Duration::from_secs(15)).await;
+    let result =
+        reply.get("subscribe").unwrap_or_else(|| panic!("subscribe failed: {reply}; close {:?}", c.close));
+    assert_eq!(result["recovered"], json!(true), "{result}");
+    let in_reply = offsets(&arr(result, "publications"));
+    assert!(in_reply.len() < MISSED as usize, "the reply carries what fits, not {}", in_reply.len());
+    let mut seen = in_reply;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < (MISSED + LIVE) as usize && std::time::Instant::now() < deadline {
+        match c.push_where(Duration::from_secs(5), |p| p["push"]["channel"] == json!(channel)).await {
+            Some(p) => seen.push(num(&p["push"]["pub"], "offset")),
+            None => break,
+        }
+        c.pushes.retain(|p| p["push"]["channel"] != json!("busy"));
+    }
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    busy_publisher.await.unwrap();
+    assert_eq!(c.close, None, "the recovering client was disconnected");
+    assert_eq!(seen, (1..=MISSED + LIVE).collect::<Vec<_>>(), "every publication once, in order");
+    assert!(c.still_open_after(QUIET).await, "connection closed after the recovery: {:?}", c.close);
+}

@@ -240,6 +240,9 @@ pub struct StoreLimits {
     /// the session); older ones are forgotten (then answered as unknown), so refreshing in a
     /// loop cannot grow the table.
     pub refresh_history: u32,
+    /// Notifications kept per user: each new one beyond it drops the oldest, so mentions
+    /// and invitations from others cannot grow a user's list without end.
+    pub notifications_per_user: u32,
 }
 
 impl Default for StoreLimits {
@@ -249,6 +252,7 @@ impl Default for StoreLimits {
             distinct_reactions: 40,
             sessions_per_user: 50,
             refresh_history: 8,
+            notifications_per_user: 1000,
         }
     }
 }

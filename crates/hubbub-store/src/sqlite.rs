@@ -1582,6 +1582,7 @@ impl ChatStore for SqliteStore {
         payload: &serde_json::Value,
     ) -> StoreResult<Notification> {
         let now = now_millis();
+        let mut tx = self.begin_write().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO notifications (user_id, kind, room_id, seq, payload, created_at) \
              VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
@@ -1592,9 +1593,19 @@ impl ChatStore for SqliteStore {
         .bind(seq.map(to_i64))
         .bind(payload.to_string())
         .bind(now)
-        .fetch_one(&self.writer)
+        .fetch_one(&mut *tx)
         .await
         .map_err(constraint)?;
+        // The oldest beyond the user's bound go (one index range: `notifications_user`).
+        sqlx::query(
+            "DELETE FROM notifications WHERE user_id = ?1 AND id <= ( \
+                SELECT id FROM notifications WHERE user_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        )
+        .bind(user)
+        .bind(i64::from(self.limits.notifications_per_user.max(1)))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(Notification {
             id,
             user_id: user,

@@ -359,12 +359,11 @@ impl Broker for MemoryBroker {
             }
             None => 0,
         };
-        let limit = query.limit.unwrap_or(usize::MAX);
         let matching = s.items.iter().map(|(_, _, p)| p).filter(|p| p.offset > after);
         let publications = if query.reverse {
-            matching.rev().take(limit).cloned().collect()
+            take_within(matching.rev(), query.limit, query.max_bytes)
         } else {
-            matching.take(limit).cloned().collect()
+            take_within(matching, query.limit, query.max_bytes)
         };
         Ok(HistoryPage { publications, position: s.position() })
     }

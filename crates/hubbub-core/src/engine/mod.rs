@@ -38,6 +38,78 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
     /// Newest first.
     pub reverse: bool,
+    /// At most about this many bytes of encoded publications (see [`take_within`]);
+    /// `None` for no bound. What does not fit is left for the next read, which continues
+    /// `since` the last publication returned: an answer never grows with the stream.
+    pub max_bytes: Option<usize>,
+}
+
+/// An answer being filled with publications up to a count and a byte bound. The first
+/// publication is always taken, however large, so that a reader paging through a stream
+/// always moves forward. Readers offer publications in answer order and stop at the first
+/// refused: a large stream is never read or cloned whole.
+#[derive(Debug)]
+pub struct Answer {
+    publications: Vec<Publication>,
+    bytes: usize,
+    limit: usize,
+    max_bytes: usize,
+}
+
+impl Answer {
+    pub fn new(limit: Option<usize>, max_bytes: Option<usize>) -> Self {
+        Answer {
+            publications: Vec::new(),
+            bytes: 0,
+            limit: limit.unwrap_or(usize::MAX),
+            max_bytes: max_bytes.unwrap_or(usize::MAX),
+        }
+    }
+
+    /// For a query: its `limit` and `max_bytes`.
+    pub fn for_query(query: &HistoryQuery) -> Self {
+        Self::new(query.limit, query.max_bytes)
+    }
+
+    /// Adds a copy of `publication` (a refcount bump for its data) when it fits. Returns
+    /// false, taking nothing, when the answer is full: stop reading.
+    pub fn offer(&mut self, publication: &Publication) -> bool {
+        if self.publications.len() >= self.limit {
+            return false;
+        }
+        // The comma between publications in the answer's array.
+        let len = publication.encoded_len() + 1;
+        if !self.publications.is_empty() && self.bytes.saturating_add(len) > self.max_bytes {
+            return false;
+        }
+        self.bytes = self.bytes.saturating_add(len);
+        self.publications.push(publication.clone());
+        true
+    }
+
+    /// Whether nothing more can be taken (by count).
+    pub fn is_full(&self) -> bool {
+        self.publications.len() >= self.limit
+    }
+
+    pub fn into_publications(self) -> Vec<Publication> {
+        self.publications
+    }
+}
+
+/// Takes publications, in the order given, while they fit (see [`Answer`]).
+pub fn take_within<'a>(
+    publications: impl Iterator<Item = &'a Publication>,
+    limit: Option<usize>,
+    max_bytes: Option<usize>,
+) -> Vec<Publication> {
+    let mut answer = Answer::new(limit, max_bytes);
+    for publication in publications {
+        if !answer.offer(publication) {
+            break;
+        }
+    }
+    answer.into_publications()
 }
 
 /// Publications read from history and the stream's current top position.

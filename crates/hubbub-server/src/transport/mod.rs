@@ -80,6 +80,13 @@ pub async fn drive<T: Transport>(mut session: Session, mut transport: T, first_f
                 Ok(false) => {}
                 Err(end) => break end,
             }
+            // A recovery larger than one answer goes out a piece at a time, each after the
+            // previous ones were written (see `Session::continue_recovery`).
+            if session.recovering() {
+                if let Err(disconnect) = Box::pin(session.continue_recovery()).await {
+                    break Some(disconnect);
+                }
+            }
         }
     };
     if let Some(disconnect) = end {

@@ -803,6 +803,24 @@ async fn rooms_of_summaries() {
     assert_eq!((bobs[0].room.id, bobs[0].role, bobs[0].unread), (g, Role::Member, 0));
 }
 
+/// A user's notifications are bounded: each beyond `notifications_per_user` drops the oldest.
+#[tokio::test]
+async fn notifications_are_bounded_per_user() {
+    let (_dir, store) = store().await;
+    let limits = StoreLimits { notifications_per_user: 3, ..StoreLimits::default() };
+    let store = store.with_limits(limits);
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    store.add_notification(bob, "mention", None, None, &json!(null)).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(store.add_notification(alice, "mention", None, Some(i), &json!(null)).await.unwrap().id);
+    }
+    let kept: Vec<i64> = store.notifications(alice, 100).await.unwrap().iter().map(|n| n.id).collect();
+    assert_eq!(kept, ids[7..].iter().rev().copied().collect::<Vec<_>>());
+    assert_eq!(store.notifications(bob, 100).await.unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn notifications() {
     let (_dir, store) = store().await;
