@@ -53,6 +53,11 @@ pub struct ChatConfig {
     pub signups_per_address: usize,
     #[serde(with = "serde_human")]
     pub signup_window: Duration,
+    /// Behind a reverse proxy: the header in which it passes the client's address (e.g.
+    /// `X-Forwarded-For`; its last address is used). Empty: the connection's own address.
+    /// Set it only when every request comes through a proxy that sets this header, or
+    /// clients choose their own address.
+    pub client_address_header: String,
     /// Largest request body of `/api/auth/*` (credentials and refresh tokens are small):
     /// bigger ones are refused (413) before they are read.
     pub auth_max_body: usize,
@@ -109,6 +114,11 @@ impl ChatConfig {
         if self.signup_window < Duration::from_secs(1) {
             return bad("signup_window", "must be at least 1s");
         }
+        if !self.client_address_header.is_empty()
+            && axum::http::HeaderName::from_bytes(self.client_address_header.as_bytes()).is_err()
+        {
+            return bad("client_address_header", "must be a header name like \"X-Forwarded-For\"");
+        }
         if self.auth_max_body < 512 {
             return bad("auth_max_body", "must be at least 512 bytes");
         }
@@ -152,6 +162,7 @@ impl Default for ChatConfig {
             login_window: Duration::from_secs(60),
             signups_per_address: 20,
             signup_window: Duration::from_secs(3600),
+            client_address_header: String::new(),
             auth_max_body: 4096,
             sends_per_second: 5.0,
             send_burst: 20,
@@ -256,5 +267,22 @@ impl Chat {
         let user = self.store.user(id).await?.ok_or_else(|| ChatError::unauthorized("unknown user"))?;
         self.users.lock().unwrap_or_else(|p| p.into_inner()).insert(id, user.clone());
         Ok(user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChatConfig;
+
+    #[test]
+    fn config_errors_name_the_key() {
+        assert!(ChatConfig::default().validate().is_ok());
+        let key = |c: ChatConfig| c.validate().unwrap_err().0;
+        assert_eq!(key(ChatConfig { sends_per_second: 0.0, ..Default::default() }), "chat.sends_per_second");
+        assert_eq!(key(ChatConfig { send_burst: 0, ..Default::default() }), "chat.send_burst");
+        assert_eq!(key(ChatConfig { limiter_max_keys: 0, ..Default::default() }), "chat.limiter_max_keys");
+        assert_eq!(key(ChatConfig { auth_max_body: 10, ..Default::default() }), "chat.auth_max_body");
+        let bad_header = ChatConfig { client_address_header: "not a header".into(), ..Default::default() };
+        assert_eq!(key(bad_header), "chat.client_address_header");
     }
 }

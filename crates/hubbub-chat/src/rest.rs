@@ -40,9 +40,11 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// The client's address, for log-in rate limiting: an IPv4 address, or the /64 network of
-/// an IPv6 one (one host usually has a whole /64, so counting single IPv6 addresses would
-/// give it 2^64 budgets).
+/// The client's address, for log-in and sign-up rate limiting: an IPv4 address, or the /64
+/// network of an IPv6 one (one host usually has a whole /64, so counting single IPv6
+/// addresses would give it 2^64 budgets). Behind a reverse proxy, every request comes from
+/// the proxy: `chat.client_address_header` names the header it sets, whose last address (the
+/// one the proxy itself saw) is then used.
 pub struct ClientAddr(String);
 
 impl ClientAddr {
@@ -55,14 +57,22 @@ impl ClientAddr {
             }
         }
     }
+
+    /// The last address in `header` (comma separated, as `X-Forwarded-For`).
+    fn from_header(parts: &Parts, header: &str) -> Option<IpAddr> {
+        let value = parts.headers.get_all(header).iter().next_back()?.to_str().ok()?;
+        value.rsplit(',').next()?.trim().parse().ok()
+    }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = ChatError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ChatError> {
-        let addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| Self::key(c.0.ip()));
-        Ok(ClientAddr(addr.unwrap_or_else(|| "unknown".into())))
+    async fn from_request_parts(parts: &mut Parts, chat: &AppState) -> Result<Self, ChatError> {
+        let header = chat.config.client_address_header.as_str();
+        let proxied = (!header.is_empty()).then(|| Self::from_header(parts, header)).flatten();
+        let addr = proxied.or_else(|| parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()));
+        Ok(ClientAddr(addr.map_or_else(|| "unknown".into(), Self::key)))
     }
 }
 

@@ -200,6 +200,36 @@ async fn signups_per_address_are_limited() {
     other.signup("kim").await;
 }
 
+/// Behind a reverse proxy (`client_address_header`), the address counted is the last one of
+/// that header, not the proxy's own.
+#[tokio::test]
+async fn the_address_behind_a_proxy_comes_from_the_configured_header() {
+    let srv = Server::builder()
+        .chat("signups_per_address", "1")
+        .chat("client_address_header", "\"X-Forwarded-For\"")
+        .start();
+    let signup = |name: &'static str, forwarded: &'static str| {
+        let url = srv.http_url("/api/auth/signup");
+        async move {
+            let resp = http_client()
+                .post(url)
+                .header("Content-Type", "application/json")
+                .header("X-Forwarded-For", forwarded)
+                .body(json!({ "username": name, "password": PASSWORD }).to_string())
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    };
+    assert_eq!(signup("lea", "203.0.113.9, 198.51.100.1").await, 201);
+    assert_eq!(signup("max", "203.0.113.10, 198.51.100.1").await, 429, "same last address");
+    assert_eq!(signup("max", "198.51.100.2").await, 201);
+    // IPv6 counts by /64.
+    assert_eq!(signup("ned", "2001:db8::1").await, 201);
+    assert_eq!(signup("ole", "2001:db8::2").await, 429, "same /64");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Finding 9: tokens
 // ---------------------------------------------------------------------------------------------
