@@ -53,6 +53,9 @@ export async function startServer(options = {}) {
       'api_key = "e2e-api-key"',
       '[chat]',
       `access_token_ttl = "${accessTokenTtl}"`,
+      // Tests write whole pages of history through REST at once (chat.send_burst is 20).
+      'sends_per_second = 1000.0',
+      'send_burst = 1000',
       '',
     ].join('\n'),
   );

@@ -323,7 +323,7 @@ impl Chat {
     /// store counted it with this message) on their personal channel, and a stored
     /// notification for each @mention.
     async fn after_send(&self, sender: &User, message: &Message, unread: Vec<(UserId, u64)>) {
-        let preview: String = message.text.chars().take(140).collect();
+        let preview: String = message.text.chars().take(hubbub_store::NOTIFICATION_PREVIEW_CHARS).collect();
         for &(member, unread) in &unread {
             let notice = serde_json::json!({
                 "type": "message", "room_id": message.room_id, "seq": message.seq,

@@ -97,6 +97,10 @@ pub struct Message {
     pub reactions: Vec<Reaction>,
 }
 
+/// Characters of a message a notification quotes in its payload's `preview`. The store keeps
+/// previews in step with the message: an edit or a delete rewrites them.
+pub const NOTIFICATION_PREVIEW_CHARS: usize = 140;
+
 /// One entry of a room's event stream, as published on `room:{id}` and replayed on
 /// recovery. Serialized with a `type` tag: `{"type":"message","message":{..}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,6 +307,8 @@ pub trait ChatStore: Send + Sync + 'static {
     /// Durable once this returns (group commit: concurrent senders share one commit).
     async fn append_message(&self, message: NewMessage) -> StoreResult<Appended>;
     /// `Forbidden` unless `editor` sent it; `NotFound` for an unknown or deleted message.
+    /// The message's earlier events and the notifications quoting it are rewritten with the
+    /// new text in the same transaction: the old text is kept nowhere.
     async fn edit_message(
         &self,
         room: RoomId,
@@ -310,6 +316,8 @@ pub trait ChatStore: Send + Sync + 'static {
         editor: UserId,
         text: &str,
     ) -> StoreResult<(Message, StoredEvent)>;
+    /// Makes the message a tombstone (its text empty, its reactions gone); its earlier events
+    /// and the notifications quoting it lose the text in the same transaction.
     async fn delete_message(&self, room: RoomId, seq: u64, by: UserId)
         -> StoreResult<(Message, StoredEvent)>;
     /// Adds (or with `add == false` removes) a reaction.

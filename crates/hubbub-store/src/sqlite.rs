@@ -77,7 +77,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     Appended, ChatStore, Member, Message, Millis, NewMessage, Notification, Page, Reaction, RefreshOutcome,
     Role, Room, RoomEvent, RoomId, RoomKind, RoomSummary, SearchHit, StoreError, StoreLimits, StoreResult,
-    StoredEvent, User, UserAuth, UserId,
+    StoredEvent, User, UserAuth, UserId, NOTIFICATION_PREVIEW_CHARS,
 };
 
 /// Most appends stored by one group commit.
@@ -220,6 +220,32 @@ UPDATE members SET unread = (
       AND x.sender_id != members.user_id AND x.deleted = 0
 );
 "#,
+    // 3: the log keeps no text its author removed. Each event knows the message it is about,
+    // so that an edit or a delete rewrites that message's earlier events (see `redact`); what
+    // earlier versions kept is redacted here. (FTS5's own secure-delete option is not used:
+    // with it, SQLite 3.46's integrity-check reports the index as corrupt.)
+    r#"
+ALTER TABLE events ADD COLUMN message_seq INTEGER;
+
+UPDATE events SET message_seq = json_extract(json, '$.message.seq')
+WHERE json_extract(json, '$.type') IN ('message', 'edit', 'delete', 'reaction');
+
+CREATE INDEX events_message ON events(room_id, message_seq) WHERE message_seq IS NOT NULL;
+
+UPDATE events SET json = json_set(json, '$.message.text', (
+    SELECT m.text FROM messages m WHERE m.room_id = events.room_id AND m.seq = events.message_seq))
+WHERE message_seq IS NOT NULL AND EXISTS (
+    SELECT 1 FROM messages m WHERE m.room_id = events.room_id AND m.seq = events.message_seq
+      AND (m.deleted = 1 OR m.edited_at IS NOT NULL));
+
+UPDATE notifications SET payload = json_set(payload, '$.preview', (
+    SELECT substr(m.text, 1, 140) FROM messages m
+    WHERE m.room_id = notifications.room_id AND m.seq = notifications.seq))
+WHERE json_type(payload, '$.preview') = 'text' AND EXISTS (
+    SELECT 1 FROM messages m WHERE m.room_id = notifications.room_id AND m.seq = notifications.seq
+      AND (m.deleted = 1 OR m.edited_at IS NOT NULL));
+
+"#,
 ];
 
 /// The columns of a [`Message`] (without reactions), for [`message_from_row`].
@@ -291,7 +317,10 @@ impl SqliteStore {
             .clone()
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full);
+            .synchronous(SqliteSynchronous::Full)
+            // Removed text (edits, deletes: see `redact`) is overwritten in the file, not
+            // only unlinked from the b-tree.
+            .pragma("secure_delete", "ON");
         // No reconnect in the middle of the traffic.
         let writer = one_connection().connect_with(writer_options).await?;
         migrate(&writer, MIGRATIONS).await?;
@@ -332,10 +361,19 @@ impl SqliteStore {
         self.commits.load(Ordering::Relaxed)
     }
 
-    /// Closes the connections (waiting for those in use); later calls fail.
+    /// Closes the connections (waiting for those in use); later calls fail. The readers go
+    /// first, so that the writer can fold the WAL into the database and truncate it: what
+    /// earlier versions of rewritten pages held (text removed by an edit or a delete) does not
+    /// outlive a clean shutdown in the WAL file.
     pub async fn close(&self) {
-        self.writer.close().await;
         self.readers.close().await;
+        // (In memory, the readers are the writer: nothing to fold.)
+        if !self.writer.is_closed() {
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await {
+                tracing::warn!(error = %e, "WAL checkpoint at close failed");
+            }
+        }
+        self.writer.close().await;
     }
 
     async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
@@ -837,14 +875,47 @@ async fn insert_event(
     event: &RoomEvent,
 ) -> StoreResult<StoredEvent> {
     let json = serde_json::to_string(event).map_err(|e| decode_error(format!("event encoding: {e}")))?;
-    sqlx::query("INSERT INTO events (room_id, seq, json, created_at) VALUES (?, ?, ?, ?)")
+    let message_seq = match event {
+        RoomEvent::Message { message }
+        | RoomEvent::Edit { message }
+        | RoomEvent::Delete { message }
+        | RoomEvent::Reaction { message } => Some(to_i64(message.seq)),
+        RoomEvent::RoomUpdated { .. } => None,
+    };
+    sqlx::query("INSERT INTO events (room_id, seq, json, created_at, message_seq) VALUES (?, ?, ?, ?, ?)")
         .bind(room)
         .bind(to_i64(seq))
         .bind(&json)
         .bind(now_millis())
+        .bind(message_seq)
         .execute(&mut *conn)
         .await?;
     Ok(StoredEvent { room_id: room, seq, json })
+}
+
+/// Rewrites every event already in the log about the message `seq`, and every notification
+/// quoting it, with `text` (what the message now says: the edited text, or nothing once
+/// deleted). Called in the transaction that edits or deletes it, so no reader ever sees the
+/// removed text again: history, recovery and polls replay the log, and a member who joins
+/// later reads it from offset 1. Offsets, ids and everything else in the events stay.
+async fn redact(conn: &mut SqliteConnection, room: RoomId, seq: u64, text: &str) -> StoreResult<()> {
+    sqlx::query("UPDATE events SET json = json_set(json, '$.message.text', ?1) WHERE room_id = ?2 AND message_seq = ?3")
+        .bind(text)
+        .bind(room)
+        .bind(to_i64(seq))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE notifications SET payload = json_set(payload, '$.preview', substr(?1, 1, ?4)) \
+         WHERE room_id = ?2 AND seq = ?3 AND json_type(payload, '$.preview') = 'text'",
+    )
+    .bind(text)
+    .bind(room)
+    .bind(to_i64(seq))
+    .bind(i64::try_from(NOTIFICATION_PREVIEW_CHARS).unwrap_or(i64::MAX))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Appends the event `event(message)` for the message `seq` as it is after an edit, a delete or
@@ -1308,6 +1379,7 @@ impl ChatStore for SqliteStore {
             .bind(to_i64(seq))
             .execute(&mut *tx)
             .await?;
+        redact(&mut tx, room, seq, text).await?;
         commit_message_change(tx, room, seq, |message| RoomEvent::Edit { message }).await
     }
 
@@ -1348,6 +1420,7 @@ impl ChatStore for SqliteStore {
             .bind(to_i64(seq))
             .execute(&mut *tx)
             .await?;
+        redact(&mut tx, room, seq, "").await?;
         commit_message_change(tx, room, seq, |message| RoomEvent::Delete { message }).await
     }
 

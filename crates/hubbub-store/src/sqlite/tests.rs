@@ -1351,3 +1351,134 @@ async fn reactions_are_bounded_per_user_and_per_message() {
     assert_eq!(emojis, ["a", "b", "d"]);
     assert_contiguous_events(&store, room).await;
 }
+
+/// Every byte of the database file and its WAL, for searching removed text in them.
+fn file_bytes(path: &std::path::Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    bytes.extend(std::fs::read(wal).unwrap_or_default());
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Text its author edited away or deleted is nowhere to be read: not in the room's event
+/// log (history, recovery, polls replay it), not in search, not in the notifications that
+/// quoted it, and not in the database file itself.
+#[tokio::test]
+async fn edited_and_deleted_text_is_redacted_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hubbub.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let room = group(&store, "g", alice, &[bob]).await;
+    const EDITED_AWAY: &str = "Quetzalcoatl-first-draft-4711";
+    const DELETED: &str = "Xylophone-regret-0815";
+    let m = send(&store, room, alice, &format!("hey @bob {EDITED_AWAY}"), "a1").await;
+    store.react(room, m.seq, bob, "👍", true).await.unwrap();
+    store
+        .add_notification(
+            bob,
+            "mention",
+            Some(room),
+            Some(m.seq),
+            &json!({"from": "alice", "preview": m.text}),
+        )
+        .await
+        .unwrap();
+    let (edited, _) = store.edit_message(room, m.seq, alice, "hey @bob second thoughts").await.unwrap();
+    // Long enough to spill into overflow pages, which a delete frees whole.
+    let d = send(&store, room, alice, &format!("@bob {DELETED} {}", "and more ".repeat(800)), "a2").await;
+    store
+        .add_notification(
+            bob,
+            "mention",
+            Some(room),
+            Some(d.seq),
+            &json!({"from": "alice", "preview": d.text}),
+        )
+        .await
+        .unwrap();
+    store.react(room, d.seq, bob, "🎉", true).await.unwrap();
+    store.delete_message(room, d.seq, alice).await.unwrap();
+
+    // The log keeps every offset, and each event of a message carries its text as it is now.
+    let events = assert_contiguous_events(&store, room).await;
+    for e in &events {
+        assert!(!e.json.contains(EDITED_AWAY) && !e.json.contains(DELETED), "seq {}: {}", e.seq, e.json);
+    }
+    let first = events.iter().find(|e| e.seq == m.seq).unwrap();
+    let as_sent = Message { edited_at: None, reactions: vec![], ..edited.clone() };
+    assert_eq!(event(first), RoomEvent::Message { message: as_sent });
+    let deleted_event = events.iter().find(|e| e.seq == d.seq).unwrap();
+    assert!(matches!(event(deleted_event), RoomEvent::Message { message } if message.text.is_empty()));
+    for word in ["Quetzalcoatl", "4711", "Xylophone", "regret"] {
+        assert!(store.search(bob, word, 10).await.unwrap().is_empty(), "search still finds {word}");
+    }
+    assert_eq!(store.search(bob, "thoughts", 10).await.unwrap().len(), 1);
+    let notes = store.notifications(bob, 10).await.unwrap();
+    assert_eq!(notes.len(), 2);
+    for n in &notes {
+        let text = n.payload.to_string();
+        assert!(!text.contains(EDITED_AWAY) && !text.contains(DELETED), "{text}");
+    }
+
+    // Not even in the file: freed space is overwritten (secure_delete), then checkpointed.
+    store.close().await;
+    drop(store);
+    let bytes = file_bytes(&path);
+    assert!(!contains(&bytes, EDITED_AWAY), "the edited-away text is still in the database file");
+    assert!(!contains(&bytes, DELETED), "the deleted text is still in the database file");
+}
+
+/// A database written before redaction existed is redacted when it is opened.
+#[tokio::test]
+async fn upgrading_redacts_what_was_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hubbub.db");
+    {
+        let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true).foreign_keys(true);
+        let pool = one_connection().connect_with(options).await.unwrap();
+        migrate(&pool, &MIGRATIONS[..2]).await.unwrap();
+        let message = |text: &str, deleted: bool| {
+            json!({"type": "message", "message": {"room_id": 1, "seq": 1, "sender_id": 1, "sender": "alice",
+                "text": text, "client_msg_id": "", "reply_to": null, "created_at": 0, "edited_at": null,
+                "deleted": deleted, "reactions": []}})
+            .to_string()
+        };
+        sqlx::raw_sql(
+            "INSERT INTO users (id, username, password_hash, created_at) VALUES (1, 'alice', 'h', 0); \
+             INSERT INTO rooms (id, kind, name, dm_key, epoch, last_seq, created_at) VALUES \
+               (1, 'group', 'g', NULL, 'aaaaaaaa', 2, 0); \
+             INSERT INTO members (room_id, user_id, role, joined_at) VALUES (1, 1, 'owner', 0); \
+             INSERT INTO messages (room_id, seq, sender_id, text, created_at, deleted) VALUES (1, 1, 1, '', 0, 1);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO events (room_id, seq, json, created_at) VALUES (1, 1, ?, 0), (1, 2, ?, 0)")
+            .bind(message("old secret", false))
+            .bind(message("", true).replace("\"message\",", "\"delete\","))
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO notifications (user_id, kind, room_id, seq, payload, created_at) \
+             VALUES (1, 'mention', 1, 1, '{\"preview\":\"old secret\"}', 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    for e in store.events_after(1, 0, 10).await.unwrap() {
+        assert!(!e.json.contains("old secret"), "{}", e.json);
+    }
+    let notes = store.notifications(1, 10).await.unwrap();
+    assert_eq!(notes[0].payload, json!({"preview": ""}));
+}
