@@ -31,6 +31,12 @@ pub struct ClientConfig {
     pub pong_timeout: Duration,
     /// Bound of a connection's outgoing queue; a subscriber over it is disconnected as slow.
     pub queue_max_bytes: usize,
+    /// Longest a write to a client may wait (its socket or stream full: the client does
+    /// not read); then the connection ends. Without it, a client that stops reading but
+    /// keeps its TCP connection open would hold its connection's task, buffers and
+    /// subscriptions forever, its slow disconnect stuck behind the blocked write.
+    #[serde(with = "crate::duration::serde_human")]
+    pub write_timeout: Duration,
     /// Largest answer built for a client, in bytes of publications (history, recovery,
     /// polls; the chat's REST pages): what does not fit is paged. At most
     /// `queue_max_bytes`, so that the server's own answer never makes a connection slow;
@@ -60,6 +66,7 @@ impl Default for ClientConfig {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(8),
             queue_max_bytes: 1 << 20,
+            write_timeout: Duration::from_secs(10),
             max_answer_bytes: 0,
             max_history_limit: 1000,
             max_message_size: 65536,

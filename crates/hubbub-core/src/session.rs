@@ -178,6 +178,11 @@ impl Session {
         &self.conn
     }
 
+    /// The node the session belongs to (its configuration, for the transport).
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
     pub fn client_id(&self) -> &str {
         &self.conn.client
     }

@@ -158,6 +158,9 @@ impl Config {
         if self.client.queue_max_bytes < 1024 {
             return bad("client.queue_max_bytes", "must be at least 1024 bytes");
         }
+        if self.client.write_timeout < Duration::from_millis(100) {
+            return bad("client.write_timeout", "must be at least 100ms");
+        }
         if self.client.max_answer_bytes > self.client.queue_max_bytes {
             return bad(
                 "client.max_answer_bytes",

@@ -376,6 +376,15 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
+    /// Whether a refresh token with this hash is stored (read from a reader).
+    async fn refresh_known(&self, hash: &str) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM refresh_tokens WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(found.is_some())
+    }
+
     async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
@@ -1107,6 +1116,11 @@ impl ChatStore for SqliteStore {
         new_expires_at: Millis,
         now: Millis,
     ) -> StoreResult<RefreshOutcome> {
+        // Unknown tokens (anyone can send them, no credentials needed) are answered from a
+        // reader, without taking the one writer every chat write waits for.
+        if !self.refresh_known(hash).await? {
+            return Ok(RefreshOutcome::Invalid);
+        }
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT user_id, family, expires_at, used_at IS NOT NULL AS used, revoked FROM refresh_tokens \
@@ -1162,6 +1176,9 @@ impl ChatStore for SqliteStore {
     }
 
     async fn revoke_refresh(&self, hash: &str) -> StoreResult<bool> {
+        if !self.refresh_known(hash).await? {
+            return Ok(false);
+        }
         let done = sqlx::query(
             "UPDATE refresh_tokens SET revoked = 1 \
              WHERE family = (SELECT family FROM refresh_tokens WHERE hash = ?)",

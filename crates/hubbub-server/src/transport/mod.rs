@@ -16,6 +16,8 @@ use hubbub_core::outbox::Control;
 use hubbub_core::Session;
 use hubbub_protocol::Disconnect;
 use std::future::Future;
+use std::task::Poll;
+use std::time::Duration;
 
 /// What the client did.
 pub enum Inbound {
@@ -43,8 +45,9 @@ pub trait Transport: Send {
 /// Runs a session over a transport until either side ends it, then cleans up the session.
 /// `first_frame` is a frame that came with the request that opened the connection (the
 /// connect command of the HTTP-streaming transports).
-pub async fn drive<T: Transport>(mut session: Session, mut transport: T, first_frame: Option<String>) {
+pub async fn drive<T: Transport>(mut session: Session, transport: T, first_frame: Option<String>) {
     let conn = session.connection().clone();
+    let mut transport = Timed { transport, limit: session.node().client.write_timeout };
     let mut frames = Vec::new();
     // The futures of command handling are large (kilobytes) and rarely alive: boxing them
     // keeps them out of this loop's state, which every idle connection holds for its life.
@@ -93,14 +96,44 @@ pub async fn drive<T: Transport>(mut session: Session, mut transport: T, first_f
         // What was queued before the disconnect (the last replies) still goes out first.
         while conn.outbox.drain_frames(&mut frames).is_some() {}
         if transport.write(&mut frames).await.is_ok() {
-            Box::pin(transport.close(disconnect)).await;
+            let limit = transport.limit;
+            if tokio::time::timeout(limit, Box::pin(transport.transport.close(disconnect))).await.is_err() {
+                tracing::info!(client = %session.client_id(), "closing write timed out (client.write_timeout)");
+            }
         }
     }
     Box::pin(session.close()).await;
 }
 
+/// A transport whose writes may wait at most `limit` (`client.write_timeout`): a write that
+/// takes longer (the client does not read, its socket or stream is full) counts as the peer
+/// being gone, so the connection ends and frees what it holds. Writes that complete at once
+/// (nearly all of them) set no timer.
+struct Timed<T> {
+    transport: T,
+    limit: Duration,
+}
+
+impl<T: Transport> Timed<T> {
+    async fn write(&mut self, frames: &mut Vec<Bytes>) -> Result<(), ()> {
+        let limit = self.limit;
+        let mut write = std::pin::pin!(self.transport.write(frames));
+        if let Poll::Ready(written) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            return written;
+        }
+        tokio::time::timeout(limit, write).await.unwrap_or_else(|_| {
+            tracing::info!(?limit, "write timed out: the client does not read (client.write_timeout)");
+            Err(())
+        })
+    }
+
+    fn read(&mut self) -> impl Future<Output = Inbound> + Send + '_ {
+        self.transport.read()
+    }
+}
+
 /// Writes `frames` and empties the batch for the next use, whatever the outcome.
-async fn write_batch<T: Transport>(transport: &mut T, frames: &mut Vec<Bytes>) -> Result<(), ()> {
+async fn write_batch<T: Transport>(transport: &mut Timed<T>, frames: &mut Vec<Bytes>) -> Result<(), ()> {
     let written = transport.write(frames).await;
     frames.clear();
     written
@@ -113,7 +146,7 @@ async fn write_batch<T: Transport>(transport: &mut T, frames: &mut Vec<Bytes>) -
 /// true (the session may have changed).
 async fn command<T: Transport>(
     session: &mut Session,
-    transport: &mut T,
+    transport: &mut Timed<T>,
     conn: &Connection,
     frames: &mut Vec<Bytes>,
     text: &str,
@@ -147,7 +180,7 @@ async fn command<T: Transport>(
 /// connection (`None`: the peer is gone).
 async fn flush<T: Transport>(
     session: &mut Session,
-    transport: &mut T,
+    transport: &mut Timed<T>,
     conn: &Connection,
     frames: &mut Vec<Bytes>,
 ) -> Result<bool, Option<Disconnect>> {
