@@ -68,7 +68,8 @@ pub struct ChatConfig {
     pub send_burst: usize,
     /// Most keys (accounts, addresses, users, user-and-room pairs) each of the chat's rate
     /// limiters tracks at once. When one is full, uses that need a new key are refused
-    /// (log-ins and sends: 429) or dropped (typing events) until keys expire.
+    /// (log-ins and sends: 429) or dropped (typing events) until keys expire. Also the size
+    /// of the cache of users by id (which starts over when full).
     pub limiter_max_keys: usize,
     /// Log-in sessions (refresh-token families) kept per user; a new log-in beyond it signs
     /// the oldest session out.
@@ -265,7 +266,13 @@ impl Chat {
             return Ok(user.clone());
         }
         let user = self.store.user(id).await?.ok_or_else(|| ChatError::unauthorized("unknown user"))?;
-        self.users.lock().unwrap_or_else(|p| p.into_inner()).insert(id, user.clone());
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        // Only a cache: when it holds `chat.limiter_max_keys` users it starts over, so the
+        // number of accounts never sets the memory it takes.
+        if users.len() >= self.config.limiter_max_keys {
+            users.clear();
+        }
+        users.insert(id, user.clone());
         Ok(user)
     }
 }

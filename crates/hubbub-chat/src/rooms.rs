@@ -15,6 +15,8 @@ use std::time::Duration;
 const MAX_ROOM_NAME: usize = 80;
 const MAX_CLIENT_MSG_ID: usize = 64;
 const MAX_EMOJI: usize = 16;
+/// Messages read from the store per query when a page is built (see `messages_within`).
+const MESSAGE_BATCH: usize = 25;
 
 /// At most one typing event per user and room per interval; a bounded map (see
 /// [`RateLimiter`]): when it is full, typing events that need a new entry are dropped.
@@ -410,7 +412,52 @@ impl Chat {
         limit: u32,
     ) -> ChatResult<Vec<Message>> {
         self.require_member(room, user.id).await?;
-        Ok(self.store.messages(room, page, limit.clamp(1, 200)).await?)
+        self.messages_within(room, page, limit.clamp(1, 200) as usize, self.node.client.answer_bytes()).await
+    }
+
+    /// A page of messages bounded by `limit` and by `max_bytes` of JSON (the first message
+    /// is always given, so that paging moves on). Read from the store in small batches, in
+    /// the page's direction, stopping once the page is full: a room of large messages is
+    /// never loaded whole. A page cut short keeps the messages nearest its cursor (the
+    /// newest for `Latest` and `Before`, the oldest for `After`), so the next page, asked
+    /// `before` its first or `after` its last, continues without a gap.
+    async fn messages_within(
+        &self,
+        room: RoomId,
+        page: Page,
+        limit: usize,
+        max_bytes: usize,
+    ) -> ChatResult<Vec<Message>> {
+        let backwards = !matches!(page, Page::After(_));
+        let mut taken: Vec<Message> = Vec::new();
+        let mut bytes = 0usize;
+        let mut cursor = page;
+        'pages: while taken.len() < limit {
+            let batch = (limit - taken.len()).min(MESSAGE_BATCH);
+            let mut messages = self.store.messages(room, cursor, batch as u32).await?;
+            let short = messages.len() < batch;
+            // Nearest the cursor first.
+            if backwards {
+                messages.reverse();
+            }
+            for message in messages {
+                // The comma between messages in the answer's array.
+                let len = hubbub_protocol::json_len(&message) + 1;
+                if !taken.is_empty() && bytes.saturating_add(len) > max_bytes {
+                    break 'pages;
+                }
+                bytes = bytes.saturating_add(len);
+                cursor = if backwards { Page::Before(message.seq) } else { Page::After(message.seq) };
+                taken.push(message);
+            }
+            if short {
+                break;
+            }
+        }
+        if backwards {
+            taken.reverse();
+        }
+        Ok(taken)
     }
 
     /// Moves the user's delivered/read markers forward (never back) and tells the room, and

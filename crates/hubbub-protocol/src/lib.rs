@@ -14,7 +14,9 @@ pub mod reply;
 
 pub use codes::{Disconnect, ProtocolError};
 pub use command::{decode_frame, Command, DecodeError, Method};
-pub use reply::{encode_frame, ClientInfo, Publication, Push, PushBody, Reply, ReplyBody, StreamPosition};
+pub use reply::{
+    encode_frame, json_len, ClientInfo, Publication, Push, PushBody, Reply, ReplyBody, StreamPosition,
+};
 
 /// Raw JSON kept exactly as received and shared cheaply between subscribers.
 pub type Json = std::sync::Arc<serde_json::value::RawValue>;

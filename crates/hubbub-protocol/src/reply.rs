@@ -47,25 +47,31 @@ pub struct Publication {
     pub tags: Option<HashMap<String, String>>,
 }
 
-impl Publication {
-    /// Length of the publication's JSON encoding, counted without building it: answers
-    /// are bounded in bytes, and this is what each publication adds to one.
-    pub fn encoded_len(&self) -> usize {
-        /// Counts what is written and keeps nothing.
-        struct Count(usize);
-        impl std::io::Write for Count {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0 += buf.len();
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
+/// Length of a value's JSON encoding, counted without building it: answers are bounded in
+/// bytes, and this is what each item adds to one.
+pub fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    /// Counts what is written and keeps nothing.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
         }
-        let mut count = Count(0);
-        // Writing to a counter cannot fail, and a publication always serializes.
-        let _ = serde_json::to_writer(&mut count, self);
-        count.0
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail; a value that does not serialize counts as what was
+    // written before it failed.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+impl Publication {
+    /// Length of the publication's JSON encoding (see [`json_len`]).
+    pub fn encoded_len(&self) -> usize {
+        json_len(self)
     }
 }
 

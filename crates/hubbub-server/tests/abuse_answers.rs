@@ -162,3 +162,154 @@ async fn answer_cap_is_validated_against_the_queue() {
     assert!(!status.success());
     assert!(stderr.contains("client.max_answer_bytes"), "the error names the key: {stderr}");
 }
+
+/// A chat room filled with 600 messages of 4,000 characters (through the REST API), then
+/// read by several members at once: REST message pages, polls of the room's channel and
+/// its history over WebSocket, each within the cap, and paging reaches every event in order.
+/// A member who recovers the whole room on subscribe gets it in pieces, without 3008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_room_answers_are_bounded_and_page_through_everything() {
+    let srv = Server::builder().chat("sends_per_second", "100000.0").chat("send_burst", "100000").start();
+    let http = http_client();
+    let url = |path: &str| srv.http_url(path);
+    let signup = |name: &'static str| {
+        let (http, url) = (&http, url(""));
+        async move {
+            let res = http
+                .post(format!("{url}/api/auth/signup"))
+                .json(&json!({"username": name, "password": "correct horse battery"}))
+                .send()
+                .await
+                .expect("signup");
+            assert_eq!(res.status().as_u16(), 201);
+            let v: Value = res.json().await.unwrap();
+            (
+                v["user"]["username"].as_str().unwrap().to_owned(),
+                v["access_token"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (_, owner) = signup("owner").await;
+    let res = http.post(url("/api/rooms")).bearer_auth(&owner).json(&json!({"name": "flood"})).send().await;
+    let room: Value = res.expect("create room").json().await.unwrap();
+    let room = room["id"].as_i64().expect("room id");
+    let mut readers = Vec::new();
+    for name in ["reader0", "reader1", "reader2", "reader3", "reader4", "reader5"] {
+        let (username, token) = signup(name).await;
+        let res = http
+            .post(url(&format!("/api/rooms/{room}/members")))
+            .bearer_auth(&owner)
+            .json(&json!({ "username": username }))
+            .send()
+            .await
+            .expect("invite");
+        assert_eq!(res.status().as_u16(), 200);
+        readers.push(token);
+    }
+    // Fill: four senders in flight at once.
+    let lanes = (0..4).map(|lane| {
+        let (http, owner, url) = (&http, &owner, url(&format!("/api/rooms/{room}/messages")));
+        async move {
+            for n in (1..=MESSAGES).filter(|n| n % 4 == lane) {
+                let res = http
+                    .post(&url)
+                    .bearer_auth(owner)
+                    .json(&json!({ "text": text(n), "client_msg_id": format!("m{n}") }))
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(res.status().as_u16(), 201);
+            }
+        }
+    });
+    futures_util::future::join_all(lanes).await;
+    let rss_filled = srv.rss_kib();
+    let channel = format!("room:{room}");
+
+    let read = |token: String| {
+        let (http, srv, channel) = (&http, &srv, channel.clone());
+        async move {
+            // REST pages, newest first, each asked `before` the oldest of the previous one.
+            let mut seqs: Vec<i64> = Vec::new();
+            let mut before = String::new();
+            loop {
+                let path = format!("/api/rooms/{room}/messages?limit=200{before}");
+                let res = http.get(srv.http_url(&path)).bearer_auth(&token).send().await.expect("page");
+                assert_eq!(res.status().as_u16(), 200);
+                let body = res.bytes().await.unwrap();
+                assert!(body.len() <= CAP + ENVELOPE, "a page of {} bytes is over the cap", body.len());
+                let page: Vec<Value> = serde_json::from_slice(&body).unwrap();
+                let Some(first) = page.first() else { break };
+                before = format!("&before={}", first["seq"]);
+                let page_seqs: Vec<i64> = page.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+                seqs.splice(0..0, page_seqs);
+            }
+            assert_eq!(seqs.len(), MESSAGES, "REST paging lost messages");
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "REST pages out of order");
+
+            // The room's event log by polling, from the start.
+            let mut since = 0;
+            let mut offsets_seen: Vec<i64> = Vec::new();
+            loop {
+                let path = format!("/api/poll?channel={channel}&since={since}");
+                let res = http.get(srv.http_url(&path)).bearer_auth(&token).send().await.expect("poll");
+                assert_eq!(res.status().as_u16(), 200);
+                let body = res.bytes().await.unwrap();
+                assert!(body.len() <= CAP + ENVELOPE, "a poll of {} bytes is over the cap", body.len());
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                let pubs = arr(&v, "publications");
+                if pubs.is_empty() {
+                    break;
+                }
+                offsets_seen.extend(offsets(&pubs));
+                since = num(&v, "offset");
+            }
+            let last = *offsets_seen.last().unwrap();
+            assert_eq!(offsets_seen, (1..=last).collect::<Vec<_>>(), "poll paging lost or reordered events");
+
+            // History over WebSocket, everything at once: one answer within the cap; and a
+            // recovery of the whole log, in pieces.
+            let mut c = Client::open(&srv.ws_url()).await;
+            c.connect(&token).await;
+            let r = c
+                .subscribe_with(json!({"channel": channel, "recover": true, "offset": 0, "epoch": ""}))
+                .await;
+            let epoch = r["epoch"].as_str().unwrap().to_owned();
+            let h = c.ok("history", json!({"channel": channel, "limit": -1})).await;
+            let size = h.to_string().len();
+            assert!(size <= CAP + ENVELOPE, "a history answer of {size} bytes is over the cap");
+            c.ok("unsubscribe", json!({"channel": channel})).await;
+            let r = c
+                .subscribe_with(json!({"channel": channel, "recover": true, "offset": 0, "epoch": epoch}))
+                .await;
+            assert_eq!(r["recovered"], json!(true), "{}", r["recovered"]);
+            let mut recovered = offsets(&arr(&r, "publications"));
+            while recovered.len() < last as usize {
+                let p = c
+                    // Ephemeral events (presence, typing) have no offset: not part of the log.
+                    .push_where(Duration::from_secs(10), |p| {
+                        p["push"]["channel"] == json!(channel) && p["push"]["pub"]["offset"].is_u64()
+                    })
+                    .await
+                    .unwrap_or_else(|| {
+                        panic!("recovery stopped at {} of {last}: {:?}", recovered.len(), c.close)
+                    });
+                recovered.push(num(&p["push"]["pub"], "offset"));
+            }
+            assert_eq!(recovered, (1..=last).collect::<Vec<_>>(), "recovery lost or reordered events");
+            assert!(c.close.is_none(), "closed while recovering: {:?}", c.close);
+        }
+    };
+    let mut rss_peak = rss_filled;
+    let all = futures_util::future::join_all(readers.into_iter().map(read));
+    tokio::pin!(all);
+    loop {
+        tokio::select! {
+            _ = &mut all => break,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => rss_peak = rss_peak.max(srv.rss_kib()),
+        }
+    }
+    let grown = rss_peak.saturating_sub(rss_filled);
+    eprintln!("chat: RSS filled {rss_filled} KiB, peak {rss_peak} KiB (+{grown} KiB)");
+    assert!(grown < 64 * 1024, "{READERS} readers grew the server by {grown} KiB");
+}

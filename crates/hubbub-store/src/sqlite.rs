@@ -1600,9 +1600,19 @@ impl ChatStore for SqliteStore {
     ) -> StoreResult<Notification> {
         let now = now_millis();
         let mut tx = self.begin_write().await?;
-        let id: i64 = sqlx::query_scalar(
+        // A `preview` quotes the message as it is when the notification is stored, not as it
+        // was when the caller read it: a message edited or deleted in between (see `redact`)
+        // must not come back through its notification.
+        let (id, stored): (i64, String) = sqlx::query_as(
             "INSERT INTO notifications (user_id, kind, room_id, seq, payload, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES (?1, ?2, ?3, ?4, \
+                 CASE WHEN json_type(?5, '$.preview') = 'text' \
+                           AND EXISTS (SELECT 1 FROM messages WHERE room_id = ?3 AND seq = ?4) \
+                      THEN json_set(?5, '$.preview', \
+                          (SELECT substr(text, 1, ?7) FROM messages WHERE room_id = ?3 AND seq = ?4)) \
+                      ELSE ?5 END, \
+                 ?6) \
+             RETURNING id, payload",
         )
         .bind(user)
         .bind(kind)
@@ -1610,9 +1620,12 @@ impl ChatStore for SqliteStore {
         .bind(seq.map(to_i64))
         .bind(payload.to_string())
         .bind(now)
+        .bind(i64::try_from(NOTIFICATION_PREVIEW_CHARS).unwrap_or(i64::MAX))
         .fetch_one(&mut *tx)
         .await
         .map_err(constraint)?;
+        let payload: serde_json::Value = serde_json::from_str(&stored)
+            .map_err(|e| decode_error(format!("notification {id} payload: {e}")))?;
         // The oldest beyond the user's bound go (one index range: `notifications_user`).
         sqlx::query(
             "DELETE FROM notifications WHERE user_id = ?1 AND id <= ( \
@@ -1629,7 +1642,7 @@ impl ChatStore for SqliteStore {
             kind: kind.to_owned(),
             room_id: room,
             seq,
-            payload: payload.clone(),
+            payload,
             read: false,
             created_at: now,
         })

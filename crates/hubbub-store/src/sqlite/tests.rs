@@ -1420,8 +1420,20 @@ async fn edited_and_deleted_text_is_redacted_everywhere() {
         assert!(store.search(bob, word, 10).await.unwrap().is_empty(), "search still finds {word}");
     }
     assert_eq!(store.search(bob, "thoughts", 10).await.unwrap().len(), 1);
+    // A notification stored after the delete (the sender's task was slow) quotes nothing.
+    let late = store
+        .add_notification(
+            bob,
+            "mention",
+            Some(room),
+            Some(d.seq),
+            &json!({"from": "alice", "preview": d.text}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(late.payload, json!({"from": "alice", "preview": ""}));
     let notes = store.notifications(bob, 10).await.unwrap();
-    assert_eq!(notes.len(), 2);
+    assert_eq!(notes.len(), 3);
     for n in &notes {
         let text = n.payload.to_string();
         assert!(!text.contains(EDITED_AWAY) && !text.contains(DELETED), "{text}");
