@@ -516,6 +516,42 @@ t('recovery: transport drop, SDK reconnects by itself and recovers', async (ctx)
     async () => { /* the SDK reconnects after minReconnectDelay */ });
 }, { timeout: 20000 });
 
+t('recovery: a backlog larger than one answer arrives in pieces, every publication once, in order', async (ctx) => {
+  // Answers of at most 2 KB: 60 missed publications of ~500 bytes take a dozen pieces.
+  const srv = await ctx.startServer({ client: { max_answer_bytes: 2048 } });
+  const ch = uniq('pieces');
+  const a = await ctx.subscribed('alice', ch, { recoverable: true }, { server: srv });
+  let n = 0;
+  const filler = 'p'.repeat(500);
+  const publish = async () => { n++; return apiPublish(ch, { n, filler }, srv); };
+  await publish();
+  await a.events.take('publication', 1);
+  await disconnectFrom(srv, a);
+  for (let i = 0; i < 60; i++) await publish();
+  a.c.centrifuge.connect();
+  const sctx = await a.events.next('subscribed');
+  assert.equal(sctx.recovered, true, 'resubscribe recovered');
+  await a.events.take('publication', 60, () => true, 8000);
+  await publish();
+  await a.events.next('publication');
+  await sleep(200);
+  const all = a.events.all('publication').map((p) => p.data.n);
+  assert.deepEqual(all, Array.from({ length: n }, (_, i) => i + 1), 'every publication once, in order');
+  const reply = parsedFrames(a.c, '<').find((f) => f.subscribe && f.subscribe.was_recovering);
+  assert.ok(reply.subscribe.publications.length < 60, 'the reply carried only what fits');
+}, { timeout: 20000 });
+
+/** Disconnects the client and waits until the server `srv` dropped it. */
+async function disconnectFrom(srv, a) {
+  const d = a.c.events.next('disconnected');
+  a.c.centrifuge.disconnect();
+  await d;
+  await eventually(async () => {
+    const r = await srv.apiOk('presence_stats', { channel: a.sub.channel });
+    return r.num_clients === 0;
+  }, 'server to drop the disconnected client');
+}
+
 t('recovery: wrong epoch → subscribed with wasRecovering and not recovered', async (ctx) => {
   const ch = uniq('epoch');
   await apiPublish(ch, { n: 1 });
