@@ -424,3 +424,13 @@ async fn emulation_sessions_count_toward_the_per_user_limits() {
     }
     assert!(got.matches("\"code\":111").count() >= 10, "{got}");
 }
+
+/// A uni_websocket client that upgrades and never sends its connect request is closed as
+/// stale (3502) after `client.ping_interval`, as a bidirectional one is: it cannot hold the
+/// connection forever.
+#[tokio::test]
+async fn silent_uni_websocket_is_closed_as_stale() {
+    let srv = Server::builder().client("ping_interval", "\"2s\"").client("pong_timeout", "\"1s\"").start();
+    let mut silent = Client::open(&format!("ws://{}/connection/uni_websocket", srv.addr)).await;
+    silent.expect_close(3502, Duration::from_secs(5)).await;
+}

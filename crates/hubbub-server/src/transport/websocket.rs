@@ -49,14 +49,20 @@ pub async fn unidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpg
     let node = state.node.clone();
     ws.on_upgrade(config(&node), move |socket| async move {
         let mut transport = WsTransport { socket, unidirectional: true };
-        // The first message is the connect request.
-        let request = match transport.socket.next().await {
-            Some(Ok(Message::Text(text))) => serde_json::from_str::<ConnectRequest>(text.as_str()).ok(),
-            Some(Err(e)) => match read_error(e) {
+        // The first message is the connect request. A client that sends none within
+        // `client.ping_interval` is stale, as a bidirectional one without `connect` is.
+        let first = tokio::time::timeout(node.client.ping_interval, transport.socket.next()).await;
+        let request = match first {
+            Err(_) => {
+                tracing::info!("uni_websocket: no connect request in time");
+                return transport.close(Disconnect::STALE).await;
+            }
+            Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<ConnectRequest>(text.as_str()).ok(),
+            Ok(Some(Err(e))) => match read_error(e) {
                 Inbound::Violation(disconnect) => return transport.close(disconnect).await,
                 _ => return,
             },
-            _ => None,
+            Ok(_) => None,
         };
         let Some(request) = request else {
             tracing::info!("uni_websocket: first message is not a connect request");
