@@ -76,6 +76,11 @@ pub struct HttpConfig {
     /// Long polls one token subject may keep waiting at once (each holds a listener in
     /// the hub); more are answered 429 at once.
     pub poll_max_waiters_per_user: usize,
+    /// Longest the body of `/emulation` and of the streaming transports' connect may take
+    /// to arrive (the request head has its own 30 s timeout): a client that sends a few
+    /// bytes and stalls gets 408 instead of holding its connection forever.
+    #[serde(with = "serde_human")]
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -85,6 +90,7 @@ impl Default for HttpConfig {
             poll_max_wait: Duration::from_secs(30),
             max_request_body: 65536,
             poll_max_waiters_per_user: 16,
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -184,6 +190,9 @@ impl Config {
         }
         if let Err((key, message)) = self.chat.validate() {
             return Err(ConfigError::Key { key, message });
+        }
+        if self.http.body_timeout < Duration::from_millis(100) {
+            return bad("http.body_timeout", "must be at least 100ms");
         }
         if self.http.poll_max_waiters_per_user == 0 {
             return bad("http.poll_max_waiters_per_user", "must be at least 1");

@@ -201,9 +201,10 @@ pub(crate) fn too_big(state: &AppState, body: &[u8]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A request body of at most `http.max_request_body` bytes. Read as it arrives and refused
-/// (413, JSON) as soon as it goes over: a client cannot make the server buffer more, whatever
-/// `Content-Length` it announces.
+/// A request body of at most `http.max_request_body` bytes, arrived within
+/// `http.body_timeout`. Read as it arrives and refused (413, JSON) as soon as it goes over: a
+/// client cannot make the server buffer more, whatever `Content-Length` it announces, nor
+/// hold the connection by stalling mid-body (408).
 pub(crate) struct LimitedBody(pub BodyBytes);
 
 impl FromRequest<Arc<AppState>> for LimitedBody {
@@ -220,16 +221,26 @@ impl FromRequest<Arc<AppState>> for LimitedBody {
             return Err(body_too_large(limit));
         }
         let mut chunks = request.into_body().into_data_stream();
-        let mut body = BytesMut::new();
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk
-                .map_err(|e| ApiError::bad_request(format!("bad request: cannot read the body: {e}")))?;
-            if body.len() + chunk.len() > limit {
-                return Err(body_too_large(limit));
+        let read = async {
+            let mut body = BytesMut::new();
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk
+                    .map_err(|e| ApiError::bad_request(format!("bad request: cannot read the body: {e}")))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(body_too_large(limit));
+                }
+                body.extend_from_slice(&chunk);
             }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(LimitedBody(body.freeze()))
+            Ok(LimitedBody(body.freeze()))
+        };
+        let timeout = state.config.http.body_timeout;
+        tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
+            tracing::info!(?timeout, "request body too slow");
+            Err(ApiError::bad_request(format!(
+                "bad request: the body did not arrive within {timeout:?} (http.body_timeout)"
+            ))
+            .with_status(StatusCode::REQUEST_TIMEOUT))
+        })
     }
 }
 
