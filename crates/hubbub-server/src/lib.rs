@@ -86,7 +86,8 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let chat = hubbub_chat::Chat::install(node.clone(), Arc::new(store), config.chat.clone());
+    let store = Arc::new(store);
+    let chat = hubbub_chat::Chat::install(node.clone(), store.clone(), config.chat.clone());
 
     let grace = config.shutdown_grace;
     let state = Arc::new(AppState { node: node.clone(), config, poll_waiters: Default::default() });
@@ -122,6 +123,11 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("grace period over with connections still open: exiting"),
     }
     sweeper.abort();
+    // Folds the WAL into the database and truncates it (`SqliteStore::close`): a clean stop
+    // leaves no earlier page versions, which may hold text an edit or a delete removed.
+    if tokio::time::timeout(Duration::from_secs(5), store.close()).await.is_err() {
+        tracing::warn!("the database was still in use 5s after the shutdown: not closed cleanly");
+    }
     tracing::info!("stopped");
     drop(data_dir);
     Ok(())

@@ -92,7 +92,9 @@ async fn a_later_member_reads_no_removed_text() {
             Method::POST,
             &messages,
             &alice,
-            Some(json!({"text": format!("oops {DELETED}"), "client_msg_id": "m2"})),
+            Some(
+                json!({"text": format!("oops {DELETED} {}", "and more ".repeat(400)), "client_msg_id": "m2"}),
+            ),
         )
         .await;
     let s2 = m2["seq"].as_i64().unwrap();
@@ -142,4 +144,22 @@ async fn a_later_member_reads_no_removed_text() {
         .cloned()
         .unwrap_or_else(|| panic!("no event at seq {s1}: {history}"));
     assert_eq!(first["data"]["message"]["text"], json!("plan: second thoughts"), "{first}");
+
+    // Nor in the files, once the server stopped cleanly: freed space is overwritten
+    // (secure_delete) and the WAL folded into the database.
+    drop(c);
+    let mut srv = srv;
+    srv.sigterm();
+    assert!(srv.wait_exit(std::time::Duration::from_secs(10)).is_some_and(|s| s.success()));
+    for entry in std::fs::read_dir(srv.dir.path().join("data")).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        for removed in [EDITED_AWAY, DELETED] {
+            let found = bytes.windows(removed.len()).any(|w| w == removed.as_bytes());
+            assert!(!found, "{removed:?} is still in {}", path.display());
+        }
+    }
 }

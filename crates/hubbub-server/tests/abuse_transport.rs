@@ -397,3 +397,30 @@ async fn a_write_stuck_on_a_client_that_does_not_read_times_out() {
     fine.ok("rpc", json!({"method": "echo", "data": {"still": "here"}})).await;
     drop(stream.response);
 }
+
+/// Emulation sessions are connections like any other: they count toward
+/// `client.max_connections_per_user` (one more gets the disconnect 3504 on its stream), and
+/// their posted commands toward `client.commands_per_second` (error 111 on the stream).
+#[tokio::test]
+async fn emulation_sessions_count_toward_the_per_user_limits() {
+    let srv =
+        Server::builder().client("max_connections_per_user", "2").client("commands_per_second", "5").start();
+    let mut first = http_stream(&srv, "1").await;
+    let _second = http_stream(&srv, "1").await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let connect = json!({"id": 1, "connect": {"token": token("1")}}).to_string();
+    let third = http.post(srv.http_url("/connection/http_stream")).body(connect).send().await.unwrap();
+    let text = tokio::time::timeout(T, third.text()).await.expect("the third stream ends").unwrap();
+    assert!(text.contains("\"disconnect\":{\"code\":3504"), "{text}");
+
+    // 20 commands in one post, 5 allowed per second: the rest answered 111.
+    let pings: Vec<String> = (10..30).map(|id| json!({"id": id, "ping": {}}).to_string()).collect();
+    let body = json!({"session": first.session, "data": pings.join("\n")}).to_string();
+    assert_eq!(post_emulation(&http_client(), &srv, body).await.0, 204);
+    let mut got = String::new();
+    while got.matches("\"id\":").count() < 20 {
+        let chunk = tokio::time::timeout(T, first.response.chunk()).await.expect("replies").unwrap();
+        got.push_str(&String::from_utf8_lossy(&chunk.expect("stream open")));
+    }
+    assert!(got.matches("\"code\":111").count() >= 10, "{got}");
+}
