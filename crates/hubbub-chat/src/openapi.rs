@@ -147,7 +147,7 @@ const OPS: &[Op] = &[
         query: &[
             ("before", "messages before this seq"),
             ("after", "messages after this seq"),
-            ("limit", "1 to 200, default 50"),
+            ("limit", "1 to 200, default 50; a page is also cut at client.max_answer_bytes (the messages nearest the cursor are kept: ask again before the first or after the last)"),
         ],
         status: 200,
         answer: Some("[Message]"),

@@ -141,9 +141,13 @@ impl Chat {
         Ok(())
     }
 
-    /// The seq last published in this process, if the room has published here.
+    /// The seq last published in this process, if the room has published here. A read: it
+    /// adds no entry for a room that has not (subscribers and polls ask it of any room).
     pub(crate) async fn published_seq(&self, room: RoomId) -> Option<u64> {
-        *self.publishers.room(room).lock().await
+        let publisher =
+            self.publishers.rooms.lock().unwrap_or_else(|p| p.into_inner()).get(&room).cloned()?;
+        let last = *publisher.lock().await;
+        last
     }
 
     /// Whether the room's publisher is prepared: the room existed and was written to by a

@@ -237,8 +237,11 @@ impl MemoryBroker {
     }
 
     /// Over a bound: drops the least recently published streams until
-    /// [`EVICT_TO_PERCENT`] of both bounds is used. Runs outside every stream lock.
-    fn evict_if_over(&self) {
+    /// [`EVICT_TO_PERCENT`] of both bounds is used. The stream just published to (`keep`) is
+    /// not dropped but, when it alone is over the byte bound, loses its oldest publications
+    /// (its newest stays): a channel whose own history exceeds the budget keeps its offsets
+    /// and epoch. Runs outside every stream lock.
+    fn evict_if_over(&self, keep: &str) {
         if !self.over(100) {
             return;
         }
@@ -253,13 +256,33 @@ impl MemoryBroker {
             if !self.over(EVICT_TO_PERCENT) {
                 break;
             }
+            if channel == keep {
+                continue;
+            }
             let mut shard = self.streams.shard(&channel);
             let Some(stream) = shard.get(&channel).cloned() else { continue };
             self.retire(&mut lock(&stream));
             shard.remove(&channel);
             dropped += 1;
         }
-        tracing::debug!(dropped, "history over engine.history_max_bytes or engine.history_max_streams");
+        let mut trimmed = 0usize;
+        if self.over(EVICT_TO_PERCENT) {
+            let stream = self.streams.shard(keep).get(keep).cloned();
+            if let Some(stream) = stream {
+                let mut s = lock(&stream);
+                while s.items.len() > 1 && self.over(EVICT_TO_PERCENT) {
+                    let size = s.items.pop_front().map_or(0, |(_, size, _)| size);
+                    s.bytes -= size;
+                    self.bytes.fetch_sub(size, Ordering::Relaxed);
+                    trimmed += 1;
+                }
+            }
+        }
+        tracing::debug!(
+            dropped,
+            trimmed,
+            "history over engine.history_max_bytes or engine.history_max_streams"
+        );
     }
 }
 
@@ -315,7 +338,7 @@ impl Broker for MemoryBroker {
             events.on_publication(channel, publication);
             break position;
         };
-        self.evict_if_over();
+        self.evict_if_over(channel);
         Ok(position)
     }
 
@@ -550,6 +573,36 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         broker.sweep();
         assert_eq!(broker.stats(), StreamStats::default());
+    }
+
+    #[tokio::test]
+    async fn a_channel_alone_over_the_budget_keeps_its_stream() {
+        let config = MemoryEngineConfig { history_max_bytes: 64 * 1024, ..Default::default() };
+        let broker = MemoryBroker::with_config(config);
+        broker.start(Arc::new(Collect(Mutex::new(vec![])))).await.unwrap();
+        let h = HistoryOptions { size: 1000, ttl: Duration::from_secs(60) };
+        let big = || Publication {
+            data: json_from_str(&format!("\"{}\"", "x".repeat(10_000))).unwrap(),
+            info: None,
+            offset: 0,
+            tags: None,
+        };
+        let first = broker.publish("hot", big(), h).await.unwrap();
+        let mut last = first.clone();
+        for _ in 0..50 {
+            last = broker.publish("hot", big(), h).await.unwrap();
+        }
+        assert_eq!((last.offset, &last.epoch), (51, &first.epoch), "the stream was dropped");
+        assert!(broker.stats().bytes <= 64 * 1024, "{:?}", broker.stats());
+        let kept = broker.history("hot", HistoryQuery::default(), h).await.unwrap().publications;
+        assert!(!kept.is_empty() && kept.last().unwrap().offset == 51);
+        // The trimmed start is unrecoverable, the kept end is.
+        let since = |offset| HistoryQuery {
+            since: Some(StreamPosition { offset, epoch: first.epoch.clone() }),
+            ..Default::default()
+        };
+        assert_eq!(broker.history("hot", since(1), h).await.unwrap_err(), EngineError::UnrecoverablePosition);
+        assert!(broker.history("hot", since(50), h).await.is_ok());
     }
 
     #[tokio::test]
