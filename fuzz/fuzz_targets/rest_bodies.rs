@@ -6,16 +6,11 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use axum::routing::post;
+use axum::extract::ConnectInfo;
 use axum::Router;
 use http_body_util::BodyExt;
-use hubbub_core::auth::Tokens;
-use hubbub_core::channel::Namespaces;
-use hubbub_core::engine::memory::{MemoryBroker, MemoryPresence};
-use hubbub_core::rpc::RpcRegistry;
-use hubbub_core::{Node, NodeOptions};
 use hubbub_server::config::Config;
-use hubbub_server::AppState;
+use hubbub_server::App;
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 use tower::ServiceExt;
@@ -56,6 +51,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/history_remove"),
     ("POST", "/api/channels"),
     ("POST", "/api/info"),
+    ("GET", "/api/poll"),
+    ("POST", "/emulation"),
 ];
 
 struct World {
@@ -74,7 +71,9 @@ fn world() -> &'static World {
     })
 }
 
-/// The server's routers over a fresh store, with one user who has a room with a message.
+/// The server's router (every route, as `serve` builds it) over a fresh store, with one
+/// user who has a room with a message. The per-user and per-address rate limits are raised
+/// so that the fuzzer reaches the handlers behind them instead of a 429.
 async fn build() -> (Router, String, i64) {
     let dir = std::env::temp_dir().join(format!("hubbub-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -82,29 +81,19 @@ async fn build() -> (Router, String, i64) {
     let mut config = Config::default();
     config.auth.api_key = API_KEY.into();
     config.auth.token_secret = "fuzz-secret".into();
-    let mut namespaces = config.namespaces.clone();
-    namespaces.push(hubbub_chat::room_namespace());
-    let node = Node::start(NodeOptions {
-        name: "fuzz".into(),
-        version: "0".into(),
-        client: config.client.clone(),
-        namespaces: Namespaces::new(&namespaces).unwrap(),
-        tokens: Tokens::new(&config.auth.token_secret),
-        allow_anonymous: false,
-        broker: Arc::new(MemoryBroker::new()),
-        presence: Arc::new(MemoryPresence::new()),
-        rpc: RpcRegistry::new(),
-    })
-    .await
-    .unwrap();
-    let chat = hubbub_chat::Chat::install(node.clone(), Arc::new(store), config.chat.clone());
-    let session = chat.signup("fuzzer", "fuzzer-password", "fuzz").await.unwrap();
-    let room = chat.create_room(&session.user, "fuzz room").await.unwrap();
+    // A long poll holds its answer at most this long (the fuzzer picks `wait`).
+    config.http.poll_max_wait = std::time::Duration::from_secs(1);
+    config.chat.sends_per_second = 1e9;
+    config.chat.send_burst = 1 << 30;
+    config.chat.signups_per_address = 1 << 30;
+    config.chat.login_failures_per_account = 1 << 30;
+    config.chat.login_failures_per_address = 1 << 30;
+    let app = App::build(config, "fuzz".into(), Arc::new(store)).await.unwrap();
+    let session = app.chat.signup("fuzzer", "fuzzer-password", "fuzz").await.unwrap();
+    let room = app.chat.create_room(&session.user, "fuzz room").await.unwrap();
     let room_id = serde_json::to_value(&room).unwrap()["id"].as_i64().unwrap();
-    chat.send(&session.user, room_id, "hello", "fuzz-seed-1", None).await.unwrap();
-    let state = Arc::new(AppState { node, config });
-    let api = Router::new().route("/api/{method}", post(hubbub_server::api::handle)).with_state(state);
-    (hubbub_chat::rest::router(chat).merge(api), session.access_token, room_id)
+    app.chat.send(&session.user, room_id, "hello", "fuzz-seed-1", None).await.unwrap();
+    (app.router, session.access_token, room_id)
 }
 
 /// Bytes as a URI query: percent-encoded except for unreserved characters, `=` and `&`.
@@ -137,7 +126,9 @@ fuzz_target!(|data: &[u8]| {
     } else {
         request.uri(path).header("content-type", "application/json").body(Body::from(rest.to_vec()))
     };
-    let Ok(request) = request else { return };
+    let Ok(mut request) = request else { return };
+    // As the accept loop does: the peer's address, which the per-address limits key on.
+    request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 40000))));
     let (status, body) = w.runtime.block_on(async {
         let response = w.app.clone().oneshot(request).await.unwrap();
         let status = response.status();

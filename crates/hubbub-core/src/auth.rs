@@ -17,6 +17,11 @@ pub struct ConnectClaims {
     pub exp: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Not before, Unix seconds (RFC 7519 allows fractions). Checked here rather than only
+    /// by jsonwebtoken, which treats a value it cannot read as a `u64` (a fraction, 1e49) as
+    /// absent and accepts the token: found by the `jwt` fuzz target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<f64>,
     /// Becomes `conn_info` in presence and publications.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub info: Option<Json>,
@@ -40,6 +45,9 @@ pub struct SubscriptionClaims {
     pub exp: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Not before, Unix seconds; see [`ConnectClaims::nbf`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<f64>,
     /// Becomes `chan_info` in presence and publications.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub info: Option<Json>,
@@ -71,6 +79,14 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// Refuses a token whose `nbf` is still in the future (no leeway, like `exp`).
+fn check_not_before(nbf: Option<f64>) -> Result<(), TokenError> {
+    match nbf {
+        Some(nbf) if nbf > unix_now() as f64 => Err(TokenError::Invalid("token not valid yet (nbf)".into())),
+        _ => Ok(()),
+    }
+}
+
 impl Tokens {
     pub fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
@@ -98,6 +114,7 @@ impl Tokens {
     /// (one with a `channel` claim) is not one.
     pub fn verify_connect(&self, token: &str) -> Result<ConnectClaims, TokenError> {
         let claims: ConnectClaims = self.verify(token)?;
+        check_not_before(claims.nbf)?;
         if !claims.channel.is_empty() {
             return Err(TokenError::Invalid("a subscription token is not a connection token".into()));
         }
@@ -106,6 +123,7 @@ impl Tokens {
 
     pub fn verify_subscription(&self, token: &str) -> Result<SubscriptionClaims, TokenError> {
         let claims: SubscriptionClaims = self.verify(token)?;
+        check_not_before(claims.nbf)?;
         if claims.channel.is_empty() {
             return Err(TokenError::Invalid("subscription token without channel".into()));
         }
@@ -124,6 +142,7 @@ impl Tokens {
             sub: user.to_owned(),
             exp: ttl.map(|t| now + t.as_secs().max(1)),
             iat: Some(now),
+            nbf: None,
             info: None,
             channels,
             channel: String::new(),
@@ -138,6 +157,7 @@ impl Tokens {
             channel: channel.to_owned(),
             exp: ttl.map(|t| now + t.as_secs().max(1)),
             iat: Some(now),
+            nbf: None,
             info: None,
         })
     }
@@ -189,5 +209,16 @@ mod tests {
         assert!(matches!(t.verify_subscription(&sub_later), Err(TokenError::Invalid(_))));
         let now = t.sign(&Nbf { sub: "1", channel: "", nbf: unix_now().saturating_sub(1) });
         assert_eq!(t.verify_connect(&now).unwrap().sub, "1");
+        // A date jsonwebtoken cannot read as a u64 is still a date in the future.
+        for nbf in [serde_json::json!(1.9755555555055548e49), serde_json::json!(unix_now() as f64 + 3600.5)] {
+            let later = t.sign(&serde_json::json!({ "sub": "1", "nbf": nbf }));
+            assert!(matches!(t.verify_connect(&later), Err(TokenError::Invalid(_))), "{nbf}");
+            let sub_later = t.sign(&serde_json::json!({ "sub": "1", "channel": "$x", "nbf": nbf }));
+            assert!(matches!(t.verify_subscription(&sub_later), Err(TokenError::Invalid(_))), "{nbf}");
+        }
+        let text = t.sign(&serde_json::json!({ "sub": "1", "nbf": "tomorrow" }));
+        assert!(t.verify_connect(&text).is_err());
+        let fraction_ago = t.sign(&serde_json::json!({ "sub": "1", "nbf": unix_now() as f64 - 0.5 }));
+        assert!(t.verify_connect(&fraction_ago).is_ok());
     }
 }

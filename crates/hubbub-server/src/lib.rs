@@ -43,6 +43,51 @@ pub struct AppState {
     pub poll_waiters: poll::Waiters,
 }
 
+/// What a running server is made of, built from its configuration and its store: the
+/// router with every route, the node and the chat plugged into it. `serve` puts it behind
+/// the accept loop; the fuzz targets drive the same router in process.
+pub struct App {
+    pub router: axum::Router,
+    pub node: Arc<Node>,
+    pub chat: Arc<hubbub_chat::Chat>,
+    /// The single-node engine, whose expired streams someone must sweep.
+    pub broker: Arc<MemoryBroker>,
+}
+
+impl App {
+    /// Builds the node (engine, namespaces with the chat's `room`, tokens, RPC) and the router.
+    pub async fn build(
+        config: Config,
+        name: String,
+        store: Arc<hubbub_store::sqlite::SqliteStore>,
+    ) -> anyhow::Result<App> {
+        // The chat's rooms live in their own namespace, unless the configuration defines it.
+        let mut namespaces = config.namespaces.clone();
+        if !namespaces.iter().any(|ns| ns.name == hubbub_chat::ROOM_NAMESPACE) {
+            namespaces.push(hubbub_chat::room_namespace());
+        }
+        let mut rpc = RpcRegistry::new();
+        rpc.register("echo", Echo);
+        let broker = Arc::new(MemoryBroker::with_config(config.engine.clone()));
+        let node = Node::start(NodeOptions {
+            name,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            client: config.client.clone(),
+            namespaces: Namespaces::new(&namespaces).map_err(anyhow::Error::msg)?,
+            tokens: Tokens::new(&config.auth.token_secret),
+            allow_anonymous: config.auth.allow_anonymous,
+            broker: broker.clone(),
+            presence: Arc::new(MemoryPresence::new()),
+            rpc,
+        })
+        .await?;
+        let chat = hubbub_chat::Chat::install(node.clone(), store, config.chat.clone());
+        let state = Arc::new(AppState { node: node.clone(), config, poll_waiters: Default::default() });
+        let router = http::router(state, hubbub_chat::rest::router(chat.clone()));
+        Ok(App { router, node, chat, broker })
+    }
+}
+
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
 pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     // First of all: a second server on the same data_dir stops here, before it opens anything.
@@ -52,32 +97,16 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
     let addr = listener.local_addr()?;
 
-    // The chat's rooms live in their own namespace, unless the configuration defines it.
-    let mut namespaces = config.namespaces.clone();
-    if !namespaces.iter().any(|ns| ns.name == hubbub_chat::ROOM_NAMESPACE) {
-        namespaces.push(hubbub_chat::room_namespace());
-    }
     let db = data_dir.path().join("hubbub.db");
     let store = hubbub_store::sqlite::SqliteStore::open(&db)
         .await
         .with_context(|| format!("cannot open the database {}", db.display()))?
         .with_limits(config.chat.store_limits());
+    let store = Arc::new(store);
 
-    let mut rpc = RpcRegistry::new();
-    rpc.register("echo", Echo);
-    let broker = Arc::new(MemoryBroker::with_config(config.engine.clone()));
-    let node = Node::start(NodeOptions {
-        name: if config.node_name.is_empty() { addr.to_string() } else { config.node_name.clone() },
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        client: config.client.clone(),
-        namespaces: Namespaces::new(&namespaces).map_err(anyhow::Error::msg)?,
-        tokens: Tokens::new(&config.auth.token_secret),
-        allow_anonymous: config.auth.allow_anonymous,
-        broker: broker.clone(),
-        presence: Arc::new(MemoryPresence::new()),
-        rpc,
-    })
-    .await?;
+    let name = if config.node_name.is_empty() { addr.to_string() } else { config.node_name.clone() };
+    let grace = config.shutdown_grace;
+    let App { router: app, node, broker, .. } = App::build(config, name, store.clone()).await?;
     let sweeper = tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(30));
         loop {
@@ -85,13 +114,6 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
             broker.sweep();
         }
     });
-
-    let store = Arc::new(store);
-    let chat = hubbub_chat::Chat::install(node.clone(), store.clone(), config.chat.clone());
-
-    let grace = config.shutdown_grace;
-    let state = Arc::new(AppState { node: node.clone(), config, poll_waiters: Default::default() });
-    let app = http::router(state, hubbub_chat::rest::router(chat));
     // Listen for signals before saying we listen: a SIGTERM sent right after the line must
     // shut down gracefully, not kill the process with the default action.
     let stop_signal = shutdown_signal()?;
