@@ -440,3 +440,20 @@ async fn api_disconnect_default_and_custom_code() {
     assert!(keep.still_open_after(Duration::from_millis(200)).await);
     keep.ok("rpc", json!({"method": "echo", "data": {}})).await;
 }
+
+/// Channel names are the client's choice and become keys of the hub's and the engine's
+/// maps: longer than 255 bytes is refused (107) on every command that names one.
+#[tokio::test]
+async fn channel_names_over_255_bytes_are_refused() {
+    let srv = Server::new();
+    let mut c = srv.user("42").await;
+    let long = "x".repeat(256);
+    for (method, params) in [
+        ("subscribe", json!({ "channel": long })),
+        ("publish", json!({ "channel": long, "data": {} })),
+        ("history", json!({ "channel": long, "limit": 1 })),
+    ] {
+        assert_eq!(c.err(method, params).await, 107, "{method}");
+    }
+    c.subscribe(&"x".repeat(255)).await;
+}
