@@ -61,6 +61,8 @@ pub struct ChatConfig {
     /// Largest request body of `/api/auth/*` (credentials and refresh tokens are small):
     /// bigger ones are refused (413) before they are read.
     pub auth_max_body: usize,
+    /// Largest body of the other chat requests (a message with its JSON escapes fits well).
+    pub max_body: usize,
     /// Message writes (send, edit, delete, react) and room creations per user, REST and
     /// RPC alike: `send_burst` at once, `sends_per_second` on average; over it, HTTP 429 or
     /// the protocol's error 111.
@@ -123,6 +125,9 @@ impl ChatConfig {
         if self.auth_max_body < 512 {
             return bad("auth_max_body", "must be at least 512 bytes");
         }
+        if self.max_body < 1024 {
+            return bad("max_body", "must be at least 1024 bytes");
+        }
         if !(self.sends_per_second.is_finite() && self.sends_per_second > 0.0) {
             return bad("sends_per_second", "must be a number above 0");
         }
@@ -165,6 +170,7 @@ impl Default for ChatConfig {
             signup_window: Duration::from_secs(3600),
             client_address_header: String::new(),
             auth_max_body: 4096,
+            max_body: 65536,
             sends_per_second: 5.0,
             send_burst: 20,
             limiter_max_keys: 100_000,

@@ -76,6 +76,14 @@ impl FromRequestParts<AppState> for ClientAddr {
     }
 }
 
+/// Reads a request body up to `max` bytes: a larger one is refused (413, the chat's JSON
+/// error naming `key`) before more of it is buffered.
+async fn read_body(body: axum::body::Body, max: usize, key: &str) -> ChatResult<Bytes> {
+    axum::body::to_bytes(body, max).await.map_err(|_| {
+        ChatError::new(Kind::TooLarge, format!("the request body is larger than {max} bytes ({key})"))
+    })
+}
+
 /// The body of an `/api/auth/*` request, read only up to `chat.auth_max_body` bytes: a
 /// larger one is refused (413) before it is buffered, parsed or counted anywhere.
 struct AuthBody(Bytes);
@@ -84,13 +92,19 @@ impl FromRequest<AppState> for AuthBody {
     type Rejection = ChatError;
 
     async fn from_request(req: Request, chat: &AppState) -> Result<Self, ChatError> {
-        let max = chat.config.auth_max_body;
-        axum::body::to_bytes(req.into_body(), max).await.map(AuthBody).map_err(|_| {
-            ChatError::new(
-                Kind::TooLarge,
-                format!("the request body is larger than {max} bytes (chat.auth_max_body)"),
-            )
-        })
+        read_body(req.into_body(), chat.config.auth_max_body, "chat.auth_max_body").await.map(AuthBody)
+    }
+}
+
+/// The body of every other chat request, read only up to `chat.max_body` bytes (413 JSON
+/// over it, rather than axum's plain-text answer at its own 2 MB default).
+struct ChatBody(Bytes);
+
+impl FromRequest<AppState> for ChatBody {
+    type Rejection = ChatError;
+
+    async fn from_request(req: Request, chat: &AppState) -> Result<Self, ChatError> {
+        read_body(req.into_body(), chat.config.max_body, "chat.max_body").await.map(ChatBody)
     }
 }
 
@@ -118,34 +132,31 @@ struct MessageJson<T>(RoomId, u64, T);
 /// The path parameters and the raw body, with axum's own answers when either cannot be read.
 /// With [`RoomJson`] and [`MessageJson`] the checks keep this order: the path, the body's
 /// bytes, then the numbers of the path, then the JSON.
-async fn path_and_body<S: Send + Sync>(
-    req: Request,
-    state: &S,
-) -> Result<(HashMap<String, String>, Bytes), Response> {
+async fn path_and_body(req: Request, state: &AppState) -> Result<(HashMap<String, String>, Bytes), Response> {
     let (mut parts, raw) = req.into_parts();
     let Path(p) = Path::<HashMap<String, String>>::from_request_parts(&mut parts, state)
         .await
         .map_err(IntoResponse::into_response)?;
-    let raw = Bytes::from_request(Request::from_parts(parts, raw), state)
+    let ChatBody(raw) = ChatBody::from_request(Request::from_parts(parts, raw), state)
         .await
         .map_err(IntoResponse::into_response)?;
     Ok((p, raw))
 }
 
-impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequest<S> for RoomJson<T> {
+impl<T: DeserializeOwned + Send> FromRequest<AppState> for RoomJson<T> {
     type Rejection = Response;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
         let (p, raw) = path_and_body(req, state).await?;
         let room = param(&p, "id").map_err(IntoResponse::into_response)?;
         Ok(RoomJson(room, body(&raw).map_err(IntoResponse::into_response)?))
     }
 }
 
-impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequest<S> for MessageJson<T> {
+impl<T: DeserializeOwned + Send> FromRequest<AppState> for MessageJson<T> {
     type Rejection = Response;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
         let (p, raw) = path_and_body(req, state).await?;
         let room = param(&p, "id").map_err(IntoResponse::into_response)?;
         let seq = param(&p, "seq").map_err(IntoResponse::into_response)?;
@@ -268,7 +279,7 @@ async fn list_rooms(State(chat): State<AppState>, AuthUser(user): AuthUser) -> C
 async fn create_room(
     State(chat): State<AppState>,
     AuthUser(user): AuthUser,
-    raw: Bytes,
+    ChatBody(raw): ChatBody,
 ) -> ChatResult<Response> {
     let b: NameBody = body(&raw)?;
     Ok(created(chat.create_room(&user, &b.name).await?))
@@ -307,7 +318,11 @@ async fn leave(
     Ok(no_content())
 }
 
-async fn open_dm(State(chat): State<AppState>, AuthUser(user): AuthUser, raw: Bytes) -> ChatResult<Response> {
+async fn open_dm(
+    State(chat): State<AppState>,
+    AuthUser(user): AuthUser,
+    ChatBody(raw): ChatBody,
+) -> ChatResult<Response> {
     let b: UsernameBody = body(&raw)?;
     Ok(ok(chat.open_dm(&user, &b.username).await?))
 }
@@ -392,7 +407,7 @@ async fn notifications(
 async fn read_notifications(
     State(chat): State<AppState>,
     AuthUser(user): AuthUser,
-    raw: Bytes,
+    ChatBody(raw): ChatBody,
 ) -> ChatResult<Response> {
     let b: IdsBody = body(&raw)?;
     chat.read_notifications(&user, &b.ids).await?;

@@ -5,6 +5,7 @@
 
 use crate::AppState;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -195,11 +196,15 @@ pub async fn handle(
     State(state): State<Arc<AppState>>,
     Path(method): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     if !authorized(&headers, &state.config.auth.api_key) {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, ERROR_UNAUTHORIZED));
     }
+    // Over axum's body limit (2 MB) or unreadable: the API's JSON error, not axum's plain text.
+    let body = body.map_err(|e| {
+        ApiError::bad_request(format!("bad request: {}", e.body_text())).with_status(e.status())
+    })?;
     let node = &state.node;
     let result: Value = match method.as_str() {
         "publish" => {

@@ -1662,3 +1662,34 @@ async fn reactions_are_bounded_per_user_and_per_message() {
         .count();
     assert_eq!(mine, 3, "{m}");
 }
+
+/// Every chat body is read only up to a bound, and the refusal is the chat's JSON error:
+/// `/api/auth/*` up to `chat.auth_max_body`, every other route up to `chat.max_body`.
+#[tokio::test]
+async fn oversized_bodies_get_a_json_413_on_every_route() {
+    let srv = Server::builder().env("HUBBUB_CHAT_MAX_BODY", "2048").start();
+    let h = Http::new(&srv.addr);
+    let alice = signup(&h, "alice").await;
+    let r = create_room(&h, &alice, "Team").await;
+    let m = send(&h, &alice, r, "hello", "a1").await;
+    let big = json!({ "name": "x".repeat(3000), "text": "y".repeat(3000) });
+    for (method, path) in [
+        ("POST", "/api/rooms".to_string()),
+        ("POST", "/api/dms".to_string()),
+        ("PATCH", format!("/api/rooms/{r}")),
+        ("POST", format!("/api/rooms/{r}/messages")),
+        ("PATCH", format!("/api/rooms/{r}/messages/{}", seq(&m))),
+        ("POST", "/api/notifications/read".to_string()),
+        ("POST", "/api/auth/login".to_string()),
+    ] {
+        h.raw(method, &path, alice.tok(), Some(big.to_string())).await.err(413, "too_large");
+    }
+    // Under the bound, the same routes work.
+    h.post(
+        &format!("/api/rooms/{r}/messages"),
+        alice.tok(),
+        json!({"text": "z".repeat(1500), "client_msg_id": "a2"}),
+    )
+    .await
+    .ok(201);
+}

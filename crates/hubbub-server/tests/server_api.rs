@@ -24,6 +24,17 @@ async fn api_key_header_variants() {
     }
 }
 
+/// A body over axum's limit (2 MB) is answered with the API's JSON error, not plain text.
+#[tokio::test]
+async fn api_oversized_body_is_413_json() {
+    let srv = Server::new();
+    let body = format!(r#"{{"channel":"c","data":"{}"}}"#, "x".repeat(3 << 20));
+    let (st, text) = srv.api().raw("publish", &body, &[("X-API-Key", API_KEY)]).await;
+    assert_eq!(st, 413, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    assert_eq!(v["error"]["code"], json!(107), "{v}");
+}
+
 #[tokio::test]
 async fn api_malformed_body_is_400_107() {
     let srv = Server::new();
