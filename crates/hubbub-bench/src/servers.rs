@@ -82,6 +82,8 @@ access_token_ttl = "1h"
 sends_per_second = 100000.0
 send_burst = 10000
 signups_per_address = 1000000
+max_rooms_per_user = 1000000
+max_members_per_room = 1000000
 
 [[namespaces]]
 name = ""

@@ -85,6 +85,10 @@ pub struct ChatConfig {
     pub max_reactions_per_user: u32,
     /// Distinct reactions one message may carry.
     pub max_distinct_reactions: u32,
+    /// Rooms (groups and DMs) one user may be a member of.
+    pub max_rooms_per_user: u32,
+    /// Members one room may have.
+    pub max_members_per_room: u32,
 }
 
 impl ChatConfig {
@@ -96,6 +100,8 @@ impl ChatConfig {
             sessions_per_user: self.max_sessions_per_user,
             refresh_history: self.refresh_history,
             notifications_per_user: self.max_notifications_per_user,
+            rooms_per_user: self.max_rooms_per_user,
+            members_per_room: self.max_members_per_room,
         }
     }
 
@@ -152,6 +158,12 @@ impl ChatConfig {
         if self.max_distinct_reactions == 0 {
             return bad("max_distinct_reactions", "must be at least 1");
         }
+        if self.max_rooms_per_user == 0 {
+            return bad("max_rooms_per_user", "must be at least 1");
+        }
+        if self.max_members_per_room < 2 {
+            return bad("max_members_per_room", "must be at least 2 (a direct conversation has two)");
+        }
         Ok(())
     }
 }
@@ -179,6 +191,8 @@ impl Default for ChatConfig {
             max_notifications_per_user: hubbub_store::StoreLimits::default().notifications_per_user,
             max_reactions_per_user: hubbub_store::StoreLimits::default().reactions_per_user,
             max_distinct_reactions: hubbub_store::StoreLimits::default().distinct_reactions,
+            max_rooms_per_user: hubbub_store::StoreLimits::default().rooms_per_user,
+            max_members_per_room: hubbub_store::StoreLimits::default().members_per_room,
         }
     }
 }

@@ -243,6 +243,11 @@ pub struct StoreLimits {
     /// Notifications kept per user: each new one beyond it drops the oldest, so mentions
     /// and invitations from others cannot grow a user's list without end.
     pub notifications_per_user: u32,
+    /// Rooms (groups and DMs) one user may be a member of: bounds the user's rooms answer.
+    pub rooms_per_user: u32,
+    /// Members one room may have: bounds its view, and every `RoomUpdated` event carries the
+    /// member ids (a room growing by invites would grow its log quadratically without it).
+    pub members_per_room: u32,
 }
 
 impl Default for StoreLimits {
@@ -253,6 +258,8 @@ impl Default for StoreLimits {
             sessions_per_user: 50,
             refresh_history: 8,
             notifications_per_user: 1000,
+            rooms_per_user: 1000,
+            members_per_room: 1000,
         }
     }
 }

@@ -985,6 +985,41 @@ async fn check_reaction_limits(
     Ok(())
 }
 
+/// Refuses a new membership that would pass `limits`: any of `users` already in the most
+/// rooms one person may be in, or `room` (when joining an existing one) already full.
+async fn check_membership_limits(
+    conn: &mut SqliteConnection,
+    room: Option<RoomId>,
+    users: &[UserId],
+    limits: StoreLimits,
+) -> StoreResult<()> {
+    for &user in users {
+        let rooms: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE user_id = ?")
+            .bind(user)
+            .fetch_one(&mut *conn)
+            .await?;
+        if rooms >= i64::from(limits.rooms_per_user) {
+            return Err(StoreError::LimitExceeded(format!(
+                "a person can be in at most {} rooms, and this one is in that many",
+                limits.rooms_per_user
+            )));
+        }
+    }
+    if let Some(room) = room {
+        let members: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE room_id = ?")
+            .bind(room)
+            .fetch_one(&mut *conn)
+            .await?;
+        if members >= i64::from(limits.members_per_room) {
+            return Err(StoreError::LimitExceeded(format!(
+                "a room can have at most {} members, and this one is full",
+                limits.members_per_room
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A live (not deleted) message and its sender, for edit/delete/react.
 async fn live_message_sender(conn: &mut SqliteConnection, room: RoomId, seq: u64) -> StoreResult<UserId> {
     let sender: Option<i64> =
@@ -1192,6 +1227,7 @@ impl ChatStore for SqliteStore {
     async fn create_group(&self, name: &str, owner: UserId) -> StoreResult<Room> {
         let now = now_millis();
         let mut tx = self.begin_write().await?;
+        check_membership_limits(&mut tx, None, &[owner], self.limits).await?;
         let room = insert_room(&mut tx, "group", name, None, now).await?;
         sqlx::query("INSERT INTO members (room_id, user_id, role, joined_at) VALUES (?, ?, 'owner', ?)")
             .bind(room.id)
@@ -1215,6 +1251,7 @@ impl ChatStore for SqliteStore {
         if let Some(row) = existing {
             return room_from_row(&row);
         }
+        check_membership_limits(&mut tx, None, &[lo, hi], self.limits).await?;
         let now = now_millis();
         let room = insert_room(&mut tx, "dm", "", Some(&key), now).await?;
         for user in [lo, hi] {
@@ -1247,6 +1284,7 @@ impl ChatStore for SqliteStore {
         if role_in(&mut tx, room, user).await?.is_some() {
             return Ok(None);
         }
+        check_membership_limits(&mut tx, Some(room), &[user], self.limits).await?;
         // Joins at the seq of its own event: earlier history is not unread (and `unread`
         // starts at 0).
         let join_seq = to_i64(current.last_seq + 1);

@@ -1494,3 +1494,28 @@ async fn upgrading_redacts_what_was_kept() {
     let notes = store.notifications(1, 10).await.unwrap();
     assert_eq!(notes[0].payload, json!({"preview": ""}));
 }
+
+#[tokio::test]
+async fn memberships_are_bounded_per_user_and_per_room() {
+    let (_dir, store) = store().await;
+    let limits = StoreLimits { rooms_per_user: 2, members_per_room: 3, ..StoreLimits::default() };
+    let store = store.with_limits(limits);
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    let dave = user(&store, "dave").await;
+    let g1 = store.create_group("g1", alice).await.unwrap().id;
+    store.dm(alice, bob).await.unwrap();
+    // Alice is in two rooms: no third, whether she creates it, is invited or opens a DM.
+    assert!(matches!(store.create_group("g3", alice).await, Err(StoreError::LimitExceeded(_))));
+    assert!(matches!(store.dm(alice, carol).await, Err(StoreError::LimitExceeded(_))));
+    let g2 = store.create_group("g2", carol).await.unwrap().id;
+    assert!(matches!(store.add_member(g2, alice, Role::Member).await, Err(StoreError::LimitExceeded(_))));
+    // The DM she has is still hers to open.
+    store.dm(bob, alice).await.unwrap();
+    // g1 takes three members, not four.
+    store.add_member(g1, bob, Role::Member).await.unwrap();
+    store.add_member(g1, carol, Role::Member).await.unwrap();
+    assert!(matches!(store.add_member(g1, dave, Role::Member).await, Err(StoreError::LimitExceeded(_))));
+    assert_eq!(store.members(g1).await.unwrap().len(), 3);
+}
