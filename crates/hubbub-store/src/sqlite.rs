@@ -993,12 +993,12 @@ async fn check_membership_limits(
     users: &[UserId],
     limits: StoreLimits,
 ) -> StoreResult<()> {
+    async fn members_where(conn: &mut SqliteConnection, column: &str, id: i64) -> StoreResult<i64> {
+        let sql = format!("SELECT COUNT(*) FROM members WHERE {column} = ?");
+        Ok(sqlx::query_scalar(&sql).bind(id).fetch_one(&mut *conn).await?)
+    }
     for &user in users {
-        let rooms: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE user_id = ?")
-            .bind(user)
-            .fetch_one(&mut *conn)
-            .await?;
-        if rooms >= i64::from(limits.rooms_per_user) {
+        if members_where(conn, "user_id", user).await? >= i64::from(limits.rooms_per_user) {
             return Err(StoreError::LimitExceeded(format!(
                 "a person can be in at most {} rooms, and this one is in that many",
                 limits.rooms_per_user
@@ -1006,11 +1006,7 @@ async fn check_membership_limits(
         }
     }
     if let Some(room) = room {
-        let members: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE room_id = ?")
-            .bind(room)
-            .fetch_one(&mut *conn)
-            .await?;
-        if members >= i64::from(limits.members_per_room) {
+        if members_where(conn, "room_id", room).await? >= i64::from(limits.members_per_room) {
             return Err(StoreError::LimitExceeded(format!(
                 "a room can have at most {} members, and this one is full",
                 limits.members_per_room
