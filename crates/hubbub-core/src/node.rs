@@ -166,6 +166,12 @@ impl BrokerEvents for HubEvents {
     fn on_leave(&self, channel: &str, info: ClientInfo) {
         self.hub.broadcast_leave(channel, info, self.push_join_leave_to_all(channel));
     }
+    fn on_control(&self, _message: &[u8]) {
+        // Control across nodes: not yet handled (issue 11).
+    }
+    fn on_resync(&self) {
+        // Bringing subscribers back in sync after a broker outage: not yet handled (issue 11).
+    }
 }
 
 /// One node's figures, as the `info` API reports them.
@@ -193,9 +199,10 @@ impl Node {
     pub async fn start(opts: NodeOptions) -> Result<Arc<Node>, EngineError> {
         let hub = Arc::new(Hub::new());
         let events = Arc::new(HubEvents { hub: hub.clone(), namespaces: opts.namespaces.clone() });
-        opts.broker.start(events).await?;
+        let id = uuid::Uuid::new_v4().to_string();
+        opts.broker.start(&id, events).await?;
         Ok(Arc::new(Node {
-            id: uuid::Uuid::new_v4().to_string(),
+            id,
             name: opts.name,
             version: opts.version,
             client: opts.client,

@@ -4,8 +4,9 @@
 
 use hubbub_core::channel::NamespaceConfig;
 use hubbub_core::duration::serde_human;
-use hubbub_core::engine::memory::MemoryEngineConfig;
+use hubbub_core::engine::{EngineConfig, EngineKind};
 use hubbub_core::ClientConfig;
+use hubbub_store::{StoreConfig, StoreKind};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,7 +18,8 @@ pub struct Config {
     pub listen: String,
     /// Where the server keeps what it stores on disk.
     pub data_dir: PathBuf,
-    /// Name of this node in `info` (default: the host and port).
+    /// Name of this node in `info`; unique per node of a cluster (default: the host and
+    /// port it listens on).
     pub node_name: String,
     /// How long a graceful shutdown waits for connections to close.
     #[serde(with = "serde_human")]
@@ -26,8 +28,10 @@ pub struct Config {
     pub client: ClientConfig,
     pub http: HttpConfig,
     pub chat: hubbub_chat::ChatConfig,
-    /// Bounds of the channel history kept in memory.
-    pub engine: MemoryEngineConfig,
+    /// How nodes reach each other (the engine) and the bounds of what it keeps.
+    pub engine: EngineConfig,
+    /// Where the chat keeps its data.
+    pub store: StoreConfig,
     /// Channel namespaces; the one named "" is the default namespace.
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -43,7 +47,8 @@ impl Default for Config {
             client: ClientConfig::default(),
             http: HttpConfig::default(),
             chat: hubbub_chat::ChatConfig::default(),
-            engine: MemoryEngineConfig::default(),
+            engine: EngineConfig::default(),
+            store: StoreConfig::default(),
             namespaces: vec![NamespaceConfig::default()],
         }
     }
@@ -187,6 +192,35 @@ impl Config {
         }
         if self.engine.history_meta_ttl.is_zero() {
             return bad("engine.history_meta_ttl", "must be above 0");
+        }
+        if self.engine.kind != EngineKind::Memory {
+            // Every node must accept the tokens and the API key of every other.
+            if self.auth.token_secret.is_empty() {
+                return bad(
+                    "auth.token_secret",
+                    "must be set when engine.type is not \"memory\": every node of a cluster shares it",
+                );
+            }
+            if self.auth.api_key.is_empty() {
+                return bad(
+                    "auth.api_key",
+                    "must be set when engine.type is not \"memory\": every node of a cluster shares it",
+                );
+            }
+            if self.store.kind == StoreKind::Sqlite {
+                return bad("store.type", "must be \"postgres\" when engine.type is not \"memory\": the nodes of a cluster share one database");
+            }
+        }
+        if self.engine.prefix.is_empty()
+            || !self.engine.prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return bad("engine.prefix", "must be letters, digits, '_' or '-' (it starts keys and subjects)");
+        }
+        if self.engine.heartbeat_interval < Duration::from_millis(100) {
+            return bad("engine.heartbeat_interval", "must be at least 100ms");
+        }
+        if self.engine.presence_ttl < self.engine.heartbeat_interval * 2 {
+            return bad("engine.presence_ttl", "must be at least twice engine.heartbeat_interval");
         }
         if let Err((key, message)) = self.chat.validate() {
             return Err(ConfigError::Key { key, message });

@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod data_dir;
 mod emulation;
+pub mod engines;
 mod headers;
 mod http;
 mod origin;
@@ -17,7 +18,7 @@ use anyhow::Context;
 use config::Config;
 use hubbub_core::auth::Tokens;
 use hubbub_core::channel::Namespaces;
-use hubbub_core::engine::memory::{MemoryBroker, MemoryPresence};
+use hubbub_core::engine::memory::MemoryBroker;
 use hubbub_core::rpc::{Echo, RpcRegistry};
 use hubbub_core::{Node, NodeOptions};
 use std::sync::Arc;
@@ -51,7 +52,7 @@ pub struct App {
     pub node: Arc<Node>,
     pub chat: Arc<hubbub_chat::Chat>,
     /// The single-node engine, whose expired streams someone must sweep.
-    pub broker: Arc<MemoryBroker>,
+    pub memory: Option<Arc<MemoryBroker>>,
 }
 
 impl App {
@@ -59,7 +60,7 @@ impl App {
     pub async fn build(
         config: Config,
         name: String,
-        store: Arc<hubbub_store::sqlite::SqliteStore>,
+        store: Arc<dyn hubbub_store::ChatStore>,
     ) -> anyhow::Result<App> {
         // The chat's rooms live in their own namespace, unless the configuration defines it.
         let mut namespaces = config.namespaces.clone();
@@ -68,7 +69,7 @@ impl App {
         }
         let mut rpc = RpcRegistry::new();
         rpc.register("echo", Echo);
-        let broker = Arc::new(MemoryBroker::with_config(config.engine.clone()));
+        let engine = engines::connect_engine(&config.engine).await?;
         let node = Node::start(NodeOptions {
             name,
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -76,15 +77,15 @@ impl App {
             namespaces: Namespaces::new(&namespaces).map_err(anyhow::Error::msg)?,
             tokens: Tokens::new(&config.auth.token_secret),
             allow_anonymous: config.auth.allow_anonymous,
-            broker: broker.clone(),
-            presence: Arc::new(MemoryPresence::new()),
+            broker: engine.broker,
+            presence: engine.presence,
             rpc,
         })
         .await?;
         let chat = hubbub_chat::Chat::install(node.clone(), store, config.chat.clone());
         let state = Arc::new(AppState { node: node.clone(), config, poll_waiters: Default::default() });
         let router = http::router(state, hubbub_chat::rest::router(chat.clone()));
-        Ok(App { router, node, chat, broker })
+        Ok(App { router, node, chat, memory: engine.memory })
     }
 }
 
@@ -97,17 +98,13 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
     let addr = listener.local_addr()?;
 
-    let db = data_dir.path().join("hubbub.db");
-    let store = hubbub_store::sqlite::SqliteStore::open(&db)
-        .await
-        .with_context(|| format!("cannot open the database {}", db.display()))?
-        .with_limits(config.chat.store_limits());
-    let store = Arc::new(store);
+    let store = engines::open_store(&config, data_dir.path()).await?;
 
     let name = if config.node_name.is_empty() { addr.to_string() } else { config.node_name.clone() };
     let grace = config.shutdown_grace;
-    let App { router: app, node, broker, .. } = App::build(config, name, store.clone()).await?;
+    let App { router: app, node, memory, .. } = App::build(config, name, store.clone()).await?;
     let sweeper = tokio::spawn(async move {
+        let Some(broker) = memory else { return };
         let mut every = tokio::time::interval(Duration::from_secs(30));
         loop {
             every.tick().await;
@@ -145,8 +142,9 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("grace period over with connections still open: exiting"),
     }
     sweeper.abort();
-    // Folds the WAL into the database and truncates it (`SqliteStore::close`): a clean stop
-    // leaves no earlier page versions, which may hold text an edit or a delete removed.
+    // SQLite folds the WAL into the database and truncates it (`SqliteStore::close`): a
+    // clean stop leaves no earlier page versions, which may hold text an edit or a delete
+    // removed.
     if tokio::time::timeout(Duration::from_secs(5), store.close()).await.is_err() {
         tracing::warn!("the database was still in use 5s after the shutdown: not closed cleanly");
     }

@@ -223,6 +223,36 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Which database keeps the chat (config `store.type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// One file in `data_dir`: the embedded default, for one node.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by every node of a cluster.
+    Postgres,
+}
+
+/// Config section `[store]`: where the chat keeps its data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(rename = "type")]
+    pub kind: StoreKind,
+    /// Database of the "postgres" store.
+    pub postgres_url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Sqlite,
+            postgres_url: "postgres://postgres@127.0.0.1:5432/hubbub".into(),
+        }
+    }
+}
+
 /// Bounds on what one member can pile onto shared rows. A reaction change stores the whole
 /// message (with all its reactions) as a room event, so without them one member adding
 /// distinct "emoji" in a loop would grow the event log quadratically and every history
@@ -266,6 +296,9 @@ impl Default for StoreLimits {
 
 #[async_trait]
 pub trait ChatStore: Send + Sync + 'static {
+    /// Finishes pending writes and closes the database, at the end of a graceful shutdown.
+    async fn close(&self) {}
+
     // Accounts.
     /// `Conflict` when the username is taken (case-insensitively).
     async fn create_user(&self, username: &str, password_hash: &str) -> StoreResult<User>;

@@ -1063,6 +1063,10 @@ fn fts_query(query: &str) -> Option<String> {
 
 #[async_trait]
 impl ChatStore for SqliteStore {
+    async fn close(&self) {
+        SqliteStore::close(self).await
+    }
+
     async fn create_user(&self, username: &str, password_hash: &str) -> StoreResult<User> {
         let now = now_millis();
         let id: i64 = sqlx::query_scalar(

@@ -15,17 +15,15 @@
 //! epoch changes: a position in a dropped stream never matches again.
 
 use super::*;
-use crate::duration::serde_human;
 use crate::sharded::ShardedMap;
-use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use tokio::time::Instant;
 
-/// Bounds of the memory engine's channel streams (config section `[engine]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// Bounds of the memory engine's channel streams (its keys of config section `[engine]`,
+/// [`EngineConfig`]).
+#[derive(Debug, Clone)]
 pub struct MemoryEngineConfig {
     /// Estimated bytes all channels' history may hold together (publications and the
     /// streams' own bookkeeping). Over it, the least recently published channels' streams
@@ -36,7 +34,6 @@ pub struct MemoryEngineConfig {
     pub history_max_streams: usize,
     /// How long a stream whose publications have all expired keeps its position (offset and
     /// epoch), so that a client that saw its last publication still recovers (with nothing).
-    #[serde(with = "serde_human")]
     pub history_meta_ttl: Duration,
 }
 
@@ -131,6 +128,8 @@ pub struct MemoryBroker {
     /// One eviction at a time; others skip it (the running one frees enough for them).
     evicting: Mutex<()>,
     events: OnceLock<Arc<dyn BrokerEvents>>,
+    /// This node's id, given at start: control messages addressed to it are delivered.
+    node_id: OnceLock<String>,
 }
 
 impl Default for MemoryBroker {
@@ -154,6 +153,7 @@ impl MemoryBroker {
             count: AtomicUsize::new(0),
             evicting: Mutex::new(()),
             events: OnceLock::new(),
+            node_id: OnceLock::new(),
         }
     }
 
@@ -288,8 +288,18 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    async fn start(&self, events: Arc<dyn BrokerEvents>) -> Result<(), EngineError> {
+    async fn start(&self, node_id: &str, events: Arc<dyn BrokerEvents>) -> Result<(), EngineError> {
+        let _ = self.node_id.set(node_id.to_owned());
         self.events.set(events).map_err(|_| EngineError::Unavailable("broker started twice".into()))
+    }
+
+    /// One node: a message to all or to this node is delivered here, any other is dropped.
+    async fn publish_control(&self, to: Option<&str>, message: bytes::Bytes) -> Result<(), EngineError> {
+        let events = self.events()?;
+        if to.is_none() || to == self.node_id.get().map(String::as_str) {
+            events.on_control(&message);
+        }
+        Ok(())
     }
 
     async fn subscribe(&self, _channel: &str) -> Result<(), EngineError> {
@@ -464,6 +474,8 @@ mod tests {
         }
         fn on_join(&self, _: &str, _: ClientInfo) {}
         fn on_leave(&self, _: &str, _: ClientInfo) {}
+        fn on_control(&self, _: &[u8]) {}
+        fn on_resync(&self) {}
     }
 
     fn publication(n: u32) -> Publication {
@@ -474,7 +486,7 @@ mod tests {
     async fn offsets_history_and_recovery_bounds() {
         let broker = MemoryBroker::new();
         let seen = Arc::new(Collect(Mutex::new(vec![])));
-        broker.start(seen.clone()).await.unwrap();
+        broker.start("n1", seen.clone()).await.unwrap();
         let h = HistoryOptions { size: 3, ttl: Duration::from_secs(60) };
         for n in 1..=5 {
             let pos = broker.publish("c", publication(n), h).await.unwrap();
@@ -511,7 +523,7 @@ mod tests {
     #[tokio::test]
     async fn reading_creates_nothing_and_the_empty_epoch_is_the_streams() {
         let broker = MemoryBroker::new();
-        broker.start(Arc::new(Collect(Mutex::new(vec![])))).await.unwrap();
+        broker.start("n1", Arc::new(Collect(Mutex::new(vec![])))).await.unwrap();
         let h = HistoryOptions { size: 10, ttl: Duration::from_secs(60) };
         let empty = broker.history("c", HistoryQuery::default(), h).await.unwrap().position;
         assert_eq!(empty.offset, 0);
@@ -531,7 +543,7 @@ mod tests {
     async fn over_budget_the_least_recently_published_streams_go() {
         let config = MemoryEngineConfig { history_max_bytes: 64 * 1024, ..Default::default() };
         let broker = MemoryBroker::with_config(config);
-        broker.start(Arc::new(Collect(Mutex::new(vec![])))).await.unwrap();
+        broker.start("n1", Arc::new(Collect(Mutex::new(vec![])))).await.unwrap();
         let h = HistoryOptions { size: 10, ttl: Duration::from_secs(60) };
         let big = || Publication {
             data: json_from_str(&format!("\"{}\"", "x".repeat(1000))).unwrap(),
@@ -564,7 +576,7 @@ mod tests {
         // Every stream dropped: the accounting goes back to nothing.
         let config = MemoryEngineConfig { history_meta_ttl: Duration::from_millis(1), ..Default::default() };
         let broker = MemoryBroker::with_config(config);
-        broker.start(Arc::new(Collect(Mutex::new(vec![])))).await.unwrap();
+        broker.start("n1", Arc::new(Collect(Mutex::new(vec![])))).await.unwrap();
         let short = HistoryOptions { size: 10, ttl: Duration::from_millis(1) };
         for n in 0..50 {
             broker.publish(&format!("c{n}"), big(), short).await.unwrap();
@@ -579,7 +591,7 @@ mod tests {
     async fn a_channel_alone_over_the_budget_keeps_its_stream() {
         let config = MemoryEngineConfig { history_max_bytes: 64 * 1024, ..Default::default() };
         let broker = MemoryBroker::with_config(config);
-        broker.start(Arc::new(Collect(Mutex::new(vec![])))).await.unwrap();
+        broker.start("n1", Arc::new(Collect(Mutex::new(vec![])))).await.unwrap();
         let h = HistoryOptions { size: 1000, ttl: Duration::from_secs(60) };
         let big = || Publication {
             data: json_from_str(&format!("\"{}\"", "x".repeat(10_000))).unwrap(),

@@ -8,11 +8,88 @@
 
 pub mod memory;
 
+use crate::duration::serde_human;
 use async_trait::async_trait;
 use hubbub_protocol::{ClientInfo, Publication, StreamPosition};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Which engine connects the nodes (config `engine.type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// One node: streams and presence in this process ([`memory`]).
+    #[default]
+    Memory,
+    /// Nodes share a Redis server: PUB/SUB for fan-out and control, streams and presence
+    /// in keys.
+    Redis,
+    /// Nodes share a NATS server: core NATS for fan-out and control, JetStream for streams
+    /// and presence.
+    Nats,
+}
+
+/// Config section `[engine]`: how nodes reach each other, and the bounds of what the
+/// engine keeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    #[serde(rename = "type")]
+    pub kind: EngineKind,
+    /// Server of the "redis" engine.
+    pub redis_url: String,
+    /// Server of the "nats" engine.
+    pub nats_url: String,
+    /// Start of every key and subject the engine uses, so that clusters can share a server.
+    pub prefix: String,
+    /// How often a node announces itself (with its counts) to the others; a node not heard
+    /// from for three intervals is gone from `info`.
+    #[serde(with = "serde_human")]
+    pub heartbeat_interval: Duration,
+    /// How long a presence entry lives without its node refreshing it: a node that died
+    /// takes its clients out of presence within this time.
+    #[serde(with = "serde_human")]
+    pub presence_ttl: Duration,
+    /// Estimated bytes all channels' history may hold together in this process (the
+    /// memory engine). Over it, the least recently published channels' streams are dropped.
+    pub history_max_bytes: usize,
+    /// Channels that may have a stream at once (the memory engine).
+    pub history_max_streams: usize,
+    /// How long a stream whose publications have all expired keeps its position (offset and
+    /// epoch), so that a client that saw its last publication still recovers (with nothing).
+    #[serde(with = "serde_human")]
+    pub history_meta_ttl: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let memory = memory::MemoryEngineConfig::default();
+        EngineConfig {
+            kind: EngineKind::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            prefix: "hubbub".into(),
+            heartbeat_interval: Duration::from_secs(2),
+            presence_ttl: Duration::from_secs(20),
+            history_max_bytes: memory.history_max_bytes,
+            history_max_streams: memory.history_max_streams,
+            history_meta_ttl: memory.history_meta_ttl,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The memory engine's part.
+    pub fn memory(&self) -> memory::MemoryEngineConfig {
+        memory::MemoryEngineConfig {
+            history_max_bytes: self.history_max_bytes,
+            history_max_streams: self.history_max_streams,
+            history_meta_ttl: self.history_meta_ttl,
+        }
+    }
+}
 
 /// History settings of the channel being published to or read.
 #[derive(Debug, Clone, Copy, Default)]
@@ -134,13 +211,22 @@ pub trait BrokerEvents: Send + Sync + 'static {
     fn on_publication(&self, channel: &str, publication: Publication);
     fn on_join(&self, channel: &str, info: ClientInfo);
     fn on_leave(&self, channel: &str, info: ClientInfo);
+    /// A control message from a node of the cluster (this one included), as given to
+    /// [`Broker::publish_control`]. The broker does not look inside.
+    fn on_control(&self, message: &[u8]);
+    /// The broker may have missed deliveries to this node (its connection to the other
+    /// nodes broke and came back): every channel subscribed here may have a gap, and its
+    /// subscribers must be brought back in sync. Called once the broker delivers again.
+    fn on_resync(&self);
 }
 
 /// Moves publications, joins and leaves between nodes and keeps channel streams.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Connects the broker to this node. Called once before anything else.
-    async fn start(&self, events: Arc<dyn BrokerEvents>) -> Result<(), EngineError>;
+    /// Connects the broker to this node, known to the others as `node_id` (what
+    /// [`Broker::publish_control`] addresses). Called once before anything else; an error
+    /// means the broker cannot be reached now (the server then refuses to start).
+    async fn start(&self, node_id: &str, events: Arc<dyn BrokerEvents>) -> Result<(), EngineError>;
     /// This node has its first subscriber on `channel`: deliver its events here.
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError>;
     /// This node's last subscriber on `channel` left.
@@ -168,6 +254,11 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<HistoryPage, EngineError>;
     /// Drops the channel's kept publications; the offset and epoch stay.
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+    /// Sends a control message to the node `to` (a node id), or to every node, this one
+    /// included, when `to` is `None`. At most once: a node that is not reachable right now
+    /// misses it (control messages are commands whose effect is checked or repeated by
+    /// their sender, and heartbeats).
+    async fn publish_control(&self, to: Option<&str>, message: bytes::Bytes) -> Result<(), EngineError>;
     /// The streams this node keeps in memory, when the broker keeps them here.
     fn stream_stats(&self) -> Option<StreamStats> {
         None
