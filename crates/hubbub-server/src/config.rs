@@ -120,8 +120,15 @@ const ENV_PREFIX: &str = "HUBBUB_";
 /// `HUBBUB_*` variables that are not config keys: read by CI and the test tooling (`.ci/run`,
 /// tests/js, tests/e2e, web/vite.config.ts), never by the server. Every other unknown
 /// `HUBBUB_*` variable is a misspelt key and stops the server.
-pub const NON_CONFIG_ENV_VARS: &[&str] =
-    &["HUBBUB_REQUIRE_SERVICES", "HUBBUB_BIN", "HUBBUB_JS_VERBOSE", "HUBBUB_URL"];
+pub const NON_CONFIG_ENV_VARS: &[&str] = &[
+    "HUBBUB_REQUIRE_SERVICES",
+    "HUBBUB_BIN",
+    "HUBBUB_JS_VERBOSE",
+    "HUBBUB_URL",
+    "HUBBUB_TEST_REDIS_URL",
+    "HUBBUB_TEST_NATS_URL",
+    "HUBBUB_TEST_POSTGRES_URL",
+];
 
 impl Config {
     /// Reads the file (if any), applies `HUBBUB_*` overrides from `env`, and validates.
