@@ -14,6 +14,14 @@ pub trait ChannelHooks: Send + Sync + 'static {
     /// The channel's stream, when the application keeps it durably (history and recovery
     /// are served from here instead of the broker's memory).
     async fn history(&self, channel: &str, query: HistoryQuery) -> Result<HistoryPage, EngineError>;
+    /// The broker may have missed publications of `channel` on this node (it lost its
+    /// connection to the other nodes: `BrokerEvents::on_resync`). Bring the channel's
+    /// subscribers here back in sync from the application's stream and return true; false
+    /// (the default) when the hooks cannot, and the node then makes the subscribers recover
+    /// by themselves.
+    async fn resync(&self, _channel: &str) -> bool {
+        false
+    }
 }
 
 /// Told when a user's first connection on this node opens and its last one closes.
