@@ -6,7 +6,9 @@
 use crate::config::Config;
 use anyhow::Context;
 use hubbub_core::engine::memory::{MemoryBroker, MemoryPresence};
+use hubbub_core::channel::NamespaceConfig;
 use hubbub_core::engine::{Broker, EngineConfig, EngineKind, PresenceStore};
+use hubbub_nats::{NatsConfig, NatsEngine};
 use hubbub_store::{ChatStore, StoreKind};
 use std::path::Path;
 use std::sync::Arc;
@@ -19,8 +21,9 @@ pub struct Engine {
     pub memory: Option<Arc<MemoryBroker>>,
 }
 
-/// Connects the engine `engine.type` names.
-pub async fn connect_engine(config: &EngineConfig) -> anyhow::Result<Engine> {
+/// Connects the engine `engine.type` names. `namespaces` are the node's (a broker that keeps
+/// streams for the whole cluster sizes them for the longest history any namespace asks).
+pub async fn connect_engine(config: &EngineConfig, namespaces: &[NamespaceConfig]) -> anyhow::Result<Engine> {
     match config.kind {
         EngineKind::Memory => {
             let broker = Arc::new(MemoryBroker::with_config(config.memory()));
@@ -31,7 +34,14 @@ pub async fn connect_engine(config: &EngineConfig) -> anyhow::Result<Engine> {
             })
         }
         EngineKind::Redis => anyhow::bail!("engine.type = \"redis\": not built yet"),
-        EngineKind::Nats => anyhow::bail!("engine.type = \"nats\": not built yet"),
+        EngineKind::Nats => {
+            let longest_ttl = namespaces.iter().map(|ns| ns.history_ttl).max().unwrap_or_default();
+            let nats = NatsConfig::from_engine(config, longest_ttl);
+            let engine = Arc::new(NatsEngine::connect(nats).await.with_context(|| {
+                format!("cannot reach NATS at {} (config key `engine.nats_url`)", config.nats_url)
+            })?);
+            Ok(Engine { broker: engine.clone(), presence: engine, memory: None })
+        }
     }
 }
 

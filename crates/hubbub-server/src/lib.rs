@@ -69,7 +69,7 @@ impl App {
         }
         let mut rpc = RpcRegistry::new();
         rpc.register("echo", Echo);
-        let engine = engines::connect_engine(&config.engine).await?;
+        let engine = engines::connect_engine(&config.engine, &namespaces).await?;
         let node = Node::start(NodeOptions {
             name,
             version: env!("CARGO_PKG_VERSION").to_owned(),
