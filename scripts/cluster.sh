@@ -247,7 +247,9 @@ for i in $(seq 1 "$nodes"); do
     fi
   } >"$nd/hubbub.toml"
   : >"$nd/log"
-  (cd "$nd" && exec "$bin" serve --config "$nd/hubbub.toml") >>"$nd/log" 2>&1 &
+  # Behind HAProxy every connection comes from 127.0.0.1: the chat's per-address limits read
+  # the client's address from the header HAProxy adds (option forwardfor).
+  (cd "$nd" && HUBBUB_CHAT_CLIENT_ADDRESS_HEADER=X-Forwarded-For exec "$bin" serve --config "$nd/hubbub.toml") >>"$nd/log" 2>&1 &
   echo $! >"$nd/pid"
 done
 for i in $(seq 1 "$nodes"); do
@@ -291,6 +293,7 @@ defaults
     timeout server-fin 5s
     retries 3
     option redispatch 1
+    option forwardfor
 
 frontend hubbub
     bind 127.0.0.1:$port
