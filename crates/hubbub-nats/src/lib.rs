@@ -249,7 +249,8 @@ impl NatsEngine {
             .ping_interval(Duration::from_secs(5))
             .max_reconnects(None)
             .reconnect_delay_callback(|attempts| {
-                Duration::from_millis(100u64.saturating_mul(1 << attempts.min(5) as u64)).min(Duration::from_secs(2))
+                Duration::from_millis(100u64.saturating_mul(1 << attempts.min(5) as u64))
+                    .min(Duration::from_secs(2))
             })
             .event_callback(move |event| {
                 let tx = events_tx.clone();
@@ -302,8 +303,11 @@ impl NatsEngine {
     pub async fn destroy(&self) -> Result<(), EngineError> {
         self.shutdown();
         let inner = &self.inner;
-        for stream in [&inner.names.stream, &format!("KV_{}", inner.names.epochs), &format!("KV_{}", inner.names.presence)]
-        {
+        for stream in [
+            &inner.names.stream,
+            &format!("KV_{}", inner.names.epochs),
+            &format!("KV_{}", inner.names.presence),
+        ] {
             inner.bounded("delete stream", inner.js.delete_stream(stream)).await?;
         }
         Ok(())
@@ -319,7 +323,8 @@ impl NatsEngine {
     pub async fn stored_messages(&self, channel: &str) -> Result<usize, EngineError> {
         let inner = &self.inner;
         let subject = inner.names.history(&token(channel));
-        let mut subjects = inner.bounded("stream info", inner.history.info_with_subjects(subject.clone())).await?;
+        let mut subjects =
+            inner.bounded("stream info", inner.history.info_with_subjects(subject.clone())).await?;
         let mut count = 0;
         while let Some(entry) = inner.within("stream info", subjects.next()).await? {
             let (name, n) = entry.map_err(|e| unavailable("stream info", e))?;
@@ -341,7 +346,11 @@ impl Drop for NatsEngine {
     }
 }
 
-async fn ensure_stream(js: &jetstream::Context, names: &Names, config: &NatsConfig) -> Result<stream::Stream, EngineError> {
+async fn ensure_stream(
+    js: &jetstream::Context,
+    names: &Names,
+    config: &NatsConfig,
+) -> Result<stream::Stream, EngineError> {
     let wanted = stream::Config {
         name: names.stream.clone(),
         description: Some("hubbub channel history: one subject per channel".into()),
@@ -408,7 +417,9 @@ async fn ensure_bucket(
             Ok(_) | Err(_) => js.get_key_value(bucket).await.map_err(|e| unavailable("create bucket", e)),
         }
     };
-    tokio::time::timeout(config.op_timeout * 2, op).await.map_err(|_| unavailable("create bucket", "timed out"))?
+    tokio::time::timeout(config.op_timeout * 2, op)
+        .await
+        .map_err(|_| unavailable("create bucket", "timed out"))?
 }
 
 impl Inner {
@@ -451,7 +462,12 @@ impl Inner {
         }
     }
 
-    async fn publish_core(&self, subject: String, headers: HeaderMap, payload: Bytes) -> Result<(), EngineError> {
+    async fn publish_core(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), EngineError> {
         self.bounded("publish", self.client.publish_with_headers(subject, headers, payload)).await
     }
 
@@ -465,7 +481,9 @@ impl Inner {
 
     /// The channel's last message, `None` when its subject is empty.
     async fn read_top(&self, token: &str) -> Result<Option<Top>, EngineError> {
-        let got = self.within("read top", self.history.direct_get_last_for_subject(self.names.history(token))).await?;
+        let got = self
+            .within("read top", self.history.direct_get_last_for_subject(self.names.history(token)))
+            .await?;
         match got {
             Ok(message) => Top::from_headers(message.sequence, Some(&message.headers))
                 .map(Some)
@@ -615,8 +633,14 @@ impl Inner {
         result
     }
 
-    async fn start(self: &Arc<Self>, node_id: &str, events: Arc<dyn BrokerEvents>) -> Result<Vec<JoinHandle<()>>, EngineError> {
-        self.events.set(events.clone()).map_err(|_| EngineError::Unavailable("broker started twice".into()))?;
+    async fn start(
+        self: &Arc<Self>,
+        node_id: &str,
+        events: Arc<dyn BrokerEvents>,
+    ) -> Result<Vec<JoinHandle<()>>, EngineError> {
+        self.events
+            .set(events.clone())
+            .map_err(|_| EngineError::Unavailable("broker started twice".into()))?;
         let _ = self.node_id.set(node_id.to_owned());
         let mut tasks = Vec::new();
         for subject in [self.names.control(), self.names.node(node_id)] {
@@ -676,12 +700,17 @@ impl Inner {
             .iter()
             .flat_map(|(channel, clients)| {
                 let channel = token(channel);
-                clients.iter().map(move |(client, info)| (format!("{channel}.{}", token(client)), info.clone()))
+                clients
+                    .iter()
+                    .map(move |(client, info)| (format!("{channel}.{}", token(client)), info.clone()))
             })
             .collect();
-        let puts = futures_util::stream::iter(entries)
-            .map(|(key, info)| async move { self.bounded("presence refresh", self.presence.put(key, info)).await })
-            .buffer_unordered(64);
+        let puts =
+            futures_util::stream::iter(entries)
+                .map(|(key, info)| async move {
+                    self.bounded("presence refresh", self.presence.put(key, info)).await
+                })
+                .buffer_unordered(64);
         let failed = puts.filter(|r| std::future::ready(r.is_err())).count().await;
         if failed > 0 {
             tracing::warn!(failed, "refreshing presence entries in NATS");
@@ -699,11 +728,13 @@ async fn deliver(channel: String, mut sub: async_nats::Subscriber, events: Arc<d
                 Ok(publication) => events.on_publication(&channel, publication),
                 Err(e) => tracing::warn!(%e, channel, "undecodable publication from NATS"),
             },
-            Some(kind @ (KIND_JOIN | KIND_LEAVE)) => match serde_json::from_slice::<ClientInfo>(&message.payload) {
-                Ok(info) if kind == KIND_JOIN => events.on_join(&channel, info),
-                Ok(info) => events.on_leave(&channel, info),
-                Err(e) => tracing::warn!(%e, channel, "undecodable join or leave from NATS"),
-            },
+            Some(kind @ (KIND_JOIN | KIND_LEAVE)) => {
+                match serde_json::from_slice::<ClientInfo>(&message.payload) {
+                    Ok(info) if kind == KIND_JOIN => events.on_join(&channel, info),
+                    Ok(info) => events.on_leave(&channel, info),
+                    Err(e) => tracing::warn!(%e, channel, "undecodable join or leave from NATS"),
+                }
+            }
             _ => {}
         }
     }
@@ -736,7 +767,8 @@ impl Broker for NatsEngine {
         if lock(&inner.subscriptions).contains_key(channel) {
             return Ok(());
         }
-        let sub = inner.bounded("subscribe", inner.client.subscribe(inner.names.channel(&token(channel)))).await?;
+        let sub =
+            inner.bounded("subscribe", inner.client.subscribe(inner.names.channel(&token(channel)))).await?;
         let task = tokio::spawn(deliver(channel.to_owned(), sub, events));
         if let Some(earlier) = lock(&inner.subscriptions).insert(channel.to_owned(), task) {
             earlier.abort();
@@ -792,12 +824,16 @@ impl Broker for NatsEngine {
 
     async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {
         let inner = &self.inner;
-        inner.publish_core(inner.names.channel(&token(channel)), kind_headers(KIND_JOIN), encode(&info)?).await
+        inner
+            .publish_core(inner.names.channel(&token(channel)), kind_headers(KIND_JOIN), encode(&info)?)
+            .await
     }
 
     async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {
         let inner = &self.inner;
-        inner.publish_core(inner.names.channel(&token(channel)), kind_headers(KIND_LEAVE), encode(&info)?).await
+        inner
+            .publish_core(inner.names.channel(&token(channel)), kind_headers(KIND_LEAVE), encode(&info)?)
+            .await
     }
 
     async fn history(
@@ -837,41 +873,48 @@ impl Broker for NatsEngine {
         let mut first_kept: Option<u64> = None;
         let mut broken = None;
         inner
-            .read_subject(&inner.history, inner.names.history(&token), consumer::DeliverPolicy::All, |seq, headers, payload| {
-                if seq > top.seq {
-                    return false; // appended after the top read: the next read's
-                }
-                let Some(Top { offset, .. }) = Top::from_headers(seq, headers) else { return true };
-                let expired = header(headers, EXPIRES).and_then(|e| e.parse::<u64>().ok()).is_some_and(|e| e <= now);
-                if header(headers, KIND) != Some(KIND_PUBLICATION) || offset < oldest_kept || expired {
-                    return seq < top.seq;
-                }
-                first_kept.get_or_insert(offset);
-                if let Some(after) = after {
-                    if first_kept.is_some_and(|first| after + 1 < first) {
-                        return false; // unrecoverable: decided below
+            .read_subject(
+                &inner.history,
+                inner.names.history(&token),
+                consumer::DeliverPolicy::All,
+                |seq, headers, payload| {
+                    if seq > top.seq {
+                        return false; // appended after the top read: the next read's
                     }
-                    if offset <= after {
+                    let Some(Top { offset, .. }) = Top::from_headers(seq, headers) else { return true };
+                    let expired = header(headers, EXPIRES)
+                        .and_then(|e| e.parse::<u64>().ok())
+                        .is_some_and(|e| e <= now);
+                    if header(headers, KIND) != Some(KIND_PUBLICATION) || offset < oldest_kept || expired {
                         return seq < top.seq;
                     }
-                }
-                let publication = match serde_json::from_slice::<Publication>(payload) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        broken = Some(e.to_string());
+                    first_kept.get_or_insert(offset);
+                    if let Some(after) = after {
+                        if first_kept.is_some_and(|first| after + 1 < first) {
+                            return false; // unrecoverable: decided below
+                        }
+                        if offset <= after {
+                            return seq < top.seq;
+                        }
+                    }
+                    let publication = match serde_json::from_slice::<Publication>(payload) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            broken = Some(e.to_string());
+                            return false;
+                        }
+                    };
+                    if query.reverse {
+                        newest.push_back(publication);
+                        if newest.len() > newest_max {
+                            newest.pop_front();
+                        }
+                    } else if !answer.offer(&publication) {
                         return false;
                     }
-                };
-                if query.reverse {
-                    newest.push_back(publication);
-                    if newest.len() > newest_max {
-                        newest.pop_front();
-                    }
-                } else if !answer.offer(&publication) {
-                    return false;
-                }
-                seq < top.seq
-            })
+                    seq < top.seq
+                },
+            )
             .await?;
         if let Some(e) = broken {
             return Err(unavailable("history", format!("an undecodable publication: {e}")));
@@ -924,7 +967,10 @@ impl PresenceStore for NatsEngine {
         let inner = &self.inner;
         let value = encode(&info)?;
         let key = format!("{}.{}", token(channel), token(&info.client));
-        lock(&inner.own_presence).entry(channel.to_owned()).or_default().insert(info.client.clone(), value.clone());
+        lock(&inner.own_presence)
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(info.client.clone(), value.clone());
         inner.bounded("presence add", inner.presence.put(key, value)).await?;
         Ok(())
     }
@@ -949,15 +995,20 @@ impl PresenceStore for NatsEngine {
         let subject = format!("$KV.{}.{}.*", inner.names.presence, token(channel));
         let mut clients = HashMap::new();
         inner
-            .read_subject(&inner.presence.stream, subject, consumer::DeliverPolicy::LastPerSubject, |_, headers, payload| {
-                // Deleted entries leave a marker with an operation header and no value.
-                if header(headers, "KV-Operation").is_none() {
-                    if let Ok(info) = serde_json::from_slice::<ClientInfo>(payload) {
-                        clients.insert(info.client.clone(), info);
+            .read_subject(
+                &inner.presence.stream,
+                subject,
+                consumer::DeliverPolicy::LastPerSubject,
+                |_, headers, payload| {
+                    // Deleted entries leave a marker with an operation header and no value.
+                    if header(headers, "KV-Operation").is_none() {
+                        if let Ok(info) = serde_json::from_slice::<ClientInfo>(payload) {
+                            clients.insert(info.client.clone(), info);
+                        }
                     }
-                }
-                clients.len() < MAX_PRESENCE_ENTRIES
-            })
+                    clients.len() < MAX_PRESENCE_ENTRIES
+                },
+            )
             .await?;
         Ok(clients)
     }

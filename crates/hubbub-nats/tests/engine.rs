@@ -2,7 +2,8 @@
 //! are two nodes sharing a prefix (each test its own prefix, so tests share the server).
 
 use hubbub_core::engine::{
-    Broker, BrokerEvents, EngineConfig, EngineError, HistoryOptions, HistoryQuery, PresenceStats, PresenceStore,
+    Broker, BrokerEvents, EngineConfig, EngineError, HistoryOptions, HistoryQuery, PresenceStats,
+    PresenceStore,
 };
 use hubbub_nats::{NatsConfig, NatsEngine};
 use hubbub_protocol::{json_from_str, ClientInfo, Publication, StreamPosition};
@@ -200,9 +201,14 @@ async fn history_recovery_and_the_empty_epoch() {
     assert_eq!(offsets(&a.history("c", since(2), h).await.unwrap().publications), vec![3, 4, 5]);
     assert!(a.history("c", since(5), h).await.unwrap().publications.is_empty());
     for lost in [0, 1, 6] {
-        assert_eq!(a.history("c", since(lost), h).await.unwrap_err(), EngineError::UnrecoverablePosition, "{lost}");
+        assert_eq!(
+            a.history("c", since(lost), h).await.unwrap_err(),
+            EngineError::UnrecoverablePosition,
+            "{lost}"
+        );
     }
-    let other_epoch = HistoryQuery { since: Some(StreamPosition { offset: 4, epoch: "x".into() }), ..Default::default() };
+    let other_epoch =
+        HistoryQuery { since: Some(StreamPosition { offset: 4, epoch: "x".into() }), ..Default::default() };
     assert_eq!(a.history("c", other_epoch, h).await.unwrap_err(), EngineError::UnrecoverablePosition);
     let newest = HistoryQuery { limit: Some(2), reverse: true, ..Default::default() };
     assert_eq!(offsets(&a.history("c", newest, h).await.unwrap().publications), vec![5, 4]);
@@ -223,7 +229,8 @@ async fn history_recovery_and_the_empty_epoch() {
     let page = a.history("fresh", on_empty, h).await.unwrap();
     assert_eq!(offsets(&page.publications), vec![1, 2]);
     assert_eq!(page.position, StreamPosition { offset: 2, epoch: fresh.epoch });
-    let made_up = HistoryQuery { since: Some(StreamPosition { offset: 0, epoch: "x".into() }), ..Default::default() };
+    let made_up =
+        HistoryQuery { since: Some(StreamPosition { offset: 0, epoch: "x".into() }), ..Default::default() };
     assert_eq!(b.history("never", made_up, h).await.unwrap_err(), EngineError::UnrecoverablePosition);
 
     // History outlives the brokers: a new node reads it and continues the offsets.
@@ -231,7 +238,10 @@ async fn history_recovery_and_the_empty_epoch() {
     let prefix = a.prefix().to_owned();
     drop(b);
     let (c, _) = node(config(&url, &prefix), "n3").await;
-    assert_eq!(offsets(&c.history("c", HistoryQuery::default(), h).await.unwrap().publications), vec![3, 4, 5]);
+    assert_eq!(
+        offsets(&c.history("c", HistoryQuery::default(), h).await.unwrap().publications),
+        vec![3, 4, 5]
+    );
     assert_eq!(a.publish("c", publication(6), h).await.unwrap().offset, 6);
     assert_eq!(c.publish("c", publication(7), h).await.unwrap().offset, 7);
 
@@ -253,7 +263,10 @@ async fn history_recovery_and_the_empty_epoch() {
     let page = c.history("t", HistoryQuery::default(), short).await.unwrap();
     assert!(page.publications.is_empty());
     assert_eq!(page.position, top);
-    let q = |offset| HistoryQuery { since: Some(StreamPosition { offset, epoch: top.epoch.clone() }), ..Default::default() };
+    let q = |offset| HistoryQuery {
+        since: Some(StreamPosition { offset, epoch: top.epoch.clone() }),
+        ..Default::default()
+    };
     assert!(c.history("t", q(2), short).await.is_ok());
     assert_eq!(c.history("t", q(1), short).await.unwrap_err(), EngineError::UnrecoverablePosition);
     a.destroy().await.unwrap();
@@ -269,7 +282,11 @@ async fn long_history_is_trimmed_and_read_in_pages() {
     let page = b.history("long", HistoryQuery::default(), h).await.unwrap();
     assert_eq!(offsets(&page.publications), (151..=200).collect::<Vec<_>>());
     let epoch = page.position.epoch;
-    let q = HistoryQuery { since: Some(StreamPosition { offset: 160, epoch }), limit: Some(5), ..Default::default() };
+    let q = HistoryQuery {
+        since: Some(StreamPosition { offset: 160, epoch }),
+        limit: Some(5),
+        ..Default::default()
+    };
     assert_eq!(offsets(&b.history("long", q, h).await.unwrap().publications), vec![161, 162, 163, 164, 165]);
     // The subject holds about 1.25 × the history size, not every publication.
     let stored = a.stored_messages("long").await.unwrap();

@@ -5,8 +5,8 @@
 
 use crate::config::Config;
 use anyhow::Context;
-use hubbub_core::engine::memory::{MemoryBroker, MemoryPresence};
 use hubbub_core::channel::NamespaceConfig;
+use hubbub_core::engine::memory::{MemoryBroker, MemoryPresence};
 use hubbub_core::engine::{Broker, EngineConfig, EngineKind, PresenceStore};
 use hubbub_nats::{NatsConfig, NatsEngine};
 use hubbub_store::{ChatStore, StoreKind};
@@ -33,7 +33,15 @@ pub async fn connect_engine(config: &EngineConfig, namespaces: &[NamespaceConfig
                 memory: Some(broker),
             })
         }
-        EngineKind::Redis => anyhow::bail!("engine.type = \"redis\": not built yet"),
+        EngineKind::Redis => {
+            let redis = hubbub_redis::RedisEngine::connect(hubbub_redis::RedisConfig::from_engine(config))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot reach Redis at engine.redis_url = {:?}: {e}", config.redis_url)
+                })?;
+            let redis = Arc::new(redis);
+            Ok(Engine { broker: redis.clone(), presence: redis, memory: None })
+        }
         EngineKind::Nats => {
             let longest_ttl = namespaces.iter().map(|ns| ns.history_ttl).max().unwrap_or_default();
             let nats = NatsConfig::from_engine(config, longest_ttl);
