@@ -557,7 +557,7 @@ impl Inner {
     /// quarter of `size` publications), so a subject holds about 1.25 × its history size.
     fn trim(self: &Arc<Self>, token: &str, offset: u64, size: usize) {
         let every = (size as u64 / 4).max(1);
-        if offset % every != 0 || offset <= size as u64 {
+        if !offset.is_multiple_of(every) || offset <= size as u64 {
             return;
         }
         let inner = self.clone();
