@@ -303,7 +303,8 @@ impl Server {
     /// [`Server::kill9`]). Its stderr is appended to the same log.
     pub fn restart(&mut self) {
         assert!(self.wait_exit(Duration::from_secs(10)).is_some(), "restart: the server is still running");
-        let (child, addr, lines) = Self::launch(&self.builder, self.dir.path(), &self.config_path, &self.stderr_path);
+        let (child, addr, lines) =
+            Self::launch(&self.builder, self.dir.path(), &self.config_path, &self.stderr_path);
         self.child = child;
         self.addr = addr;
         self.stdout_lines = lines;
@@ -330,10 +331,7 @@ impl Server {
         if builder.use_config_file {
             cmd.arg("--config").arg(config_path);
         }
-        cmd.current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr_file));
+        cmd.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(stderr_file));
         for (k, v) in &builder.env {
             cmd.env(k, v);
         }
