@@ -115,7 +115,7 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn PresenceStore>,
     rpc: RwLock<RpcRegistry>,
-    hooks: RwLock<HashMap<String, Arc<dyn ChannelHooks>>>,
+    hooks: Hooks,
     user_events: RwLock<Option<Arc<dyn UserEvents>>>,
     started: Instant,
 }
@@ -144,13 +144,27 @@ impl From<EngineError> for ProtocolError {
     }
 }
 
+/// Applications' hooks by namespace, shared by the node and what the broker delivers to.
+type Hooks = Arc<RwLock<HashMap<String, Arc<dyn ChannelHooks>>>>;
+
 /// Hands what the broker delivers to the hub, with the namespace's join/leave policy.
 struct HubEvents {
     hub: Arc<Hub>,
     namespaces: Namespaces,
+    hooks: Hooks,
 }
 
 impl HubEvents {
+    /// The hooks of the channel's namespace, if an application owns it.
+    fn hooks(&self, channel: &str) -> Option<Arc<dyn ChannelHooks>> {
+        let hooks = self.hooks.read().unwrap_or_else(|p| p.into_inner());
+        if hooks.is_empty() {
+            return None;
+        }
+        let (ns, _) = self.namespaces.resolve(channel).ok()?;
+        hooks.get(&ns.name).cloned()
+    }
+
     fn push_join_leave_to_all(&self, channel: &str) -> bool {
         self.namespaces.resolve(channel).map(|(ns, _)| ns.force_push_join_leave).unwrap_or(false)
     }
@@ -158,6 +172,15 @@ impl HubEvents {
 
 impl BrokerEvents for HubEvents {
     fn on_publication(&self, channel: &str, publication: Publication) {
+        // An application that keeps the channel's stream may hold a publication back until
+        // those before it arrived (the chat's rooms, published by several nodes).
+        let publication = match self.hooks(channel) {
+            Some(hooks) => match hooks.intercept_publication(channel, publication) {
+                Some(publication) => publication,
+                None => return,
+            },
+            None => publication,
+        };
         self.hub.broadcast_publication(channel, publication);
     }
     fn on_join(&self, channel: &str, info: ClientInfo) {
@@ -198,7 +221,12 @@ impl Node {
     /// Builds the node and connects its broker.
     pub async fn start(opts: NodeOptions) -> Result<Arc<Node>, EngineError> {
         let hub = Arc::new(Hub::new());
-        let events = Arc::new(HubEvents { hub: hub.clone(), namespaces: opts.namespaces.clone() });
+        let hooks = Hooks::default();
+        let events = Arc::new(HubEvents {
+            hub: hub.clone(),
+            namespaces: opts.namespaces.clone(),
+            hooks: hooks.clone(),
+        });
         let id = uuid::Uuid::new_v4().to_string();
         opts.broker.start(&id, events).await?;
         Ok(Arc::new(Node {
@@ -213,7 +241,7 @@ impl Node {
             broker: opts.broker,
             presence: opts.presence,
             rpc: RwLock::new(opts.rpc),
-            hooks: RwLock::new(HashMap::new()),
+            hooks,
             user_events: RwLock::new(None),
             started: Instant::now(),
         }))
