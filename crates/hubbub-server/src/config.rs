@@ -231,6 +231,11 @@ impl Config {
         if self.engine.heartbeat_interval < Duration::from_millis(100) {
             return bad("engine.heartbeat_interval", "must be at least 100ms");
         }
+        if !self.engine.position_check_interval.is_zero()
+            && self.engine.position_check_interval < Duration::from_secs(1)
+        {
+            return bad("engine.position_check_interval", "must be at least 1s, or \"0s\" for never");
+        }
         if self.engine.presence_ttl < self.engine.heartbeat_interval * 2 {
             return bad("engine.presence_ttl", "must be at least twice engine.heartbeat_interval");
         }

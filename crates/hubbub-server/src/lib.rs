@@ -92,6 +92,7 @@ impl App {
             broker: engine.broker,
             presence: engine.presence,
             rpc,
+            cluster: config.engine.cluster(),
         })
         .await?;
         let chat = hubbub_chat::Chat::install(node.clone(), store, config.chat.clone());

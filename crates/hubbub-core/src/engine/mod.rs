@@ -52,6 +52,12 @@ pub struct EngineConfig {
     /// takes its clients out of presence within this time.
     #[serde(with = "serde_human")]
     pub presence_ttl: Duration,
+    /// How often, with the "redis" or "nats" engine, each subscriber's last offset is
+    /// compared with its channel's stream top, so that one that missed a publication (lost
+    /// between the broker and this node) recovers even when nothing else reveals the gap.
+    /// "0s": never. Not used by the memory engine, which cannot lose a delivery.
+    #[serde(with = "serde_human")]
+    pub position_check_interval: Duration,
     /// Estimated bytes all channels' history may hold together in this process (the
     /// memory engine). Over it, the least recently published channels' streams are dropped.
     pub history_max_bytes: usize,
@@ -80,6 +86,7 @@ impl Default for EngineConfig {
             prefix: "hubbub".into(),
             heartbeat_interval: Duration::from_secs(2),
             presence_ttl: Duration::from_secs(20),
+            position_check_interval: Duration::from_secs(40),
             history_max_bytes: memory.history_max_bytes,
             history_max_streams: memory.history_max_streams,
             history_meta_ttl: memory.history_meta_ttl,
@@ -90,6 +97,17 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// The node's part in the cluster, from these settings.
+    pub fn cluster(&self) -> crate::cluster::ClusterOptions {
+        crate::cluster::ClusterOptions {
+            heartbeat_interval: self.heartbeat_interval,
+            position_check_interval: match self.kind {
+                EngineKind::Memory => Duration::ZERO,
+                EngineKind::Redis | EngineKind::Nats => self.position_check_interval,
+            },
+        }
+    }
+
     /// The memory engine's part.
     pub fn memory(&self) -> memory::MemoryEngineConfig {
         memory::MemoryEngineConfig {
