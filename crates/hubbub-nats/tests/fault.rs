@@ -135,4 +135,25 @@ async fn nats_going_away_fails_fast_and_comes_back_with_a_resync() {
     // One resync per outage.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(seen_b.resyncs.load(Ordering::SeqCst), 1);
+
+    // Back without its store: the engine makes its stream and buckets again; the channel
+    // starts over in a new epoch, and a position in the old one is unrecoverable.
+    drop(_server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.publish_control(None, "x".into()).await.is_ok() {
+        assert!(Instant::now() < deadline, "the engine did not notice the server is gone");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let empty_dir = tempfile::tempdir().unwrap();
+    let _server = nats_server(port, empty_dir.path()).await;
+    wait_for("a second resync", || {
+        seen_a.resyncs.load(Ordering::SeqCst) == 2 && seen_b.resyncs.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let fresh = a.publish("c", publication(1), h).await.unwrap();
+    assert_eq!(fresh.offset, 1);
+    assert_ne!(fresh.epoch, page.position.epoch);
+    wait_for("the new stream's publication on b", || seen_b.offsets.lock().unwrap().len() == 5).await;
+    let old = HistoryQuery { since: Some(page.position.clone()), ..Default::default() };
+    assert_eq!(b.history("c", old, h).await.unwrap_err(), EngineError::UnrecoverablePosition);
 }
