@@ -214,6 +214,8 @@ pub fn room_namespace() -> NamespaceConfig {
         allow_subscribe_for_client: true,
         allow_presence_for_subscriber: true,
         allow_history_for_subscriber: true,
+        // The store acknowledges a message once committed; the broker keeps nothing here.
+        durable_publish: false,
     }
 }
 

@@ -353,7 +353,11 @@ impl Node {
     ) -> ApiResult<StreamPosition> {
         let (ns, _) = self.namespaces.resolve(channel)?;
         let publication = Publication { data, info, offset: 0, tags: None };
-        Ok(self.broker.publish(channel, publication, history_options(ns)).await?)
+        let position = self.broker.publish(channel, publication, history_options(ns)).await?;
+        if ns.durable_publish && ns.history_enabled() {
+            self.broker.sync().await?;
+        }
+        Ok(position)
     }
 
     pub async fn presence(&self, channel: &str) -> ApiResult<HashMap<String, ClientInfo>> {
