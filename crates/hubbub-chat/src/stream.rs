@@ -236,7 +236,7 @@ impl Chat {
     }
 
     /// Whether the user has a connection on any node.
-    pub(crate) async fn is_online(&self, user: UserId) -> bool {
+    pub async fn is_online(&self, user: UserId) -> bool {
         if self.node.hub.is_online(&user.to_string()) {
             return true;
         }
