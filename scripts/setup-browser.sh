@@ -4,13 +4,5 @@
 # and drives /usr/bin/chromium.
 set -euo pipefail
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
-if [ -x "$CHROMIUM" ]; then
-  echo "chromium present: $("$CHROMIUM" --version 2>/dev/null || echo "$CHROMIUM")"
-  exit 0
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends chromium fonts-dejavu-core fonts-noto-color-emoji
+bash "$(dirname "$0")/apt-install.sh" "$CHROMIUM" chromium fonts-dejavu-core fonts-noto-color-emoji
 "$CHROMIUM" --version

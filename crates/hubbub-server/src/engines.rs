@@ -19,18 +19,37 @@ pub struct Engine {
     pub memory: Option<Arc<MemoryBroker>>,
 }
 
-/// Connects the engine `engine.type` names.
-pub async fn connect_engine(config: &EngineConfig) -> anyhow::Result<Engine> {
+/// Connects the engine `engine.type` names. The memory engine keeps its streams in
+/// `data_dir` when given one and `engine.persist` is on.
+pub async fn connect_engine(config: &EngineConfig, data_dir: Option<&Path>) -> anyhow::Result<Engine> {
     match config.kind {
         EngineKind::Memory => {
-            let broker = Arc::new(MemoryBroker::with_config(config.memory()));
+            let broker = match data_dir.filter(|_| config.persist) {
+                Some(dir) => {
+                    let (memory, dir) = (config.memory(), dir.to_owned());
+                    // Replaying the log is file I/O: off the runtime's threads.
+                    tokio::task::spawn_blocking(move || MemoryBroker::open(memory, &dir))
+                        .await?
+                        .context("cannot open the channel history log (config key `engine.persist`)")?
+                }
+                None => MemoryBroker::with_config(config.memory()),
+            };
+            let broker = Arc::new(broker);
             Ok(Engine {
                 broker: broker.clone(),
                 presence: Arc::new(MemoryPresence::new()),
                 memory: Some(broker),
             })
         }
-        EngineKind::Redis => anyhow::bail!("engine.type = \"redis\": not built yet"),
+        EngineKind::Redis => {
+            let redis = hubbub_redis::RedisEngine::connect(hubbub_redis::RedisConfig::from_engine(config))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot reach Redis at engine.redis_url = {:?}: {e}", config.redis_url)
+                })?;
+            let redis = Arc::new(redis);
+            Ok(Engine { broker: redis.clone(), presence: redis, memory: None })
+        }
         EngineKind::Nats => anyhow::bail!("engine.type = \"nats\": not built yet"),
     }
 }
