@@ -188,6 +188,8 @@ pub struct Shape {
     pub phase: Duration,
     /// Closed loop: publications in flight (published, not yet received by everyone).
     pub window: u64,
+    /// Hubbub: channels of namespace `r` (history kept) instead of the default namespace.
+    pub history: bool,
 }
 
 impl Shape {
@@ -265,7 +267,7 @@ pub async fn throughput(kind: Kind, common: &Common, shape: Shape) -> Column {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0 = server.rss_kib();
     let shared = Shared::new(true);
-    let target = target(kind, &server, "", false, Duration::ZERO);
+    let target = target(kind, &server, if shape.history { "r:" } else { "" }, false, Duration::ZERO);
     client::spawn_all(target.clone(), &shared, shape.plan(), common.concurrency);
     let t_setup = connect_all(&shared, n, true, Duration::from_secs(300)).await;
     let subscribed = shared.subscribed.load(Relaxed);
