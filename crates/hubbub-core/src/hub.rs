@@ -71,10 +71,19 @@ pub struct SubscriberPosition {
     pub offset: u64,
 }
 
-type Subscribers = Arc<Mutex<HashMap<u64, Subscriber>>>;
+/// A channel's subscribers on this node. The entry exists while the channel has at least
+/// one; `generation` tells one such period from the next.
+struct ChannelSubscribers {
+    generation: u64,
+    subs: Mutex<HashMap<u64, Subscriber>>,
+}
+
+type Subscribers = Arc<ChannelSubscribers>;
+
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 fn lock(subs: &Subscribers) -> std::sync::MutexGuard<'_, HashMap<u64, Subscriber>> {
-    subs.lock().unwrap_or_else(|p| p.into_inner())
+    subs.subs.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Default)]
@@ -187,7 +196,12 @@ impl Hub {
     ) -> bool {
         let mut shard = self.channels.shard(channel);
         let first = !shard.contains_key(channel);
-        let subs = shard.entry(channel.to_owned()).or_default();
+        let subs = shard.entry(channel.to_owned()).or_insert_with(|| {
+            Arc::new(ChannelSubscribers {
+                generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+                subs: Mutex::default(),
+            })
+        });
         lock(subs).insert(
             conn.key,
             Subscriber {
@@ -282,6 +296,15 @@ impl Hub {
 
     fn subscribers(&self, channel: &str) -> Option<Subscribers> {
         self.channels.shard(channel).get(channel).cloned()
+    }
+
+    /// While `channel` has subscribers on this node, a number that stays the same until
+    /// its last one leaves (and differs for every such period); `None` without subscribers.
+    /// What an application keeps per channel for this node's subscribers (the chat's room
+    /// sequencer) is valid only for the generation it was made in: between two, nothing
+    /// was delivered here.
+    pub fn generation(&self, channel: &str) -> Option<u64> {
+        self.channels.shard(channel).get(channel).map(|c| c.generation)
     }
 
     /// Encodes a push once, if the channel has subscribers here, and queues the same bytes

@@ -118,7 +118,7 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn PresenceStore>,
     rpc: RwLock<RpcRegistry>,
-    hooks: RwLock<HashMap<String, Arc<dyn ChannelHooks>>>,
+    hooks: Hooks,
     user_events: RwLock<Option<Arc<dyn UserEvents>>>,
     started: Instant,
     pub(crate) cluster: Cluster,
@@ -148,15 +148,29 @@ impl From<EngineError> for ProtocolError {
     }
 }
 
+/// Applications' hooks by namespace, shared by the node and what the broker delivers to.
+type Hooks = Arc<RwLock<HashMap<String, Arc<dyn ChannelHooks>>>>;
+
 /// Hands what the broker delivers to the hub, with the namespace's join/leave policy, and
 /// control messages and resyncs to the node (`cluster.rs`).
 struct HubEvents {
     hub: Arc<Hub>,
     namespaces: Namespaces,
+    hooks: Hooks,
     node: Weak<Node>,
 }
 
 impl HubEvents {
+    /// The hooks of the channel's namespace, if an application owns it.
+    fn hooks(&self, channel: &str) -> Option<Arc<dyn ChannelHooks>> {
+        let hooks = self.hooks.read().unwrap_or_else(|p| p.into_inner());
+        if hooks.is_empty() {
+            return None;
+        }
+        let (ns, _) = self.namespaces.resolve(channel).ok()?;
+        hooks.get(&ns.name).cloned()
+    }
+
     fn push_join_leave_to_all(&self, channel: &str) -> bool {
         self.namespaces.resolve(channel).map(|(ns, _)| ns.force_push_join_leave).unwrap_or(false)
     }
@@ -164,6 +178,15 @@ impl HubEvents {
 
 impl BrokerEvents for HubEvents {
     fn on_publication(&self, channel: &str, publication: Publication) {
+        // An application that keeps the channel's stream may hold a publication back until
+        // those before it arrived (the chat's rooms, published by several nodes).
+        let publication = match self.hooks(channel) {
+            Some(hooks) => match hooks.intercept_publication(channel, publication) {
+                Some(publication) => publication,
+                None => return,
+            },
+            None => publication,
+        };
         self.hub.broadcast_publication(channel, publication);
     }
     fn on_join(&self, channel: &str, info: ClientInfo) {
@@ -213,6 +236,7 @@ impl Node {
     /// Builds the node and connects its broker.
     pub async fn start(opts: NodeOptions) -> Result<Arc<Node>, EngineError> {
         let hub = Arc::new(Hub::new());
+        let hooks = Hooks::default();
         let id = uuid::Uuid::new_v4().to_string();
         let (cluster, outgoing) = Cluster::new(opts.cluster.clone());
         let node = Arc::new(Node {
@@ -227,13 +251,17 @@ impl Node {
             broker: opts.broker,
             presence: opts.presence,
             rpc: RwLock::new(opts.rpc),
-            hooks: RwLock::new(HashMap::new()),
+            hooks: hooks.clone(),
             user_events: RwLock::new(None),
             started: Instant::now(),
             cluster,
         });
-        let events =
-            Arc::new(HubEvents { hub, namespaces: node.namespaces.clone(), node: Arc::downgrade(&node) });
+        let events = Arc::new(HubEvents {
+            hub,
+            namespaces: node.namespaces.clone(),
+            hooks,
+            node: Arc::downgrade(&node),
+        });
         node.broker.start(&node.id, events).await?;
         tokio::spawn(crate::cluster::send_loop(node.broker.clone(), outgoing));
         let weak = Arc::downgrade(&node);
@@ -325,7 +353,11 @@ impl Node {
     ) -> ApiResult<StreamPosition> {
         let (ns, _) = self.namespaces.resolve(channel)?;
         let publication = Publication { data, info, offset: 0, tags: None };
-        Ok(self.broker.publish(channel, publication, history_options(ns)).await?)
+        let position = self.broker.publish(channel, publication, history_options(ns)).await?;
+        if ns.durable_publish && ns.history_enabled() {
+            self.broker.sync().await?;
+        }
+        Ok(position)
     }
 
     pub async fn presence(&self, channel: &str) -> ApiResult<HashMap<String, ClientInfo>> {

@@ -200,6 +200,11 @@ impl Config {
         if self.engine.history_meta_ttl.is_zero() {
             return bad("engine.history_meta_ttl", "must be above 0");
         }
+        if self.engine.flush_interval < Duration::from_millis(1)
+            || self.engine.flush_interval > Duration::from_secs(60)
+        {
+            return bad("engine.flush_interval", "must be between 1ms and 1m");
+        }
         if self.engine.kind != EngineKind::Memory {
             // Every node must accept the tokens and the API key of every other.
             if self.auth.token_secret.is_empty() {

@@ -5,8 +5,10 @@
 
 use crate::config::Config;
 use anyhow::Context;
+use hubbub_core::channel::NamespaceConfig;
 use hubbub_core::engine::memory::{MemoryBroker, MemoryPresence};
 use hubbub_core::engine::{Broker, EngineConfig, EngineKind, PresenceStore};
+use hubbub_nats::{NatsConfig, NatsEngine};
 use hubbub_store::{ChatStore, StoreKind};
 use std::path::Path;
 use std::sync::Arc;
@@ -19,11 +21,28 @@ pub struct Engine {
     pub memory: Option<Arc<MemoryBroker>>,
 }
 
-/// Connects the engine `engine.type` names.
-pub async fn connect_engine(config: &EngineConfig) -> anyhow::Result<Engine> {
+/// Connects the engine `engine.type` names. The memory engine keeps its streams in
+/// `data_dir` when given one and `engine.persist` is on. `namespaces` are the node's (a
+/// broker that keeps streams for the whole cluster sizes them for the longest history any
+/// namespace asks).
+pub async fn connect_engine(
+    config: &EngineConfig,
+    data_dir: Option<&Path>,
+    namespaces: &[NamespaceConfig],
+) -> anyhow::Result<Engine> {
     match config.kind {
         EngineKind::Memory => {
-            let broker = Arc::new(MemoryBroker::with_config(config.memory()));
+            let broker = match data_dir.filter(|_| config.persist) {
+                Some(dir) => {
+                    let (memory, dir) = (config.memory(), dir.to_owned());
+                    // Replaying the log is file I/O: off the runtime's threads.
+                    tokio::task::spawn_blocking(move || MemoryBroker::open(memory, &dir))
+                        .await?
+                        .context("cannot open the channel history log (config key `engine.persist`)")?
+                }
+                None => MemoryBroker::with_config(config.memory()),
+            };
+            let broker = Arc::new(broker);
             Ok(Engine {
                 broker: broker.clone(),
                 presence: Arc::new(MemoryPresence::new()),
@@ -39,7 +58,14 @@ pub async fn connect_engine(config: &EngineConfig) -> anyhow::Result<Engine> {
             let redis = Arc::new(redis);
             Ok(Engine { broker: redis.clone(), presence: redis, memory: None })
         }
-        EngineKind::Nats => anyhow::bail!("engine.type = \"nats\": not built yet"),
+        EngineKind::Nats => {
+            let longest_ttl = namespaces.iter().map(|ns| ns.history_ttl).max().unwrap_or_default();
+            let nats = NatsConfig::from_engine(config, longest_ttl);
+            let engine = Arc::new(NatsEngine::connect(nats).await.with_context(|| {
+                format!("cannot reach NATS at {} (config key `engine.nats_url`)", config.nats_url)
+            })?);
+            Ok(Engine { broker: engine.clone(), presence: engine, memory: None })
+        }
     }
 }
 

@@ -67,6 +67,13 @@ pub struct EngineConfig {
     /// epoch), so that a client that saw its last publication still recovers (with nothing).
     #[serde(with = "serde_human")]
     pub history_meta_ttl: Duration,
+    /// The memory engine keeps its streams in `data_dir/streams.log`, so a restart keeps
+    /// every channel's history, epoch and offsets.
+    pub persist: bool,
+    /// How often the memory engine's log is synced to disk at least: what a crash of the
+    /// machine may lose (a `kill -9` loses only what the writer had not written yet).
+    #[serde(with = "serde_human")]
+    pub flush_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +90,8 @@ impl Default for EngineConfig {
             history_max_bytes: memory.history_max_bytes,
             history_max_streams: memory.history_max_streams,
             history_meta_ttl: memory.history_meta_ttl,
+            persist: true,
+            flush_interval: memory.flush_interval,
         }
     }
 }
@@ -105,6 +114,7 @@ impl EngineConfig {
             history_max_bytes: self.history_max_bytes,
             history_max_streams: self.history_max_streams,
             history_meta_ttl: self.history_meta_ttl,
+            flush_interval: self.flush_interval,
         }
     }
 }
@@ -280,6 +290,12 @@ pub trait Broker: Send + Sync + 'static {
     /// The streams this node keeps in memory, when the broker keeps them here.
     fn stream_stats(&self) -> Option<StreamStats> {
         None
+    }
+    /// Waits until every publication this broker has accepted so far is durable: the
+    /// publish of a namespace with `durable_publish` is answered only after it. Brokers whose
+    /// `publish` returns once the broker server has the publication have nothing to wait for.
+    async fn sync(&self) -> Result<(), EngineError> {
+        Ok(())
     }
 }
 
