@@ -1,14 +1,42 @@
 //! Control across nodes, with real `hubbub` processes on Redis and PostgreSQL: `info` lists
 //! every live node, the server API's user commands reach the node holding the user's
 //! connections, `channels` answers for the cluster, `/emulation` and long polls work on any
-//! node. (Skipped loudly without Redis or PostgreSQL.)
+//! node. Each runs on Redis and again on NATS (`redis::` and `nats::` tests); skipped loudly
+//! without the engine's server or PostgreSQL.
 
 mod common;
 
-use common::cluster::{Cluster, OwnRedis};
+use common::cluster::{Cluster, EngineKind, OwnRedis};
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+
+/// Runs each scenario on both engines: `redis::<name>` and `nats::<name>`.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::EngineKind::Redis).await
+            })*
+        }
+        mod nats {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::EngineKind::Nats).await
+            })*
+        }
+    };
+}
+
+on_both_engines!(
+    info_lists_every_node_with_its_counts_and_forgets_a_dead_one,
+    api_disconnect_refresh_and_unsubscribe_reach_the_user_on_another_node,
+    api_subscribe_on_one_node_subscribes_the_client_on_another,
+    channels_answers_for_the_whole_cluster,
+    emulation_commands_posted_to_any_node_reach_the_session,
+    a_long_poll_on_one_node_gets_a_publication_made_on_another,
+);
 
 /// Node `i`'s `info` entry for itself must come first, and list `want` (names) in any order.
 async fn assert_info_lists(cluster: &Cluster, i: usize, want: &[&str]) {
@@ -25,9 +53,8 @@ async fn assert_info_lists(cluster: &Cluster, i: usize, want: &[&str]) {
     assert_eq!(sorted, want, "node n{i} lists {names:?}");
 }
 
-#[tokio::test]
-async fn info_lists_every_node_with_its_counts_and_forgets_a_dead_one() {
-    let Some(mut cluster) = Cluster::builder().nodes(3).start().await else { return };
+async fn info_lists_every_node_with_its_counts_and_forgets_a_dead_one(engine: EngineKind) {
+    let Some(mut cluster) = Cluster::builder().engine(engine).nodes(3).start().await else { return };
     cluster.wait_formed(Duration::from_secs(10)).await;
     for i in 0..3 {
         assert_info_lists(&cluster, i, &["n0", "n1", "n2"]).await;
@@ -69,9 +96,8 @@ async fn info_lists_every_node_with_its_counts_and_forgets_a_dead_one() {
     cluster.wait_formed(Duration::from_secs(5)).await;
 }
 
-#[tokio::test]
-async fn api_disconnect_refresh_and_unsubscribe_reach_the_user_on_another_node() {
-    let Some(cluster) = Cluster::builder().nodes(2).start().await else { return };
+async fn api_disconnect_refresh_and_unsubscribe_reach_the_user_on_another_node(engine: EngineKind) {
+    let Some(cluster) = Cluster::builder().engine(engine).nodes(2).start().await else { return };
     cluster.wait_formed(Duration::from_secs(10)).await;
     let api = cluster.node(0).api();
 
@@ -102,9 +128,8 @@ async fn api_disconnect_refresh_and_unsubscribe_reach_the_user_on_another_node()
     assert!(bob.still_open_after(QUIET).await);
 }
 
-#[tokio::test]
-async fn api_subscribe_on_one_node_subscribes_the_client_on_another() {
-    let Some(cluster) = Cluster::builder().nodes(3).start().await else { return };
+async fn api_subscribe_on_one_node_subscribes_the_client_on_another(engine: EngineKind) {
+    let Some(cluster) = Cluster::builder().engine(engine).nodes(3).start().await else { return };
     cluster.wait_formed(Duration::from_secs(10)).await;
     let mut alice = cluster.node(2).user("alice").await;
     cluster.node(0).api().ok("subscribe", json!({"user": "alice", "channel": "news"})).await;
@@ -126,9 +151,8 @@ async fn api_subscribe_on_one_node_subscribes_the_client_on_another() {
     alice.expect_no_push("sport", "subscribe", QUIET).await;
 }
 
-#[tokio::test]
-async fn channels_answers_for_the_whole_cluster() {
-    let Some(cluster) = Cluster::builder().nodes(3).start().await else { return };
+async fn channels_answers_for_the_whole_cluster(engine: EngineKind) {
+    let Some(cluster) = Cluster::builder().engine(engine).nodes(3).start().await else { return };
     cluster.wait_formed(Duration::from_secs(10)).await;
     let mut a = cluster.node(1).user("a").await;
     let mut b = cluster.node(2).user("b").await;
@@ -205,9 +229,8 @@ async fn post_emulation(srv: &Server, body: Value) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-#[tokio::test]
-async fn emulation_commands_posted_to_any_node_reach_the_session() {
-    let Some(cluster) = Cluster::builder().nodes(2).start().await else { return };
+async fn emulation_commands_posted_to_any_node_reach_the_session(engine: EngineKind) {
+    let Some(cluster) = Cluster::builder().engine(engine).nodes(2).start().await else { return };
     cluster.wait_formed(Duration::from_secs(10)).await;
     let mut stream = HttpStream::open(cluster.node(1), "alice").await;
     let session = stream.connect["session"].as_str().expect("session").to_owned();
@@ -238,9 +261,8 @@ async fn emulation_commands_posted_to_any_node_reach_the_session() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
-async fn a_long_poll_on_one_node_gets_a_publication_made_on_another() {
-    let Some(cluster) = Cluster::builder().nodes(2).start().await else { return };
+async fn a_long_poll_on_one_node_gets_a_publication_made_on_another(engine: EngineKind) {
+    let Some(cluster) = Cluster::builder().engine(engine).nodes(2).start().await else { return };
     cluster.wait_formed(Duration::from_secs(10)).await;
     let first = cluster.node(0).api().publish("news", json!({"n": 1})).await;
     let (offset, epoch) = (first["offset"].as_u64().unwrap(), first["epoch"].as_str().unwrap().to_owned());
@@ -281,7 +303,9 @@ async fn a_subscriber_that_missed_publications_while_pubsub_was_broken_recovers(
         return;
     }
     let redis = OwnRedis::start();
-    let Some(cluster) = Cluster::builder().nodes(2).engine_url(&redis.url).start().await else { return };
+    let Some(cluster) = Cluster::builder().nodes(2).engine_url(&redis.url).start().await else {
+        return;
+    };
     cluster.wait_formed(Duration::from_secs(10)).await;
     let mut bob = cluster.node(1).user("bob").await;
     let subscribed = bob.subscribe("news").await;
