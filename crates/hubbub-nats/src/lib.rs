@@ -680,6 +680,11 @@ impl Inner {
                     if self.barrier().await.is_err() {
                         continue; // broken again: the next Connected resyncs
                     }
+                    // A server that came back without its store lost the stream and the
+                    // buckets: make them again (a no-op when they are there).
+                    if let Err(e) = self.ensure_storage().await {
+                        tracing::warn!(%e, "NATS back, but its stream or buckets are not");
+                    }
                     if self.lost.swap(false, Ordering::SeqCst) {
                         tracing::info!("NATS connection back: resyncing subscribed channels");
                         if let Some(events) = self.events.get() {
@@ -690,6 +695,15 @@ impl Inner {
                 _ => {}
             }
         }
+    }
+
+    async fn ensure_storage(&self) -> Result<(), EngineError> {
+        ensure_stream(&self.js, &self.names, &self.config).await?;
+        ensure_bucket(&self.js, &self.names.epochs, self.config.history_meta_ttl, &self.config).await?;
+        ensure_bucket(&self.js, &self.names.presence, self.config.presence_ttl, &self.config).await?;
+        // What this node appended before is gone with the old stream.
+        lock(&self.lanes).clear();
+        Ok(())
     }
 
     async fn refresh_presence(&self) {

@@ -80,6 +80,48 @@ pub async fn open_store(config: &Config, data_dir: &Path) -> anyhow::Result<Arc<
                 .with_limits(config.chat.store_limits());
             Ok(Arc::new(store))
         }
-        StoreKind::Postgres => anyhow::bail!("store.type = \"postgres\": not built yet"),
+        StoreKind::Postgres => {
+            let url = &config.store.postgres_url;
+            let store = hubbub_store::postgres::PgStore::open(url)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "store.postgres_url = {:?}: cannot open the database: {e}",
+                        redact_password(url)
+                    )
+                })?
+                .with_limits(config.chat.store_limits());
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// `url` without its password (`postgres://user:secret@host/db` → `postgres://user:***@host/db`),
+/// for error messages and logs.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(redact_password("postgres://u:secret@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
+        assert_eq!(
+            redact_password("postgres://postgres@127.0.0.1/hubbub"),
+            "postgres://postgres@127.0.0.1/hubbub"
+        );
+        assert_eq!(redact_password("nonsense"), "nonsense");
     }
 }
