@@ -384,7 +384,8 @@ struct Restarted {
 }
 
 impl Restarted {
-    /// Starts `hubbub serve --config <srv's config>` again: same data dir, new port.
+    /// Starts `hubbub serve --config <srv's config>` again: same data dir, same environment
+    /// (the store's database, in tests/chat_postgres.rs), new port.
     fn start(srv: &Server) -> Restarted {
         let stderr_path = srv.dir.path().join("stderr-restarted.log");
         let file = std::fs::File::create(&stderr_path).unwrap();
@@ -392,6 +393,7 @@ impl Restarted {
             .arg("serve")
             .arg("--config")
             .arg(&srv.config_path)
+            .envs(srv.builder.env.iter().map(|(k, v)| (k, v)))
             .current_dir(srv.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
