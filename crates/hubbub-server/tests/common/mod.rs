@@ -12,6 +12,8 @@
 //! Every wait in here has a timeout; nothing can hang forever.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
