@@ -294,6 +294,7 @@ defaults
     retries 3
     option redispatch 1
     option forwardfor
+    option abortonclose
 
 frontend hubbub
     bind 127.0.0.1:$port

@@ -141,10 +141,49 @@ process.on('exit', () => {
 });
 
 /**
+ * The address of a running cluster the suite targets instead of its own server
+ * (`HUBBUB_URL=http://127.0.0.1:PORT`, set by scripts/test.sh around a cluster started with
+ * scripts/cluster.sh behind HAProxy, with this suite's secrets and `clusterConfigToml()`).
+ */
+export const CLUSTER_URL = process.env.HUBBUB_URL || '';
+
+/** The tables of defaultConfig() a cluster's nodes take (`--extra` of scripts/cluster.sh). */
+export function clusterConfigToml() {
+  const { client, namespaces } = defaultConfig();
+  return toToml({ client, namespaces });
+}
+
+/** The cluster as a server object: the same fields as startServer()'s, nothing to stop. */
+function clusterServer() {
+  const u = new URL(CLUSTER_URL);
+  const url = `${u.protocol}//${u.host}`;
+  return {
+    url,
+    wsUrl: `${u.protocol === 'https:' ? 'wss' : 'ws'}://${u.host}/connection/websocket`,
+    addr: u.host,
+    apiKey: API_KEY,
+    secret: TOKEN_SECRET,
+    config: defaultConfig(),
+    configPath: null,
+    stderr: () => `(a cluster behind ${url}: see its nodes' logs, printed by scripts/test.sh on failure)`,
+    exited: () => null,
+    ...serverApi(url),
+    async stop() { return null; },
+  };
+}
+
+/**
  * Starts `hubbub serve --config <tmp>` with defaultConfig() merged with `overrides`.
  * Resolves once the server printed `hubbub listening on http://ADDR`.
+ * Without `overrides` (a test file's shared server) and with `HUBBUB_URL` set, resolves with
+ * that cluster instead; servers with settings of their own are always started locally.
  */
-export async function startServer(overrides = {}) {
+export async function startServer(overrides) {
+  if (overrides === undefined && CLUSTER_URL) return clusterServer();
+  return startLocalServer(overrides || {});
+}
+
+async function startLocalServer(overrides) {
   const dir = mkdtempSync(join(tmpdir(), 'hubbub-js-'));
   const config = mergeConfig(defaultConfig(), { data_dir: join(dir, 'data'), ...overrides });
   const configPath = join(dir, 'hubbub.toml');
@@ -209,16 +248,7 @@ export async function startServer(overrides = {}) {
     configPath,
     stderr: () => stderr,
     exited: () => exited,
-    /** Server API call; resolves with the parsed JSON body (`{result}` or `{error}`). */
-    api: (method, body = {}) => apiCall(url, API_KEY, method, body),
-    /** Like api() but throws unless the answer is `{result}`; resolves with the result. */
-    apiOk: async (method, body = {}) => {
-      const res = await apiCall(url, API_KEY, method, body);
-      if (!res.body || !('result' in res.body) || res.body.error) {
-        throw new Error(`API ${method} ${JSON.stringify(body)} answered HTTP ${res.status} ${JSON.stringify(res.body)}`);
-      }
-      return res.body.result;
-    },
+    ...serverApi(url),
     async stop() {
       if (exited) return exited;
       child.kill('SIGTERM');
@@ -230,6 +260,24 @@ export async function startServer(overrides = {}) {
     },
   };
   return server;
+}
+
+/**
+ * The server API of the server at `url`: `api(method, body)` resolves with the parsed JSON
+ * body (`{result}` or `{error}`); `apiOk` throws unless the answer is `{result}` and
+ * resolves with the result.
+ */
+function serverApi(url) {
+  return {
+    api: (method, body = {}) => apiCall(url, API_KEY, method, body),
+    apiOk: async (method, body = {}) => {
+      const res = await apiCall(url, API_KEY, method, body);
+      if (!res.body || !('result' in res.body) || res.body.error) {
+        throw new Error(`API ${method} ${JSON.stringify(body)} answered HTTP ${res.status} ${JSON.stringify(res.body)}`);
+      }
+      return res.body.result;
+    },
+  };
 }
 
 /** POST /api/<method>; resolves with {status, body}. */
