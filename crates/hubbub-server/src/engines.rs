@@ -30,7 +30,15 @@ pub async fn connect_engine(config: &EngineConfig) -> anyhow::Result<Engine> {
                 memory: Some(broker),
             })
         }
-        EngineKind::Redis => anyhow::bail!("engine.type = \"redis\": not built yet"),
+        EngineKind::Redis => {
+            let redis = hubbub_redis::RedisEngine::connect(hubbub_redis::RedisConfig::from_engine(config))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot reach Redis at engine.redis_url = {:?}: {e}", config.redis_url)
+                })?;
+            let redis = Arc::new(redis);
+            Ok(Engine { broker: redis.clone(), presence: redis, memory: None })
+        }
         EngineKind::Nats => anyhow::bail!("engine.type = \"nats\": not built yet"),
     }
 }
