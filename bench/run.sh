@@ -6,6 +6,9 @@
 #
 #   bench/run.sh           full set, under 10 minutes on 2 cores (after the build)
 #   bench/run.sh --quick   small set, under 2 minutes
+#   bench/run.sh --cluster the cluster scenario alone: Hubbub as 1, 2, 3 nodes on Redis and
+#                          on NATS + PostgreSQL (the machine's, at their standard ports), under
+#                          5 minutes; needs psql
 #
 # Loads go to 127.0.0.0/8 only. Needs cargo; node + npm for the Socket.IO peer (skipped
 # without them).
@@ -13,17 +16,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 QUICK=0
+CLUSTER=0
 case "${1:-}" in
   --quick) QUICK=1 ;;
+  --cluster) CLUSTER=1 ;;
   "") ;;
-  *) echo "usage: bench/run.sh [--quick]" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh [--quick | --cluster]" >&2; exit 2 ;;
 esac
 
 echo "== build (release)"
 cargo build --release -p hubbub-server -p hubbub-bench
 
 SERVERS="hubbub,raw,socketio"
-if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+if [ "$CLUSTER" = 1 ]; then
+  SERVERS="hubbub"  # the cluster scenario is Hubbub alone
+elif command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
   echo "== Socket.IO peer: npm ci"
   (cd bench/peers/socketio && npm ci --no-audit --no-fund --loglevel=error)
 else
@@ -37,6 +44,13 @@ ulimit -n "$(ulimit -Hn)"
 echo "== open files limit: $(ulimit -n)"
 
 BENCH=(target/release/hubbub-bench --servers "$SERVERS" --out bench/results)
+if [ "$CLUSTER" = 1 ]; then
+  t0=$(date +%s)
+  target/release/hubbub-bench --servers hubbub --out bench/results cluster \
+    --nodes 1,2,3 --engines redis,nats --subscribers 1000 --users 100 --rooms 20 --members 10 --phase 3
+  echo "== cluster: $(( $(date +%s) - t0 )) s; table in bench/results/"
+  exit 0
+fi
 # One scenario, with how long it took.
 bench() {
   local t0

@@ -13,7 +13,7 @@ use crate::client::Target;
 use crate::publish::Mode;
 use crate::report::{Column, Fmt};
 use crate::scenarios::{block, kib_per, max_ms, ms, note_errors, start, stop_clients, wait_for, Common};
-use crate::servers::{hubbub_data_dir, Kind, ServerProc};
+use crate::servers::{hubbub_data_dir, Kind, Nodes, ServerProc};
 use crate::stats::{take_latencies, Shared};
 use hdrhistogram::Histogram;
 use std::sync::atomic::Ordering::Relaxed;
@@ -41,7 +41,14 @@ fn db_mib(common: &Common) -> Option<f64> {
 }
 
 fn target(server: &ServerProc, reconnect: bool, jitter: Duration) -> Arc<Target> {
-    Arc::new(Target { kind: Kind::Hubbub, addr: server.addr, namespace: String::new(), reconnect, jitter })
+    Arc::new(Target {
+        kind: Kind::Hubbub,
+        addr: server.addr,
+        nodes: Vec::new(),
+        namespace: String::new(),
+        reconnect,
+        jitter,
+    })
 }
 
 fn user_names(n: usize) -> Vec<String> {
@@ -80,7 +87,7 @@ struct ChatPhase {
 async fn chat_phase(
     run: &Arc<ChatRun>,
     users: &Arc<Vec<ConnHandle>>,
-    server: &ServerProc,
+    server: &Nodes,
     mode: Mode,
     duration: Duration,
     per_message: u64,
@@ -205,15 +212,21 @@ fn phase_rows(col: &mut Column, p: &ChatPhase, label: &str, main: bool) {
 }
 
 pub async fn chat(common: &Common, shape: ChatShape) -> Column {
-    let mut col = Column::default();
     let common = own_work(common, "chat");
-    let server = match start(Kind::Hubbub, &common, 0).await {
-        Ok(s) => s,
+    match start(Kind::Hubbub, &common, 0).await {
+        Ok(server) => chat_on(Nodes::one(server), &common, shape).await,
         Err(e) => {
+            let mut col = Column::default();
             col.notes.push(e);
-            return col;
+            col
         }
-    };
+    }
+}
+
+/// The chat workload on running servers: set-up requests to the first node, user `u`
+/// connected to node `u % nodes` (so members of one room sit on different nodes).
+pub async fn chat_on(server: Nodes, common: &Common, shape: ChatShape) -> Column {
+    let mut col = Column::default();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_start = server.rss_kib();
     let (n, r) = (shape.users.max(2), shape.rooms.max(1));
@@ -221,7 +234,7 @@ pub async fn chat(common: &Common, shape: ChatShape) -> Column {
     // Room `i` has users `i*M .. i*M+M` (mod N); its first member owns it.
     let members: Vec<Vec<usize>> = (0..r).map(|i| (0..m).map(|j| (i * m + j) % n).collect()).collect();
     let t = Instant::now();
-    let accounts = match chat::signup_all(server.addr, &user_names(n), SETUP_TASKS).await {
+    let accounts = match chat::signup_all(server.addr(), &user_names(n), SETUP_TASKS).await {
         Ok(a) => a,
         Err(e) => {
             col.notes.push(format!("sign-up failed: {e}"));
@@ -231,7 +244,7 @@ pub async fn chat(common: &Common, shape: ChatShape) -> Column {
     let t_signup = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let owners: Vec<&Account> = members.iter().map(|ms| &accounts[ms[0]]).collect();
-    let room_ids = match chat::create_rooms(server.addr, &owners, SETUP_TASKS).await {
+    let room_ids = match chat::create_rooms(server.addr(), &owners, SETUP_TASKS).await {
         Ok(ids) => ids,
         Err(e) => {
             col.notes.push(format!("room creation failed: {e}"));
@@ -246,7 +259,7 @@ pub async fn chat(common: &Common, shape: ChatShape) -> Column {
             ms[1..].iter().map(move |&u| (id, &accounts[ms[0]], &accounts[u]))
         })
         .collect();
-    if let Err(e) = chat::invite_all(server.addr, &invites, SETUP_TASKS).await {
+    if let Err(e) = chat::invite_all(server.addr(), &invites, SETUP_TASKS).await {
         col.notes.push(format!("invitations failed: {e}"));
         return col;
     }
@@ -259,7 +272,14 @@ pub async fn chat(common: &Common, shape: ChatShape) -> Column {
         room_ids.iter().zip(&members).map(|(&id, ms)| RoomBook::new(id, ms.clone())).collect();
     let run = ChatRun::new(
         shared.clone(),
-        target(&server, false, Duration::ZERO),
+        Arc::new(Target {
+            kind: Kind::Hubbub,
+            addr: server.addr(),
+            nodes: server.addrs(),
+            namespace: String::new(),
+            reconnect: false,
+            jitter: Duration::ZERO,
+        }),
         rooms,
         "x".repeat(common.payload),
     );
@@ -317,7 +337,7 @@ pub async fn chat(common: &Common, shape: ChatShape) -> Column {
             .push("closed loop stalled (no acknowledgement for 10 s, or deliveries stopped for 3 s)".into());
     }
     let stop_secs = block(|| server.stop(Duration::from_secs(15))).as_secs_f64();
-    let db = db_mib(&common);
+    let db = db_mib(common);
 
     col.plain("users (one connection each)", Some(n as f64), Fmt::Int);
     col.plain("rooms", Some(r as f64), Fmt::Int);

@@ -42,7 +42,11 @@ const MAX_ATTEMPTS: u32 = 100;
 /// The server under test, as the clients see it.
 pub struct Target {
     pub kind: Kind,
+    /// Where the publisher and the set-up requests go.
     pub addr: SocketAddr,
+    /// Where the WebSocket connections go: connection `i` to `nodes[i % len]` (the nodes
+    /// of a cluster); empty: all to `addr`.
+    pub nodes: Vec<SocketAddr>,
     /// Prefix of Hubbub channel names (`r:` for the namespace with history).
     pub namespace: String,
     /// Reconnect (with recovery where the protocol has it) when the connection is lost.
@@ -52,6 +56,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// The server connection `index` opens its WebSocket to.
+    pub fn node(&self, index: usize) -> SocketAddr {
+        if self.nodes.is_empty() {
+            self.addr
+        } else {
+            self.nodes[index % self.nodes.len()]
+        }
+    }
+
     pub fn channel_name(&self, channel: u32) -> String {
         match self.kind {
             Kind::Hubbub => format!("{}b{channel}", self.namespace),
@@ -272,14 +285,15 @@ pub async fn open(target: &Target, index: usize) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     socket.set_reuseaddr(true).map_err(|e| format!("SO_REUSEADDR: {e}"))?;
     socket.bind(source_addr(index)).map_err(|e| format!("bind {}: {e}", source_addr(index)))?;
-    let stream = socket.connect(target.addr).await.map_err(|e| format!("connect: {e}"))?;
+    let addr = target.node(index);
+    let stream = socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let path = match target.kind {
         Kind::Hubbub => "/connection/websocket",
         Kind::Raw => "/ws",
         Kind::SocketIo => "/socket.io/?EIO=4&transport=websocket",
     };
-    let url = format!("ws://{}{path}", target.addr);
+    let url = format!("ws://{addr}{path}");
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER).write_buffer_size(0);
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await

@@ -8,6 +8,7 @@
 mod chat;
 mod chat_scenarios;
 mod client;
+mod cluster;
 mod publish;
 mod report;
 mod scenarios;
@@ -126,6 +127,39 @@ enum Scenario {
     },
     /// Chat (Hubbub only): sign-ups, group rooms, members; every user connected and
     /// subscribed to its rooms' `room:{id}`; messages sent with the `chat.send` RPC.
+    /// Hubbub as 1, 2, 3 nodes on Redis and on NATS + PostgreSQL (and the single-node
+    /// default beside them): fan-out and chat throughput, and the broker hop's latency.
+    Cluster {
+        /// Node counts to run.
+        #[arg(long, default_value = "1,2,3")]
+        nodes: String,
+        /// Engines to run.
+        #[arg(long, default_value = "redis,nats")]
+        engines: String,
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        /// The PostgreSQL server's maintenance database: each set-up creates its own database.
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        postgres: String,
+        /// Fan-out: subscribers of the one channel.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: u64,
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        #[arg(long, default_value_t = 20)]
+        rooms: usize,
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        /// Broker hop: subscribers and publications per second.
+        #[arg(long, default_value_t = 100)]
+        hop_subscribers: u64,
+        #[arg(long, default_value_t = 200.0)]
+        hop_rate: f64,
+        #[arg(long, default_value_t = 3.0)]
+        phase: f64,
+    },
     Chat {
         #[arg(long, default_value_t = 200)]
         users: usize,
@@ -331,6 +365,73 @@ async fn run(cli: Cli, nofile: u64) -> i32 {
                 "Hubbub clients resubscribe with recover:true and their last offset and epoch; raw-ws and \
                  Socket.IO (without connectionStateRecovery) have no recovery, so what was published while a \
                  client was away is lost for it by design."
+                    .into(),
+            );
+        }
+        Scenario::Cluster {
+            nodes,
+            engines,
+            redis,
+            nats,
+            postgres,
+            subscribers,
+            users,
+            rooms,
+            members,
+            hop_subscribers,
+            hop_rate,
+            phase,
+        } => {
+            scenario_name = "cluster";
+            let list = |s: &str| s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect();
+            let plan = cluster::ClusterPlan {
+                engines: list(&engines),
+                nodes: list(&nodes).iter().filter_map(|n: &String| n.parse().ok()).collect(),
+                redis_url: redis,
+                nats_url: nats,
+                postgres_url: postgres,
+                fanout: Shape {
+                    channels: 1,
+                    subscribers_per_channel: cap_note(subscribers),
+                    channels_per_connection: 1,
+                    phase: Duration::from_secs_f64(phase),
+                    window: opts.window,
+                },
+                chat: chat_scenarios::ChatShape {
+                    users,
+                    rooms,
+                    members,
+                    rate: 0.0,
+                    phase: Duration::from_secs_f64(phase),
+                    window: opts.window,
+                },
+                hop_subscribers,
+                hop_rate,
+            };
+            params.push(("engines".into(), plan.engines.join(", ")));
+            params.push(("nodes".into(), nodes.clone()));
+            params.push(("fan-out subscribers".into(), plan.fanout.subscribers_per_channel.to_string()));
+            params.push(("chat".into(), format!("{users} users, {rooms} rooms of {members}")));
+            params.push(("hop".into(), format!("{hop_subscribers} subscribers, {hop_rate} publications/s")));
+            params.push(("phase".into(), format!("{phase} s")));
+            params.push(("publish requests in flight per connection".into(), opts.pipeline.to_string()));
+            if only_hubbub(&mut kinds, &mut notes) {
+                columns = cluster::cluster(&common, &plan).await;
+            }
+            notes.push(
+                "Each column is fresh nodes of the release binary on this machine, with a fresh engine prefix and \
+                 a fresh PostgreSQL database. Connections are spread over the nodes (connection i on node i % n); \
+                 the publisher and the set-up requests go to node 1. Server CPU is the nodes' sum; the CPU of \
+                 Redis, NATS and PostgreSQL (shared with the rest of the machine) is not in it. Everything shares \
+                 the same 2 cores, so more nodes cannot mean more throughput here: the columns show what the \
+                 engine and the database cost, not how a cluster of machines scales."
+                    .into(),
+            );
+            notes.push(
+                "hop: subscribers of one channel, publications at a light fixed rate sent to node 1, received by \
+                 subscribers on node 1, then on node 2. With an engine, a publication reaches even node 1's own \
+                 subscribers through the broker (the broker orders it); the single-node default delivers in \
+                 process. The broker hop's cost is the 2-node rows minus the single-node default's."
                     .into(),
             );
         }

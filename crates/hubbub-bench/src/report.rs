@@ -18,6 +18,9 @@ pub struct Column {
     pub rows: Vec<(String, Option<f64>, Fmt, bool)>,
     /// Things worth saying about this server's run (errors, caps).
     pub notes: Vec<String>,
+    /// The column's heading instead of the server's name (the cluster scenario's columns are
+    /// all Hubbub, in different set-ups); a table with labelled columns has no ratios.
+    pub label: Option<String>,
 }
 
 impl Column {
@@ -89,11 +92,12 @@ impl Report {
         s.push_str(&format!("- Parameters: {}\n\n", params.join(", ")));
 
         let kinds: Vec<Kind> = self.columns.iter().map(|c| c.0).collect();
-        let hubbub = self.columns.iter().position(|c| c.0 == Kind::Hubbub);
+        let labelled = self.columns.iter().any(|c| c.1.label.is_some());
+        let hubbub = if labelled { None } else { self.columns.iter().position(|c| c.0 == Kind::Hubbub) };
         let peers: Vec<usize> = (0..kinds.len()).filter(|&i| Some(i) != hubbub).collect();
         s.push_str("| metric |");
-        for k in &kinds {
-            s.push_str(&format!(" {} |", k.name()));
+        for (k, col) in &self.columns {
+            s.push_str(&format!(" {} |", col.label.as_deref().unwrap_or(k.name())));
         }
         if hubbub.is_some() {
             for &p in &peers {
@@ -140,7 +144,8 @@ impl Report {
         }
         let mut notes = self.notes.clone();
         for (k, col) in &self.columns {
-            notes.extend(col.notes.iter().map(|n| format!("{}: {n}", k.name())));
+            let name = col.label.as_deref().unwrap_or(k.name());
+            notes.extend(col.notes.iter().map(|n| format!("{name}: {n}")));
         }
         if !notes.is_empty() {
             s.push_str("\nNotes:\n");

@@ -4,7 +4,7 @@
 use crate::client::{self, Target};
 use crate::publish::{Book, Mode, Publisher};
 use crate::report::{Column, Fmt};
-use crate::servers::{Kind, Programs, ServerProc};
+use crate::servers::{Kind, Nodes, Programs, ServerProc};
 use crate::stats::{take_latencies, Shared};
 use hdrhistogram::Histogram;
 use std::sync::atomic::Ordering::Relaxed;
@@ -91,7 +91,7 @@ fn target(
     reconnect: bool,
     jitter: Duration,
 ) -> Arc<Target> {
-    Arc::new(Target { kind, addr: server.addr, namespace: namespace.into(), reconnect, jitter })
+    Arc::new(Target { kind, addr: server.addr, nodes: Vec::new(), namespace: namespace.into(), reconnect, jitter })
 }
 
 /// Opens every connection and waits until they are set up (or failed). Returns the
@@ -204,21 +204,21 @@ impl Shape {
     }
 }
 
-struct Phase {
+pub(crate) struct Phase {
     published: u64,
     deliveries: u64,
     secs: f64,
     cpu: f64,
     /// The load generator's own CPU time meanwhile.
     client_cpu: f64,
-    latency: Histogram<u64>,
+    pub(crate) latency: Histogram<u64>,
     stalled: bool,
 }
 
 /// Runs one publishing phase and waits (bounded) for its deliveries to arrive.
-async fn phase(
+pub(crate) async fn phase(
     publisher: &Arc<Publisher>,
-    server: &ServerProc,
+    server: &Nodes,
     mode: Mode,
     duration: Duration,
     per_message: u64,
@@ -253,19 +253,41 @@ async fn phase(
 }
 
 pub async fn throughput(kind: Kind, common: &Common, shape: Shape) -> Column {
-    let mut col = Column::default();
-    let server = match start(kind, common, 0).await {
-        Ok(s) => s,
-        Err(e) => {
-            col.notes.push(e);
-            return col;
+    match start(kind, common, 0).await {
+        Ok(server) => {
+            let addr = server.addr;
+            throughput_on(kind, Nodes::one(server), vec![addr], common, shape).await
         }
-    };
+        Err(e) => {
+            let mut col = Column::default();
+            col.notes.push(e);
+            col
+        }
+    }
+}
+
+/// The throughput workload on running servers: subscribers spread over `subscribe_to`
+/// (connection `i` on `subscribe_to[i % len]`), the publisher on the first node.
+pub async fn throughput_on(
+    kind: Kind,
+    server: Nodes,
+    subscribe_to: Vec<std::net::SocketAddr>,
+    common: &Common,
+    shape: Shape,
+) -> Column {
+    let mut col = Column::default();
     let n = shape.connections();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0 = server.rss_kib();
     let shared = Shared::new(true);
-    let target = target(kind, &server, "", false, Duration::ZERO);
+    let target = Arc::new(Target {
+        kind,
+        addr: server.addr(),
+        nodes: subscribe_to,
+        namespace: String::new(),
+        reconnect: false,
+        jitter: Duration::ZERO,
+    });
     client::spawn_all(target.clone(), &shared, shape.plan(), common.concurrency);
     let t_setup = connect_all(&shared, n, true, Duration::from_secs(300)).await;
     let subscribed = shared.subscribed.load(Relaxed);

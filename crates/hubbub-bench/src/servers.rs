@@ -112,6 +112,16 @@ pub fn hubbub_data_dir(programs: &Programs) -> PathBuf {
 impl ServerProc {
     /// Starts a server; `port` 0 picks a free one. Waits for its `listening on` line.
     pub fn start(kind: Kind, programs: &Programs, port: u16) -> Result<ServerProc, String> {
+        Self::start_with(kind, programs, port, &[])
+    }
+
+    /// [`ServerProc::start`] with extra environment variables (Hubbub: config overrides).
+    pub fn start_with(
+        kind: Kind,
+        programs: &Programs,
+        port: u16,
+        env: &[(String, String)],
+    ) -> Result<ServerProc, String> {
         std::fs::create_dir_all(&programs.work).map_err(|e| format!("{}: {e}", programs.work.display()))?;
         let log = programs.work.join(format!("{}.log", kind.name()));
         let log_file = std::fs::OpenOptions::new()
@@ -142,6 +152,7 @@ impl ServerProc {
                 cmd
             }
         };
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log_file));
         let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", kind.name()))?;
         let stdout = child.stdout.take().expect("piped stdout");
@@ -212,5 +223,39 @@ impl Drop for ServerProc {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// The servers one measurement runs against: one process, or the nodes of a cluster. CPU
+/// time and memory are the sum over all of them; the first is the one the publisher and the
+/// set-up requests talk to.
+pub struct Nodes {
+    pub procs: Vec<ServerProc>,
+}
+
+impl Nodes {
+    pub fn one(server: ServerProc) -> Nodes {
+        Nodes { procs: vec![server] }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.procs[0].addr
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.procs.iter().map(|p| p.addr).collect()
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        self.procs.iter().map(ServerProc::rss_kib).sum()
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        self.procs.iter().map(ServerProc::cpu_seconds).sum()
+    }
+
+    /// Stops every node (each within `grace`); returns the longest it took.
+    pub fn stop(self, grace: Duration) -> Duration {
+        self.procs.into_iter().map(|p| p.stop(grace)).max().unwrap_or_default()
     }
 }
