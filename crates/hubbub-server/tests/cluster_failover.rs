@@ -18,7 +18,7 @@
 //! events exactly once in offset order, with no gap.
 mod common;
 
-use common::cluster::{Cluster, EngineUrl, OwnBroker, Spec};
+use common::cluster::{Cluster, EngineKind};
 use common::{http_client, API_KEY};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -39,6 +39,10 @@ const SENDS: usize = 30;
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a user may spend finding a node that answers.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
+/// `engine.heartbeat_interval` and `engine.presence_ttl` of the nodes: short, so that the
+/// test sees a dead node's presence entries expire.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+const PRESENCE_TTL: Duration = Duration::from_secs(3);
 
 type Registry = Arc<std::sync::Mutex<Vec<(usize, String)>>>;
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -432,7 +436,7 @@ struct Sent {
 }
 
 async fn scenario(cluster: &mut Cluster, mut broker: Option<&mut OwnBroker>, fault: Fault) {
-    let addrs = cluster.addrs.clone();
+    let addrs: Vec<String> = cluster.running().map(|(_, s)| s.addr.clone()).collect();
     let nodes = addrs.len();
     let t0 = Instant::now();
 
@@ -523,17 +527,18 @@ async fn scenario(cluster: &mut Cluster, mut broker: Option<&mut OwnBroker>, fau
             let survivor = &addrs[(i + 1) % nodes];
             let before = presence_clients(survivor).await;
             eprintln!("lobby presence before the kill: {} connections", before.len());
-            cluster.kill9(i);
+            let dead = cluster.kill(i);
             killed_at = Some(Instant::now());
+            eprintln!("---- stderr of the killed node (tail) ----\n{}", tail(&dead.stderr(), 3000));
             eprintln!("SIGKILL node {i} after {at} of {total} acknowledged sends, {:?}", t0.elapsed());
         }
         Fault::BrokerRestart(pause) => {
             let b = broker.as_mut().expect("broker restart needs the test's own broker");
             b.down();
-            eprintln!("{} killed after {at} of {total} acknowledged sends, {:?}", b.kind, t0.elapsed());
+            eprintln!("{} killed after {at} of {total} acknowledged sends, {:?}", b.name(), t0.elapsed());
             tokio::time::sleep(pause).await;
             b.up();
-            eprintln!("{} started again, {:?}", b.kind, t0.elapsed());
+            eprintln!("{} started again, {:?}", b.name(), t0.elapsed());
         }
     }
 
@@ -544,7 +549,7 @@ async fn scenario(cluster: &mut Cluster, mut broker: Option<&mut OwnBroker>, fau
         let dead: HashSet<String> =
             registry.lock().unwrap().iter().filter(|(n, _)| *n == i).map(|(_, c)| c.clone()).collect();
         assert!(!dead.is_empty(), "no device was on the killed node");
-        let ttl = humantime(cluster.spec.presence_ttl) + humantime(cluster.spec.heartbeat) * 2;
+        let ttl = PRESENCE_TTL + HEARTBEAT * 2;
         Some(tokio::spawn(async move {
             loop {
                 let present = presence_clients(&survivor).await;
@@ -580,7 +585,7 @@ async fn scenario(cluster: &mut Cluster, mut broker: Option<&mut OwnBroker>, fau
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("all {total} sends acknowledged, {:?}", t0.elapsed());
-    let reader = &addrs[cluster.alive()[0]];
+    let reader = &cluster.running().next().expect("a node still runs").1.addr.clone();
     let mut room_msgs = BTreeMap::new();
     let mut targets = BTreeMap::new();
     for &room in &rooms {
@@ -695,46 +700,156 @@ async fn presence_clients(addr: &str) -> HashSet<String> {
     v["result"]["presence"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
 }
 
-fn humantime(s: &str) -> Duration {
-    if let Some(ms) = s.strip_suffix("ms") {
-        Duration::from_millis(ms.parse().unwrap())
-    } else {
-        Duration::from_secs(s.trim_end_matches('s').parse().unwrap())
+fn tail(s: &str, n: usize) -> &str {
+    let mut i = s.len().saturating_sub(n);
+    while !s.is_char_boundary(i) {
+        i += 1;
     }
+    &s[i..]
 }
 
-async fn kill9(engine: &str) {
-    let Some(url) = EngineUrl::shared(engine) else { return };
-    let Some(mut cluster) = Cluster::start(Spec::new(3, url)) else { return };
+/// Three nodes on `engine` (at `url`, or the machine's shared server), short heartbeats and
+/// presence expiry. `None` when a service is missing (skipped loudly).
+async fn three_nodes(engine: EngineKind, url: Option<&str>) -> Option<Cluster> {
+    let mut builder = Cluster::builder()
+        .nodes(3)
+        .engine(engine)
+        .heartbeat(&format!("{}ms", HEARTBEAT.as_millis()))
+        .configure(|b| b.env("HUBBUB_ENGINE_PRESENCE_TTL", &format!("{}ms", PRESENCE_TTL.as_millis())));
+    if let Some(url) = url {
+        builder = builder.engine_url(url);
+    }
+    builder.start().await
+}
+
+async fn kill9(engine: EngineKind) {
+    let Some(mut cluster) = three_nodes(engine, None).await else { return };
     scenario(&mut cluster, None, Fault::Kill(1)).await;
 }
 
-async fn broker_restart(engine: &'static str) {
+async fn broker_restart(engine: EngineKind) {
     let Some(mut broker) = OwnBroker::start(engine) else { return };
-    let url = match engine {
-        "redis" => EngineUrl::Redis(broker.url.clone()),
-        _ => EngineUrl::Nats(broker.url.clone()),
-    };
-    let Some(mut cluster) = Cluster::start(Spec::new(3, url)) else { return };
+    let Some(mut cluster) = three_nodes(engine, Some(&broker.url.clone())).await else { return };
     scenario(&mut cluster, Some(&mut broker), Fault::BrokerRestart(Duration::from_secs(2))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_node_under_chat_load_redis() {
-    kill9("redis").await;
+    kill9(EngineKind::Redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_node_under_chat_load_nats() {
-    kill9("nats").await;
+    kill9(EngineKind::Nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_under_chat_load() {
-    broker_restart("redis").await;
+    broker_restart(EngineKind::Redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restarted_under_chat_load() {
-    broker_restart("nats").await;
+    broker_restart(EngineKind::Nats).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A broker of the test's own
+// ---------------------------------------------------------------------------------------------
+
+/// A `redis-server` (no persistence) or `nats-server -js` of the test's own on a free port,
+/// with its data in a temp folder, to kill and start again under load. The machine's shared
+/// servers are never touched.
+struct OwnBroker {
+    engine: EngineKind,
+    port: u16,
+    url: String,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnBroker {
+    /// `None` (skipped loudly; a failure under `HUBBUB_REQUIRE_SERVICES=1`) when the server's
+    /// binary is not installed.
+    fn start(engine: EngineKind) -> Option<OwnBroker> {
+        let (bin, scheme) = match engine {
+            EngineKind::Redis => ("redis-server", "redis"),
+            EngineKind::Nats => ("nats-server", "nats"),
+        };
+        let installed = std::process::Command::new(bin)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok();
+        if !installed {
+            let msg = format!("{bin} is not installed");
+            if hubbub_testservices::required() {
+                panic!("{msg}; HUBBUB_REQUIRE_SERVICES=1, so this test may not skip");
+            }
+            eprintln!("\n!!!!! SKIPPED: {msg} !!!!!\n");
+            return None;
+        }
+        let port = hubbub_testservices::free_port();
+        let mut broker = OwnBroker {
+            engine,
+            port,
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        broker.up();
+        Some(broker)
+    }
+
+    fn name(&self) -> &'static str {
+        match self.engine {
+            EngineKind::Redis => "redis-server",
+            EngineKind::Nats => "nats-server",
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    /// Starts the server (again) on its port; waits until it accepts connections.
+    fn up(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("broker.log"))
+            .expect("broker log");
+        let port = self.port.to_string();
+        let mut cmd = std::process::Command::new(self.name());
+        match self.engine {
+            EngineKind::Redis => cmd.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
+            EngineKind::Nats => cmd.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"]).arg(self.dir.path().join("js")),
+        };
+        cmd.current_dir(self.dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("start {}: {e}", self.name())));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !hubbub_testservices::reachable(&self.url) {
+            assert!(Instant::now() < deadline, "{} on port {} did not come up:\n{}", self.name(), self.port, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL: a crash).
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.down();
+    }
 }
