@@ -85,7 +85,13 @@ struct Running {
 
 /// Starts `n` nodes on `engine` ("memory": one node, SQLite, the default) with a fresh
 /// prefix and database named after `tag`.
-async fn start_nodes(common: &Common, plan: &ClusterPlan, engine: &str, n: usize, tag: &str) -> Result<Running, String> {
+async fn start_nodes(
+    common: &Common,
+    plan: &ClusterPlan,
+    engine: &str,
+    n: usize,
+    tag: &str,
+) -> Result<Running, String> {
     let run_tag = format!("bench{}{tag}", std::process::id());
     let mut env: Vec<(String, String)> = Vec::new();
     let db = if engine == "memory" {
@@ -203,7 +209,8 @@ pub async fn cluster(common: &Common, plan: &ClusterPlan) -> Vec<(Kind, Column)>
     // The single-node default's hop latency, which the 2-node columns are compared with.
     let mut hop_base: Option<Option<f64>> = None;
     for (k, (engine, n)) in setups.into_iter().enumerate() {
-        let label = if engine == "memory" { "memory ×1 (SQLite)".to_string() } else { format!("{engine} ×{n}") };
+        let label =
+            if engine == "memory" { "memory ×1 (SQLite)".to_string() } else { format!("{engine} ×{n}") };
         eprintln!("cluster: {label}");
         let mut col = Column { label: Some(label.clone()), ..Column::default() };
         col.plain("nodes", Some(n as f64), Fmt::Int);
@@ -211,7 +218,8 @@ pub async fn cluster(common: &Common, plan: &ClusterPlan) -> Vec<(Kind, Column)>
         match start_nodes(common, plan, &engine, n, &format!("f{k}")).await {
             Ok(running) => {
                 let subscribe_to = running.nodes.addrs();
-                let fanout = throughput_on(Kind::Hubbub, running.nodes, subscribe_to, common, plan.fanout).await;
+                let fanout =
+                    throughput_on(Kind::Hubbub, running.nodes, subscribe_to, common, plan.fanout).await;
                 pick(&mut col, fanout, "fan-out", FANOUT_ROWS);
             }
             Err(e) => col.notes.push(format!("fan-out: {e}")),
@@ -242,7 +250,11 @@ pub async fn cluster(common: &Common, plan: &ClusterPlan) -> Vec<(Kind, Column)>
                     col.plain("hop: lost deliveries", Some((same.2 + o.2) as f64), Fmt::Int);
                     hop_base.get_or_insert(same.0);
                     if let (Some(Some(base)), Some(other)) = (hop_base, o.0) {
-                        col.plain("hop: node 2 minus the single-node default, p50 ms", Some(other - base), Fmt::Dec(2));
+                        col.plain(
+                            "hop: node 2 minus the single-node default, p50 ms",
+                            Some(other - base),
+                            Fmt::Dec(2),
+                        );
                     }
                 }
                 Err(e) => col.notes.push(format!("hop: {e}")),

@@ -383,7 +383,8 @@ async fn run(cli: Cli, nofile: u64) -> i32 {
             phase,
         } => {
             scenario_name = "cluster";
-            let list = |s: &str| s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect();
+            let list =
+                |s: &str| s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect();
             let plan = cluster::ClusterPlan {
                 engines: list(&engines),
                 nodes: list(&nodes).iter().filter_map(|n: &String| n.parse().ok()).collect(),

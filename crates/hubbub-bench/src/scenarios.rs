@@ -91,7 +91,14 @@ fn target(
     reconnect: bool,
     jitter: Duration,
 ) -> Arc<Target> {
-    Arc::new(Target { kind, addr: server.addr, nodes: Vec::new(), namespace: namespace.into(), reconnect, jitter })
+    Arc::new(Target {
+        kind,
+        addr: server.addr,
+        nodes: Vec::new(),
+        namespace: namespace.into(),
+        reconnect,
+        jitter,
+    })
 }
 
 /// Opens every connection and waits until they are set up (or failed). Returns the

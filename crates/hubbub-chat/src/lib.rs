@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod error;
 pub mod limit;
 pub mod openapi;
+pub mod order;
 pub mod rest;
 pub mod rooms;
 pub mod rpc;
@@ -213,6 +214,8 @@ pub fn room_namespace() -> NamespaceConfig {
         allow_subscribe_for_client: true,
         allow_presence_for_subscriber: true,
         allow_history_for_subscriber: true,
+        // The store acknowledges a message once committed; the broker keeps nothing here.
+        durable_publish: false,
     }
 }
 
@@ -241,7 +244,8 @@ pub struct Chat {
     limiter: accounts::AuthLimiter,
     /// Message writes per user (REST and RPC share it).
     sends: limit::RateLimiter<hubbub_store::UserId>,
-    publishers: stream::Publishers,
+    /// The order in which this node delivers each room's events (see `order`).
+    pub sequencer: Arc<order::Sequencer>,
     typing: rooms::TypingThrottle,
     /// Password hashes in flight at once. argon2id takes ~19 MiB and a core per hash: a
     /// burst of sign-ups or log-ins must queue here, not multiply memory and starve the
@@ -259,7 +263,7 @@ impl Chat {
         accounts::prepare_dummy_hash();
         let chat = Arc::new(Chat {
             node: node.clone(),
-            store,
+            store: store.clone(),
             typing: rooms::TypingThrottle::new(config.typing_throttle, config.limiter_max_keys),
             limiter: accounts::AuthLimiter::new(&config),
             sends: limit::RateLimiter::per_second(
@@ -268,13 +272,14 @@ impl Chat {
                 config.limiter_max_keys,
             ),
             config,
-            publishers: stream::Publishers::default(),
+            sequencer: order::Sequencer::new(node.hub.clone(), store.clone()),
             users: Default::default(),
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()).min(4),
             ),
         });
-        node.register_channel_hooks(ROOM_NAMESPACE, Arc::new(stream::RoomHooks(Arc::downgrade(&chat))));
+        let hooks = stream::RoomHooks { chat: Arc::downgrade(&chat), sequencer: chat.sequencer.clone() };
+        node.register_channel_hooks(ROOM_NAMESPACE, Arc::new(hooks));
         node.set_user_events(Arc::new(stream::Presence(Arc::downgrade(&chat))));
         rpc::register(&node, &chat);
         chat

@@ -177,9 +177,8 @@ impl Chat {
             .user_by_name(username.trim())
             .await?
             .ok_or_else(|| ChatError::not_found(format!("there is no user named {}", username.trim())))?;
-        self.prepare_publisher(room).await?;
-        if self.store.add_member(room, invitee.id, Role::Member).await?.is_some() {
-            self.publish_stored(room).await;
+        if let Some(event) = self.store.add_member(room, invitee.id, Role::Member).await? {
+            self.publish_event(&event).await;
             let payload = serde_json::json!({ "room_name": r.name, "by": by.username });
             self.notify(invitee.id, "invite", Some(room), None, payload).await;
         }
@@ -198,9 +197,8 @@ impl Chat {
                 return Err(ChatError::bad_request("the owner can leave only as the last member"));
             }
         }
-        self.prepare_publisher(room).await?;
-        self.store.remove_member(room, user.id).await?;
-        self.publish_stored(room).await;
+        let event = self.store.remove_member(room, user.id).await?;
+        self.publish_event(&event).await;
         // Their subscriptions to the room end now, on every device.
         let _ = self.node.unsubscribe_user(&user.id.to_string(), &room_channel(room), None);
         Ok(())
@@ -210,9 +208,8 @@ impl Chat {
         self.spend_write(by.id)?;
         self.require_admin(room, by.id).await?;
         let name = validate_room_name(name)?;
-        self.prepare_publisher(room).await?;
-        self.store.rename_room(room, &name).await?;
-        self.publish_stored(room).await;
+        let event = self.store.rename_room(room, &name).await?;
+        self.publish_event(&event).await;
         self.room_view(room, by.id).await
     }
 
@@ -272,12 +269,9 @@ impl Chat {
                 "client_msg_id is required (1 to {MAX_CLIENT_MSG_ID} characters): it makes retries safe"
             )));
         }
-        // Once the room's publisher is prepared (by a member's write through this process),
-        // the room exists, and the store checks membership in the append's own transaction:
-        // one query fewer per message. A reply is checked first all the same, so that only
-        // members learn which messages exist.
-        let prepared = self.publisher_prepared(room).await;
-        if !prepared || reply_to.is_some() {
+        // The store checks membership in the append's own transaction. A reply is checked
+        // first all the same, so that only members learn which messages exist.
+        if reply_to.is_some() {
             self.require_member(room, sender.id).await?;
         }
         if let Some(seq) = reply_to {
@@ -286,9 +280,6 @@ impl Chat {
                     "the message replied to (seq {seq}) is not in this room"
                 )));
             }
-        }
-        if !prepared {
-            self.prepare_publisher(room).await?;
         }
         let appended = self
             .store
@@ -308,11 +299,17 @@ impl Chat {
                 other => other.into(),
             })?;
         match appended {
-            Appended::Duplicate(original) => Ok(original),
+            Appended::Duplicate(original) => {
+                // A retry: perhaps of a send stored by a node that died before it published
+                // (or answered). Published again so that nobody waits for the room's next
+                // event to see it; receivers drop it if they have it.
+                self.republish(original.room_id, original.seq).await;
+                Ok(original)
+            }
             Appended::New { message, event, unread } => {
                 // The room's publication and the members' notices are queued back to back, so
                 // a member's connection usually writes both at once.
-                self.publish_appended(&event).await;
+                self.publish_event(&event).await;
                 self.after_send(sender, &message, unread).await;
                 Ok(message)
             }
@@ -369,18 +366,16 @@ impl Chat {
         self.spend_write(user.id)?;
         let text = self.validate_text(text)?;
         self.require_member(room, user.id).await?;
-        self.prepare_publisher(room).await?;
-        let (message, _) = self.store.edit_message(room, seq, user.id, &text).await?;
-        self.publish_stored(room).await;
+        let (message, event) = self.store.edit_message(room, seq, user.id, &text).await?;
+        self.publish_event(&event).await;
         Ok(message)
     }
 
     pub async fn delete(&self, user: &User, room: RoomId, seq: u64) -> ChatResult<Message> {
         self.spend_write(user.id)?;
         self.require_member(room, user.id).await?;
-        self.prepare_publisher(room).await?;
-        let (message, _) = self.store.delete_message(room, seq, user.id).await?;
-        self.publish_stored(room).await;
+        let (message, event) = self.store.delete_message(room, seq, user.id).await?;
+        self.publish_event(&event).await;
         Ok(message)
     }
 
@@ -398,9 +393,8 @@ impl Chat {
             return Err(ChatError::bad_request("a reaction is one emoji (or a short text)"));
         }
         self.require_member(room, user.id).await?;
-        self.prepare_publisher(room).await?;
-        let (message, _) = self.store.react(room, seq, user.id, emoji, add).await?;
-        self.publish_stored(room).await;
+        let (message, event) = self.store.react(room, seq, user.id, emoji, add).await?;
+        self.publish_event(&event).await;
         Ok(message)
     }
 

@@ -2,6 +2,7 @@
 //! subscribe; history and recovery come from the store's event log), the ordered
 //! publication of stored events, and presence (online / offline / last seen).
 
+use crate::order::Sequencer;
 use crate::{now_millis, room_channel, Chat, ROOM_NAMESPACE};
 use async_trait::async_trait;
 use hubbub_core::engine::{Answer, EngineError, HistoryPage, HistoryQuery};
@@ -9,9 +10,7 @@ use hubbub_core::hooks::{ChannelHooks, UserEvents};
 use hubbub_protocol::codes::{ERROR_PERMISSION_DENIED, ERROR_UNKNOWN_CHANNEL};
 use hubbub_protocol::{json_from_str, ProtocolError, Publication, StreamPosition};
 use hubbub_store::{RoomId, StoredEvent, UserId};
-use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use tokio::sync::Mutex;
 
 /// Most events replayed by one history read.
 const MAX_REPLAY: u32 = 10_000;
@@ -24,7 +23,7 @@ fn parse_room(channel: &str) -> Option<RoomId> {
     channel.strip_prefix(ROOM_NAMESPACE)?.strip_prefix(':')?.parse().ok()
 }
 
-fn publication(event: &StoredEvent) -> Result<Publication, EngineError> {
+pub(crate) fn publication(event: &StoredEvent) -> Result<Publication, EngineError> {
     let data =
         json_from_str(&event.json).map_err(|e| EngineError::Unavailable(format!("stored event: {e}")))?;
     Ok(Publication { data, info: None, offset: event.seq, tags: None })
@@ -32,12 +31,15 @@ fn publication(event: &StoredEvent) -> Result<Publication, EngineError> {
 
 /// The `room` namespace's hooks. Holds the chat weakly: the chat owns the node, which
 /// owns the hooks.
-pub struct RoomHooks(pub Weak<Chat>);
+pub struct RoomHooks {
+    pub chat: Weak<Chat>,
+    pub sequencer: Arc<Sequencer>,
+}
 
 #[async_trait]
 impl ChannelHooks for RoomHooks {
     async fn authorize_subscribe(&self, user: &str, channel: &str) -> Result<(), ProtocolError> {
-        let chat = self.0.upgrade().ok_or_else(|| ProtocolError::from(ERROR_PERMISSION_DENIED))?;
+        let chat = self.chat.upgrade().ok_or_else(|| ProtocolError::from(ERROR_PERMISSION_DENIED))?;
         let (Some(room), Ok(user)) = (parse_room(channel), user.parse::<UserId>()) else {
             return Err(ERROR_UNKNOWN_CHANNEL.into());
         };
@@ -49,9 +51,13 @@ impl ChannelHooks for RoomHooks {
     }
 
     async fn history(&self, channel: &str, query: HistoryQuery) -> Result<HistoryPage, EngineError> {
-        let chat = self.0.upgrade().ok_or_else(|| EngineError::Unavailable("chat stopped".into()))?;
+        let chat = self.chat.upgrade().ok_or_else(|| EngineError::Unavailable("chat stopped".into()))?;
         let room_id = parse_room(channel).ok_or(EngineError::UnrecoverablePosition)?;
         let unavailable = |e: hubbub_store::StoreError| EngineError::Unavailable(e.to_string());
+        // A reader subscribed here (a subscriber, a waiting poll) reads after this node's
+        // delivery of the room is anchored: what it reads covers everything before what
+        // the hub will still deliver to it.
+        let delivered = self.sequencer.position(room_id, channel).await.map_err(unavailable)?;
         let room =
             chat.store.room(room_id).await.map_err(unavailable)?.ok_or(EngineError::UnrecoverablePosition)?;
         let position = StreamPosition { offset: room.last_seq, epoch: room.epoch.clone() };
@@ -64,10 +70,10 @@ impl ChannelHooks for RoomHooks {
         };
         let limit = query.limit.map_or(MAX_REPLAY, |l| l.min(MAX_REPLAY as usize) as u32);
         if limit == 0 {
-            // The position alone: what has been *published*, so that an event stored but not
-            // yet published reaches this subscriber live instead of being taken as given.
-            let published = chat.published_seq(room_id).await.unwrap_or(room.last_seq);
-            let position = StreamPosition { offset: published.min(room.last_seq), ..position };
+            // The position alone: what has been *delivered* here, so that an event stored but
+            // not yet delivered reaches this subscriber live instead of being taken as given.
+            let delivered = delivered.unwrap_or(room.last_seq);
+            let position = StreamPosition { offset: delivered.min(room.last_seq), ..position };
             return Ok(HistoryPage { publications: Vec::new(), position });
         }
         let mut answer = Answer::new(Some(limit as usize), query.max_bytes);
@@ -106,78 +112,30 @@ impl ChannelHooks for RoomHooks {
         }
         Ok(HistoryPage { publications, position })
     }
-}
 
-/// Per room, the seq of the last event published. Stored events are published by reading
-/// the log after that seq, under the room's lock, so every subscriber sees the room's events
-/// in seq order, with no gap, however commits and publishers interleave.
-///
-/// The map is locked only to find a room's entry (no await under it); each room's own lock
-/// orders that room's publishers and nothing else.
-#[derive(Default)]
-pub struct Publishers {
-    rooms: std::sync::Mutex<HashMap<RoomId, RoomPublisher>>,
-}
+    async fn resync(&self, channel: &str) -> bool {
+        if let Some(room) = parse_room(channel) {
+            self.sequencer.resync(room, channel);
+        }
+        true
+    }
 
-/// The seq last published; `None` until first used in this process.
-type RoomPublisher = Arc<Mutex<Option<u64>>>;
-
-impl Publishers {
-    fn room(&self, room: RoomId) -> RoomPublisher {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        rooms.entry(room).or_default().clone()
+    fn intercept_publication(&self, channel: &str, publication: Publication) -> Option<Publication> {
+        // Ephemeral events (typing, receipts, presence) are not part of the stream.
+        if publication.offset == 0 {
+            return Some(publication);
+        }
+        let room = parse_room(channel)?;
+        self.sequencer.arrive(room, channel, publication);
+        None
     }
 }
 
 impl Chat {
-    /// Makes sure the room's publisher knows where it starts *before* an event is stored,
-    /// so that its starting point is below every event stored after.
-    pub(crate) async fn prepare_publisher(&self, room: RoomId) -> crate::ChatResult<()> {
-        let publisher = self.publishers.room(room);
-        let mut last = publisher.lock().await;
-        if last.is_none() {
-            *last = Some(self.store.room(room).await?.map_or(0, |r| r.last_seq));
-        }
-        Ok(())
-    }
-
-    /// The seq last published in this process, if the room has published here. A read: it
-    /// adds no entry for a room that has not (subscribers and polls ask it of any room).
-    pub(crate) async fn published_seq(&self, room: RoomId) -> Option<u64> {
-        let publisher =
-            self.publishers.rooms.lock().unwrap_or_else(|p| p.into_inner()).get(&room).cloned()?;
-        let last = *publisher.lock().await;
-        last
-    }
-
-    /// Whether the room's publisher is prepared: the room existed and was written to by a
-    /// member through this process.
-    pub(crate) async fn publisher_prepared(&self, room: RoomId) -> bool {
-        let publisher = self.publishers.rooms.lock().unwrap_or_else(|p| p.into_inner()).get(&room).cloned();
-        match publisher {
-            Some(publisher) => publisher.lock().await.is_some(),
-            None => false,
-        }
-    }
-
-    /// Publishes an event just stored. The common case, nothing stored in between still
-    /// unpublished, publishes it as it is; otherwise the log is read as in
-    /// [`Chat::publish_stored`], so the order and gap-freedom are the same either way.
-    pub(crate) async fn publish_appended(&self, event: &StoredEvent) {
-        let publisher = self.publishers.room(event.room_id);
-        let mut guard = publisher.lock().await;
-        match guard.as_mut() {
-            Some(last) if *last + 1 == event.seq => {
-                self.publish_event(event).await;
-                *last = event.seq;
-            }
-            // Already published by a later event's publisher, which read the log.
-            Some(last) if *last >= event.seq => {}
-            _ => self.publish_log(event.room_id, &mut guard).await,
-        }
-    }
-
-    async fn publish_event(&self, event: &StoredEvent) {
+    /// Publishes an event this node just stored, as it is: the nodes that receive it order
+    /// each room's events themselves ([`crate::order`]), so publishers need not wait for
+    /// each other.
+    pub(crate) async fn publish_event(&self, event: &StoredEvent) {
         let channel = room_channel(event.room_id);
         match json_from_str(&event.json) {
             Ok(data) => {
@@ -191,35 +149,15 @@ impl Chat {
         }
     }
 
-    /// Publishes the room's stored events that are not published yet, in order.
-    pub(crate) async fn publish_stored(&self, room: RoomId) {
-        let publisher = self.publishers.room(room);
-        let mut guard = publisher.lock().await;
-        self.publish_log(room, &mut guard).await;
-    }
-
-    /// Reads the log after the last published seq and publishes what it finds, in order.
-    async fn publish_log(&self, room: RoomId, published: &mut Option<u64>) {
-        let Some(last) = published.as_mut() else {
-            tracing::error!(room, "publish without a prepared publisher");
-            return;
-        };
-        loop {
-            let events = match self.store.events_after(room, *last, READ_BATCH).await {
-                Ok(e) => e,
-                Err(e) => {
-                    // Subscribers recover the events from the log when they resubscribe.
-                    tracing::error!(room, error = %e, "could not read events to publish");
-                    return;
+    /// Publishes the stored event `seq` of the room again.
+    pub(crate) async fn republish(&self, room: RoomId, seq: u64) {
+        match self.store.events_after(room, seq.saturating_sub(1), 1).await {
+            Ok(events) => {
+                for event in events.iter().filter(|e| e.seq == seq) {
+                    self.publish_event(event).await;
                 }
-            };
-            for event in &events {
-                self.publish_event(event).await;
-                *last = event.seq;
             }
-            if events.len() < READ_BATCH as usize {
-                return;
-            }
+            Err(e) => tracing::warn!(room, seq, error = %e, "event not published again"),
         }
     }
 

@@ -35,6 +35,9 @@ pub struct NamespaceConfig {
     pub allow_subscribe_for_client: bool,
     pub allow_presence_for_subscriber: bool,
     pub allow_history_for_subscriber: bool,
+    /// A publish is answered only once the publication is durable (the engine's log synced:
+    /// with the memory engine, its batch's fsync), not as soon as it is delivered.
+    pub durable_publish: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -52,6 +55,7 @@ impl Default for NamespaceConfig {
             allow_subscribe_for_client: true,
             allow_presence_for_subscriber: true,
             allow_history_for_subscriber: true,
+            durable_publish: false,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::engine::{EngineError, HistoryPage, HistoryQuery};
 use async_trait::async_trait;
-use hubbub_protocol::ProtocolError;
+use hubbub_protocol::{ProtocolError, Publication};
 
 /// An application's rules and stream for the channels of one namespace.
 #[async_trait]
@@ -21,6 +21,15 @@ pub trait ChannelHooks: Send + Sync + 'static {
     /// by themselves.
     async fn resync(&self, _channel: &str) -> bool {
         false
+    }
+    /// A publication of `channel` arrived from the broker, on its way to this node's
+    /// subscribers. Return it to have it delivered now (the default). Return `None` to take
+    /// it: to drop it, or to deliver it later with `Hub::broadcast_publication`, e.g. once
+    /// the publications before it have arrived or been read from the application's stream
+    /// (publications of a stream written by several nodes can arrive out of order).
+    /// Called on the broker's delivery path: it must not block or wait.
+    fn intercept_publication(&self, _channel: &str, publication: Publication) -> Option<Publication> {
+        Some(publication)
     }
 }
 

@@ -49,12 +49,41 @@ struct Subscriber {
     /// under the lock that assigns the offset, so the hold/release above already suffices
     /// (and whose offsets restart with a new epoch).
     delivered: Option<u64>,
+    /// For a positioned subscription: where it stands in the channel's stream (the epoch its
+    /// subscribe read, and the offset of the last publication queued for it or covered by
+    /// its reply), so that a node can tell a subscriber that missed publications (the broker
+    /// lost deliveries) from one that is in sync: [`Hub::positions`]. `None` otherwise.
+    position: Option<Position>,
 }
 
-type Subscribers = Arc<Mutex<HashMap<u64, Subscriber>>>;
+/// Where a positioned subscriber stands in its channel's stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Position {
+    epoch: String,
+    offset: u64,
+}
+
+/// A positioned subscriber's standing, as [`Hub::positions`] reports it.
+#[derive(Clone)]
+pub struct SubscriberPosition {
+    pub conn: Arc<Connection>,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// A channel's subscribers on this node. The entry exists while the channel has at least
+/// one; `generation` tells one such period from the next.
+struct ChannelSubscribers {
+    generation: u64,
+    subs: Mutex<HashMap<u64, Subscriber>>,
+}
+
+type Subscribers = Arc<ChannelSubscribers>;
+
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 fn lock(subs: &Subscribers) -> std::sync::MutexGuard<'_, HashMap<u64, Subscriber>> {
-    subs.lock().unwrap_or_else(|p| p.into_inner())
+    subs.subs.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Default)]
@@ -167,7 +196,12 @@ impl Hub {
     ) -> bool {
         let mut shard = self.channels.shard(channel);
         let first = !shard.contains_key(channel);
-        let subs = shard.entry(channel.to_owned()).or_default();
+        let subs = shard.entry(channel.to_owned()).or_insert_with(|| {
+            Arc::new(ChannelSubscribers {
+                generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+                subs: Mutex::default(),
+            })
+        });
         lock(subs).insert(
             conn.key,
             Subscriber {
@@ -176,6 +210,7 @@ impl Hub {
                 held: hold.then(Vec::new),
                 held_bytes: 0,
                 delivered: dedupe.then_some(0),
+                position: hold.then(Position::default),
             },
         );
         first
@@ -192,16 +227,55 @@ impl Hub {
             if let Some(delivered) = &mut sub.delivered {
                 *delivered = (*delivered).max(covered);
             }
+            if let Some(position) = &mut sub.position {
+                position.offset = position.offset.max(covered);
+            }
             sub.held_bytes = 0;
             for (offset, frame) in sub.held.take().unwrap_or_default() {
                 if offset == 0 || offset > covered {
                     if let Some(delivered) = &mut sub.delivered {
                         *delivered = (*delivered).max(offset);
                     }
+                    if let Some(position) = &mut sub.position {
+                        position.offset = position.offset.max(offset);
+                    }
                     sub.conn.outbox.push(frame);
                 }
             }
         }
+    }
+
+    /// Records the epoch of the stream a positioned subscriber's subscribe read (its
+    /// offsets count in that epoch).
+    pub fn set_epoch(&self, channel: &str, conn: &Connection, epoch: &str) {
+        let Some(subs) = self.subscribers(channel) else { return };
+        let mut subs = lock(&subs);
+        if let Some(position) = subs.get_mut(&conn.key).and_then(|s| s.position.as_mut()) {
+            position.epoch = epoch.to_owned();
+        }
+    }
+
+    /// The positioned subscribers of `channel` on this node that are live (not held for a
+    /// subscribe or a recovery still being sent, whose reader is the stream itself), with
+    /// where each stands.
+    pub fn positions(&self, channel: &str) -> Vec<SubscriberPosition> {
+        let Some(subs) = self.subscribers(channel) else { return Vec::new() };
+        let subs = lock(&subs);
+        subs.values()
+            .filter(|s| s.held.is_none() && !s.conn.outbox.is_closed())
+            .filter_map(|s| {
+                let p = s.position.as_ref()?;
+                Some(SubscriberPosition { conn: s.conn.clone(), epoch: p.epoch.clone(), offset: p.offset })
+            })
+            .collect()
+    }
+
+    /// Where one subscriber of `channel` stands now (`None` once it left or is held again).
+    pub fn position(&self, channel: &str, conn: &Connection) -> Option<(String, u64)> {
+        let subs = self.subscribers(channel)?;
+        let subs = lock(&subs);
+        let sub = subs.get(&conn.key).filter(|s| s.held.is_none())?;
+        sub.position.as_ref().map(|p| (p.epoch.clone(), p.offset))
     }
 
     /// Removes a subscriber. Returns true when the channel has no subscriber left here.
@@ -222,6 +296,15 @@ impl Hub {
 
     fn subscribers(&self, channel: &str) -> Option<Subscribers> {
         self.channels.shard(channel).get(channel).cloned()
+    }
+
+    /// While `channel` has subscribers on this node, a number that stays the same until
+    /// its last one leaves (and differs for every such period); `None` without subscribers.
+    /// What an application keeps per channel for this node's subscribers (the chat's room
+    /// sequencer) is valid only for the generation it was made in: between two, nothing
+    /// was delivered here.
+    pub fn generation(&self, channel: &str) -> Option<u64> {
+        self.channels.shard(channel).get(channel).map(|c| c.generation)
     }
 
     /// Encodes a push once, if the channel has subscribers here, and queues the same bytes
@@ -256,6 +339,11 @@ impl Hub {
                         }
                         *delivered = offset;
                     }
+                    if let (Some(position), true) = (&mut sub.position, offset != 0) {
+                        // A broker stream that started a new epoch counts from 1 again: the
+                        // last offset queued, not the highest.
+                        position.offset = offset;
+                    }
                     sub.conn.outbox.push(frame.clone());
                 }
             }
@@ -288,6 +376,13 @@ impl Hub {
 
     pub fn num_channels(&self) -> usize {
         self.channels.count()
+    }
+
+    /// Number of subscriptions on this node (a connection subscribed to 3 channels counts 3).
+    pub fn num_subscriptions(&self) -> usize {
+        let mut n = 0;
+        self.channels.for_each_shard(|m| n += m.values().map(|subs| lock(subs).len()).sum::<usize>());
+        n
     }
 }
 
@@ -328,6 +423,26 @@ mod tests {
         hub.broadcast_publication("room:1", publication(5));
         hub.broadcast_publication("room:1", publication(7));
         assert_eq!(queued_offsets(&conn), vec![7]);
+    }
+
+    #[test]
+    fn positions_follow_what_was_queued() {
+        let hub = Hub::new();
+        let positioned = Connection::new(1 << 20);
+        let plain = Connection::new(1 << 20);
+        hub.subscribe("news", &positioned, false, true, false);
+        hub.subscribe("news", &plain, false, false, false);
+        hub.set_epoch("news", &positioned, "e1");
+        assert!(hub.positions("news").is_empty(), "held while subscribing: not checked");
+        hub.broadcast_publication("news", publication(3));
+        hub.release("news", &positioned, 2);
+        let positions = hub.positions("news");
+        assert_eq!(positions.len(), 1, "only positioned subscribers have a position");
+        assert_eq!((positions[0].epoch.as_str(), positions[0].offset), ("e1", 3));
+        hub.broadcast_publication("news", publication(4));
+        assert_eq!(hub.position("news", &positioned), Some(("e1".to_owned(), 4)));
+        assert_eq!(hub.position("news", &plain), None);
+        assert_eq!(hub.num_subscriptions(), 2);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod channel;
+pub mod cluster;
 pub mod duration;
 pub mod engine;
 pub mod hooks;

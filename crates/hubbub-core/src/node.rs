@@ -4,6 +4,7 @@
 
 use crate::auth::{TokenError, Tokens};
 use crate::channel::{ChannelError, ChannelName, NamespaceConfig, Namespaces};
+use crate::cluster::{Cluster, ClusterOptions, UserCommand};
 use crate::engine::{
     Broker, BrokerEvents, EngineError, HistoryOptions, HistoryPage, HistoryQuery, PresenceStats,
     PresenceStore,
@@ -16,7 +17,7 @@ use hubbub_protocol::codes::*;
 use hubbub_protocol::{ClientInfo, Disconnect, Json, ProtocolError, Publication, StreamPosition};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 /// Per-connection settings and limits.
@@ -100,6 +101,8 @@ pub struct NodeOptions {
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn PresenceStore>,
     pub rpc: RpcRegistry,
+    /// The node's part in a cluster: heartbeats, position checks.
+    pub cluster: ClusterOptions,
 }
 
 pub struct Node {
@@ -115,9 +118,10 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn PresenceStore>,
     rpc: RwLock<RpcRegistry>,
-    hooks: RwLock<HashMap<String, Arc<dyn ChannelHooks>>>,
+    hooks: Hooks,
     user_events: RwLock<Option<Arc<dyn UserEvents>>>,
     started: Instant,
+    pub(crate) cluster: Cluster,
 }
 
 /// An error of a node operation, as the server API reports it.
@@ -144,13 +148,29 @@ impl From<EngineError> for ProtocolError {
     }
 }
 
-/// Hands what the broker delivers to the hub, with the namespace's join/leave policy.
+/// Applications' hooks by namespace, shared by the node and what the broker delivers to.
+type Hooks = Arc<RwLock<HashMap<String, Arc<dyn ChannelHooks>>>>;
+
+/// Hands what the broker delivers to the hub, with the namespace's join/leave policy, and
+/// control messages and resyncs to the node (`cluster.rs`).
 struct HubEvents {
     hub: Arc<Hub>,
     namespaces: Namespaces,
+    hooks: Hooks,
+    node: Weak<Node>,
 }
 
 impl HubEvents {
+    /// The hooks of the channel's namespace, if an application owns it.
+    fn hooks(&self, channel: &str) -> Option<Arc<dyn ChannelHooks>> {
+        let hooks = self.hooks.read().unwrap_or_else(|p| p.into_inner());
+        if hooks.is_empty() {
+            return None;
+        }
+        let (ns, _) = self.namespaces.resolve(channel).ok()?;
+        hooks.get(&ns.name).cloned()
+    }
+
     fn push_join_leave_to_all(&self, channel: &str) -> bool {
         self.namespaces.resolve(channel).map(|(ns, _)| ns.force_push_join_leave).unwrap_or(false)
     }
@@ -158,6 +178,15 @@ impl HubEvents {
 
 impl BrokerEvents for HubEvents {
     fn on_publication(&self, channel: &str, publication: Publication) {
+        // An application that keeps the channel's stream may hold a publication back until
+        // those before it arrived (the chat's rooms, published by several nodes).
+        let publication = match self.hooks(channel) {
+            Some(hooks) => match hooks.intercept_publication(channel, publication) {
+                Some(publication) => publication,
+                None => return,
+            },
+            None => publication,
+        };
         self.hub.broadcast_publication(channel, publication);
     }
     fn on_join(&self, channel: &str, info: ClientInfo) {
@@ -166,16 +195,23 @@ impl BrokerEvents for HubEvents {
     fn on_leave(&self, channel: &str, info: ClientInfo) {
         self.hub.broadcast_leave(channel, info, self.push_join_leave_to_all(channel));
     }
-    fn on_control(&self, _message: &[u8]) {
-        // Control across nodes: not yet handled (issue 11).
+    fn on_control(&self, message: &[u8]) {
+        if let Some(node) = self.node.upgrade() {
+            node.on_control(message);
+        }
     }
     fn on_resync(&self) {
-        // Bringing subscribers back in sync after a broker outage: not yet handled (issue 11).
+        if let Some(node) = self.node.upgrade() {
+            tracing::info!("the broker may have lost deliveries: checking every subscription");
+            node.resync();
+        }
     }
 }
 
-/// One node's figures, as the `info` API reports them.
-#[derive(Debug, Clone, Serialize)]
+/// One node's figures, as the `info` API reports them and heartbeats carry them (missing
+/// fields of another version's heartbeat read as their defaults).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NodeInfo {
     pub uid: String,
     pub name: String,
@@ -183,6 +219,8 @@ pub struct NodeInfo {
     pub num_clients: usize,
     pub num_users: usize,
     pub num_channels: usize,
+    /// Subscriptions on the node (a connection subscribed to 3 channels counts 3).
+    pub num_subs: usize,
     /// Channel streams kept in this process's memory, and their estimated bytes (bounded by
     /// `engine.history_max_streams` and `engine.history_max_bytes`).
     pub history_streams: usize,
@@ -198,10 +236,10 @@ impl Node {
     /// Builds the node and connects its broker.
     pub async fn start(opts: NodeOptions) -> Result<Arc<Node>, EngineError> {
         let hub = Arc::new(Hub::new());
-        let events = Arc::new(HubEvents { hub: hub.clone(), namespaces: opts.namespaces.clone() });
+        let hooks = Hooks::default();
         let id = uuid::Uuid::new_v4().to_string();
-        opts.broker.start(&id, events).await?;
-        Ok(Arc::new(Node {
+        let (cluster, outgoing) = Cluster::new(opts.cluster.clone());
+        let node = Arc::new(Node {
             id,
             name: opts.name,
             version: opts.version,
@@ -209,14 +247,29 @@ impl Node {
             namespaces: opts.namespaces,
             tokens: opts.tokens,
             allow_anonymous: opts.allow_anonymous,
-            hub,
+            hub: hub.clone(),
             broker: opts.broker,
             presence: opts.presence,
             rpc: RwLock::new(opts.rpc),
-            hooks: RwLock::new(HashMap::new()),
+            hooks: hooks.clone(),
             user_events: RwLock::new(None),
             started: Instant::now(),
-        }))
+            cluster,
+        });
+        let events = Arc::new(HubEvents {
+            hub,
+            namespaces: node.namespaces.clone(),
+            hooks,
+            node: Arc::downgrade(&node),
+        });
+        node.broker.start(&node.id, events).await?;
+        tokio::spawn(crate::cluster::send_loop(node.broker.clone(), outgoing));
+        let weak = Arc::downgrade(&node);
+        tokio::spawn(crate::cluster::heartbeat_loop(weak.clone(), opts.cluster.heartbeat_interval));
+        if !opts.cluster.position_check_interval.is_zero() {
+            tokio::spawn(crate::cluster::position_check_loop(weak, opts.cluster.position_check_interval));
+        }
+        Ok(node)
     }
 
     /// Adds an RPC method (an application registers its methods at start).
@@ -300,7 +353,11 @@ impl Node {
     ) -> ApiResult<StreamPosition> {
         let (ns, _) = self.namespaces.resolve(channel)?;
         let publication = Publication { data, info, offset: 0, tags: None };
-        Ok(self.broker.publish(channel, publication, history_options(ns)).await?)
+        let position = self.broker.publish(channel, publication, history_options(ns)).await?;
+        if ns.durable_publish && ns.history_enabled() {
+            self.broker.sync().await?;
+        }
+        Ok(position)
     }
 
     pub async fn presence(&self, channel: &str) -> ApiResult<HashMap<String, ClientInfo>> {
@@ -398,31 +455,20 @@ impl Node {
         Ok((None, None))
     }
 
-    /// Subscribes the user's connections (or the one with id `client`) to `channel`.
-    pub fn subscribe_user(&self, user: &str, channel: &str, client: Option<&str>) -> ApiResult<()> {
-        self.namespaces.resolve(channel)?;
-        for conn in self.hub.user_connections(user, client) {
-            conn.outbox.control(Control::Subscribe(channel.to_owned()));
-        }
-        Ok(())
-    }
-
+    /// Unsubscribes the user's connections (or the one with id `client`) from `channel`,
+    /// on every node of the cluster (the others are told in the background).
     pub fn unsubscribe_user(&self, user: &str, channel: &str, client: Option<&str>) -> ApiResult<()> {
-        self.namespaces.resolve(channel)?;
-        for conn in self.hub.user_connections(user, client) {
-            conn.outbox.control(Control::Unsubscribe(channel.to_owned()));
-        }
-        Ok(())
+        self.user_command_detached(UserCommand::Unsubscribe {
+            user: user.to_owned(),
+            channel: channel.to_owned(),
+            client: client.map(str::to_owned),
+        })
     }
 
-    pub fn disconnect_user(&self, user: &str, client: Option<&str>, disconnect: Disconnect) {
-        for conn in self.hub.user_connections(user, client) {
-            conn.outbox.control(Control::Disconnect(disconnect.clone()));
-        }
-    }
-
-    /// Tells every connection to reconnect elsewhere: the start of a graceful shutdown.
+    /// Tells every connection to reconnect elsewhere, and the other nodes that this one
+    /// leaves: the start of a graceful shutdown.
     pub fn shutdown(&self) {
+        self.announce_leave();
         self.hub.control_all(|| Control::Disconnect(Disconnect::SHUTDOWN));
     }
 
@@ -436,6 +482,7 @@ impl Node {
             num_clients,
             num_users,
             num_channels: self.hub.num_channels(),
+            num_subs: self.hub.num_subscriptions(),
             history_streams: streams.streams,
             history_bytes: streams.bytes,
             uptime: self.started.elapsed().as_secs(),

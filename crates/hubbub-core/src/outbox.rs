@@ -27,6 +27,12 @@ pub enum Control {
     /// Commands for the session that arrived outside its own connection (`POST /emulation`).
     /// Counted in the queue's bytes until the connection task takes them.
     Commands(String),
+    /// The server API's `refresh`: the connection expires at `expire_at` (Unix seconds;
+    /// `None`: never), or, with `expired`, now.
+    Refresh { expired: bool, expire_at: Option<u64> },
+    /// The subscription to this channel missed publications (the broker lost deliveries):
+    /// make the client subscribe again and recover from the stream.
+    Resubscribe(String),
 }
 
 impl Control {

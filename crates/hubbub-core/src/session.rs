@@ -63,6 +63,9 @@ struct Subscription {
     chan_info: Option<Json>,
     /// Subscription token expiry, Unix seconds.
     expires_at: Option<u64>,
+    /// Made by the server (the connection token's `channels`, the server API): the client
+    /// cannot subscribe again by itself, it gets this channel back by reconnecting.
+    server_side: bool,
 }
 
 /// Settings of one subscribe, whether the client asked or the server subscribes it.
@@ -76,6 +79,7 @@ struct SubscribeParams {
     expires_at: Option<u64>,
     /// Bytes of recovered publications the reply may carry (see [`Session::answer_budget`]).
     max_bytes: usize,
+    server_side: bool,
 }
 
 /// A recovery whose missed publications did not all fit in the subscribe reply. The rest
@@ -321,7 +325,8 @@ impl Session {
                 .remove(&channel)
                 .filter(|r| r.recover)
                 .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch });
-            let params = SubscribeParams { recover_from, max_bytes: budget, ..Default::default() };
+            let params =
+                SubscribeParams { recover_from, max_bytes: budget, server_side: true, ..Default::default() };
             match self.subscribe(&channel, params).await {
                 Ok((result, covered)) => {
                     let carried: usize = result.publications.iter().map(|p| p.encoded_len()).sum();
@@ -390,6 +395,7 @@ impl Session {
             chan_info,
             expires_at,
             max_bytes: self.answer_budget(),
+            server_side: false,
         };
         let (result, covered) = self.subscribe(&req.channel, params).await?;
         Ok(Outcome::ReplyThenRelease(ReplyBody::Subscribe(result), vec![(req.channel, covered)]))
@@ -463,6 +469,7 @@ impl Session {
             } else {
                 result.offset = covered.max(top);
             }
+            node.hub.set_epoch(channel, &self.conn, &page.position.epoch);
             result.epoch = page.position.epoch;
             result.publications = page.publications;
         }
@@ -482,7 +489,11 @@ impl Session {
         self.backlogs.extend(backlog);
         self.subs.insert(
             channel.to_owned(),
-            Subscription { chan_info: params.chan_info, expires_at: params.expires_at },
+            Subscription {
+                chan_info: params.chan_info,
+                expires_at: params.expires_at,
+                server_side: params.server_side,
+            },
         );
         let (expires, ttl) = Self::ttl(params.expires_at);
         result.expires = expires;
@@ -717,7 +728,8 @@ impl Session {
                 if self.user.is_none() || self.subs.contains_key(&channel) {
                     return Ok(());
                 }
-                match self.subscribe(&channel, SubscribeParams::default()).await {
+                let params = SubscribeParams { server_side: true, ..Default::default() };
+                match self.subscribe(&channel, params).await {
                     Ok((result, covered)) => {
                         let push = SubscribePush {
                             recoverable: result.recoverable,
@@ -736,13 +748,53 @@ impl Session {
                 Ok(())
             }
             Control::Unsubscribe(channel) => {
-                if self.unsubscribe(&channel).await {
-                    let (code, reason) = unsubscribe::SERVER;
-                    let body = PushBody::Unsubscribe { code, reason: reason.to_owned() };
-                    self.send(Reply::push(Push { channel, body }));
+                self.unsubscribe_with(channel, unsubscribe::SERVER).await;
+                Ok(())
+            }
+            Control::Refresh { expired, expire_at } => {
+                if self.user.is_none() {
+                    return Ok(());
+                }
+                if expired {
+                    return Err(Disconnect::EXPIRED);
+                }
+                self.expires_at = expire_at;
+                if self.kind.unidirectional {
+                    // A unidirectional client learns its new expiry only from the server.
+                    let (expires, ttl) = Self::ttl(self.expires_at);
+                    self.send(Reply::push(Push {
+                        channel: String::new(),
+                        body: PushBody::Refresh { expires, ttl },
+                    }));
                 }
                 Ok(())
             }
+            Control::Resubscribe(channel) => {
+                match self.subs.get(&channel) {
+                    None => Ok(()),
+                    // The client cannot subscribe to it again by itself: it reconnects, and
+                    // recovers with the positions it sends in `connect`.
+                    Some(sub) if sub.server_side || self.kind.unidirectional => {
+                        tracing::info!(client = %self.conn.client, %channel, "subscription out of sync: reconnect to recover");
+                        Err(Disconnect::INSUFFICIENT_STATE)
+                    }
+                    // Unsubscribe codes from 2500 make the SDK subscribe again, recovering
+                    // from its last position.
+                    Some(_) => {
+                        tracing::info!(client = %self.conn.client, %channel, "subscription out of sync: resubscribe to recover");
+                        self.unsubscribe_with(channel, unsubscribe::INSUFFICIENT).await;
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends a subscription on the server's behalf, telling the client why.
+    async fn unsubscribe_with(&mut self, channel: String, (code, reason): (u32, &str)) {
+        if self.unsubscribe(&channel).await {
+            let body = PushBody::Unsubscribe { code, reason: reason.to_owned() };
+            self.send(Reply::push(Push { channel, body }));
         }
     }
 

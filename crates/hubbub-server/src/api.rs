@@ -9,13 +9,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use hubbub_core::cluster::UserCommand;
 use hubbub_core::engine::HistoryPage;
 use hubbub_protocol::codes::*;
 use hubbub_protocol::{Disconnect, Json, ProtocolError, StreamPosition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -123,6 +123,19 @@ struct DisconnectRequest {
 }
 
 #[derive(Deserialize)]
+struct RefreshRequest {
+    user: String,
+    #[serde(default)]
+    client: Option<String>,
+    /// Expire the connection now.
+    #[serde(default)]
+    expired: bool,
+    /// Unix seconds when the connection expires; absent or 0: never.
+    #[serde(default)]
+    expire_at: Option<u64>,
+}
+
+#[derive(Deserialize)]
 struct HistoryRequest {
     channel: String,
     #[serde(default)]
@@ -171,27 +184,6 @@ fn history_json(page: HistoryPage) -> Value {
     })
 }
 
-/// Whether `name` matches a pattern where `*` stands for any run of characters.
-fn matches_pattern(pattern: &str, name: &str) -> bool {
-    if pattern.is_empty() {
-        return true;
-    }
-    let parts: Vec<&str> = pattern.split('*').collect();
-    let (first, rest) = parts.split_first().expect("split yields one part at least");
-    let Some(mut remaining) = name.strip_prefix(first) else { return false };
-    for (i, part) in rest.iter().enumerate() {
-        let last = i == rest.len() - 1;
-        if last {
-            return remaining.ends_with(part);
-        }
-        match remaining.find(part) {
-            Some(at) => remaining = &remaining[at + part.len()..],
-            None => return false,
-        }
-    }
-    remaining.is_empty()
-}
-
 pub async fn handle(
     State(state): State<Arc<AppState>>,
     Path(method): Path<String>,
@@ -225,33 +217,40 @@ pub async fn handle(
             }
             json!({ "responses": responses })
         }
+        // The user's connections may be on any node: these commands go to all of them.
         "subscribe" => {
-            let req: UserChannelRequest = parse(&body)?;
-            require("user", &req.user)?;
-            node.subscribe_user(&req.user, &req.channel, req.client.as_deref())?;
+            let UserChannelRequest { user, channel, client } = parse(&body)?;
+            require("user", &user)?;
+            node.user_command(UserCommand::Subscribe { user, channel, client }).await?;
             json!({})
         }
         "unsubscribe" => {
-            let req: UserChannelRequest = parse(&body)?;
-            require("user", &req.user)?;
-            node.unsubscribe_user(&req.user, &req.channel, req.client.as_deref())?;
+            let UserChannelRequest { user, channel, client } = parse(&body)?;
+            require("user", &user)?;
+            node.user_command(UserCommand::Unsubscribe { user, channel, client }).await?;
+            json!({})
+        }
+        "refresh" => {
+            let RefreshRequest { user, client, expired, expire_at } = parse(&body)?;
+            require("user", &user)?;
+            let expire_at = expire_at.filter(|&at| at > 0);
+            node.user_command(UserCommand::Refresh { user, client, expired, expire_at }).await?;
             json!({})
         }
         "disconnect" => {
             let req: DisconnectRequest = parse(&body)?;
             require("user", &req.user)?;
-            let disconnect = match req.disconnect {
-                Some(d) if (3000..5000).contains(&d.code) => {
-                    Disconnect { code: d.code, reason: Cow::Owned(d.reason) }
-                }
+            let (code, reason) = match req.disconnect {
+                Some(d) if (3000..5000).contains(&d.code) => (d.code, d.reason),
                 Some(_) => {
                     return Err(ApiError::bad_request(
                         "bad request: disconnect.code must be in 3000..4999".into(),
                     ))
                 }
-                None => Disconnect::FORCE_NO_RECONNECT,
+                None => (Disconnect::FORCE_NO_RECONNECT.code, Disconnect::FORCE_NO_RECONNECT.reason.into()),
             };
-            node.disconnect_user(&req.user, req.client.as_deref(), disconnect);
+            node.user_command(UserCommand::Disconnect { user: req.user, client: req.client, code, reason })
+                .await?;
             json!({})
         }
         "presence" => {
@@ -274,37 +273,23 @@ pub async fn handle(
         }
         "channels" => {
             let req: ChannelsRequest = parse(&body)?;
-            let channels: HashMap<String, Value> = node
-                .hub
-                .channels()
-                .into_iter()
-                .filter(|(name, _)| matches_pattern(&req.pattern, name))
-                .map(|(name, n)| (name, json!({ "num_clients": n })))
-                .collect();
-            json!({ "channels": channels })
+            let answer = node.cluster_channels(&req.pattern).await?;
+            let channels: HashMap<String, Value> =
+                answer.channels.into_iter().map(|(name, n)| (name, json!({ "num_clients": n }))).collect();
+            let mut result = json!({ "channels": channels });
+            if answer.truncated {
+                result["truncated"] = json!(true);
+            }
+            if answer.missing_nodes > 0 {
+                result["missing_nodes"] = json!(answer.missing_nodes);
+            }
+            result
         }
         "info" => {
             parse::<serde::de::IgnoredAny>(&body)?;
-            json!({ "nodes": [node.info()] })
+            json!({ "nodes": node.cluster_info() })
         }
         _ => return Err(ApiError::new(StatusCode::NOT_FOUND, ERROR_METHOD_NOT_FOUND)),
     };
     Ok(axum::Json(Answer { result }).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::matches_pattern;
-
-    #[test]
-    fn patterns() {
-        assert!(matches_pattern("", "a"));
-        assert!(matches_pattern("chat:*", "chat:1"));
-        assert!(!matches_pattern("chat:*", "news"));
-        assert!(matches_pattern("*:1", "chat:1"));
-        assert!(matches_pattern("a*b*c", "aXXbYYc"));
-        assert!(!matches_pattern("a*b*c", "aXXbYY"));
-        assert!(matches_pattern("exact", "exact"));
-        assert!(!matches_pattern("exact", "exactly"));
-    }
 }

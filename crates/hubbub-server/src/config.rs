@@ -200,6 +200,11 @@ impl Config {
         if self.engine.history_meta_ttl.is_zero() {
             return bad("engine.history_meta_ttl", "must be above 0");
         }
+        if self.engine.flush_interval < Duration::from_millis(1)
+            || self.engine.flush_interval > Duration::from_secs(60)
+        {
+            return bad("engine.flush_interval", "must be between 1ms and 1m");
+        }
         if self.engine.kind != EngineKind::Memory {
             // Every node must accept the tokens and the API key of every other.
             if self.auth.token_secret.is_empty() {
@@ -225,6 +230,11 @@ impl Config {
         }
         if self.engine.heartbeat_interval < Duration::from_millis(100) {
             return bad("engine.heartbeat_interval", "must be at least 100ms");
+        }
+        if !self.engine.position_check_interval.is_zero()
+            && self.engine.position_check_interval < Duration::from_secs(1)
+        {
+            return bad("engine.position_check_interval", "must be at least 1s, or \"0s\" for never");
         }
         if self.engine.presence_ttl < self.engine.heartbeat_interval * 2 {
             return bad("engine.presence_ttl", "must be at least twice engine.heartbeat_interval");

@@ -5,14 +5,20 @@
 //! count toward its byte budget (`client.queue_max_bytes`) like the replies they cause: a
 //! client that posts faster than it reads its stream is disconnected as slow (3008), and the
 //! post that went over, like every later one, is answered 410 Gone.
+//!
+//! Behind a load balancer without sticky sessions, the POST may land on another node than
+//! the session's stream: the request names the session's node (`node`, from the connect
+//! reply, which centrifuge-js echoes), and the commands are forwarded to it over the
+//! cluster's control channel. The POST is answered once that node queued them (or refused
+//! them); a node that does not answer within about a heartbeat gives 504.
 
 use crate::api::ApiError;
 use crate::transport::stream::LimitedBody;
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use hubbub_core::outbox::Control;
-use hubbub_protocol::codes::{ERROR_LIMIT_EXCEEDED, ERROR_NOT_AVAILABLE};
+use hubbub_core::cluster::EmulationError;
+use hubbub_protocol::codes::{ERROR_INTERNAL, ERROR_LIMIT_EXCEEDED, ERROR_NOT_AVAILABLE};
 use hubbub_protocol::{Disconnect, ProtocolError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -66,19 +72,14 @@ pub async fn handle(
     } else {
         raw.to_owned()
     };
-    // Sessions of other nodes are not reachable from here yet (cross-node routing comes
-    // with the multi-node engines).
-    if !request.node.is_empty() && request.node != state.node.id {
-        tracing::info!(node = %request.node, "emulation request for another node");
-        return Err(unknown_session());
+    match state.node.emulation(&request.node, &request.session, commands).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(EmulationError::UnknownSession) => Err(unknown_session()),
+        Err(EmulationError::Closed(disconnect)) => Err(closed_session(disconnect)),
+        Err(e @ EmulationError::Timeout(_)) => {
+            let error = ProtocolError { message: e.to_string(), ..ERROR_INTERNAL.into() };
+            Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, error))
+        }
+        Err(EmulationError::Unavailable(error)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error)),
     }
-    let Some(conn) = state.node.hub.session(&request.session) else {
-        tracing::info!(session = %request.session, "emulation request for an unknown session");
-        return Err(unknown_session());
-    };
-    conn.outbox.try_control(Control::Commands(commands)).map_err(|disconnect| {
-        tracing::info!(session = %request.session, code = disconnect.code, "emulation request for a closing session");
-        closed_session(disconnect)
-    })?;
-    Ok(StatusCode::NO_CONTENT)
 }

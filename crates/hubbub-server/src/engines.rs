@@ -19,11 +19,22 @@ pub struct Engine {
     pub memory: Option<Arc<MemoryBroker>>,
 }
 
-/// Connects the engine `engine.type` names.
-pub async fn connect_engine(config: &EngineConfig) -> anyhow::Result<Engine> {
+/// Connects the engine `engine.type` names. The memory engine keeps its streams in
+/// `data_dir` when given one and `engine.persist` is on.
+pub async fn connect_engine(config: &EngineConfig, data_dir: Option<&Path>) -> anyhow::Result<Engine> {
     match config.kind {
         EngineKind::Memory => {
-            let broker = Arc::new(MemoryBroker::with_config(config.memory()));
+            let broker = match data_dir.filter(|_| config.persist) {
+                Some(dir) => {
+                    let (memory, dir) = (config.memory(), dir.to_owned());
+                    // Replaying the log is file I/O: off the runtime's threads.
+                    tokio::task::spawn_blocking(move || MemoryBroker::open(memory, &dir))
+                        .await?
+                        .context("cannot open the channel history log (config key `engine.persist`)")?
+                }
+                None => MemoryBroker::with_config(config.memory()),
+            };
+            let broker = Arc::new(broker);
             Ok(Engine {
                 broker: broker.clone(),
                 presence: Arc::new(MemoryPresence::new()),

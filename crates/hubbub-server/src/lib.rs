@@ -56,11 +56,23 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the node (engine, namespaces with the chat's `room`, tokens, RPC) and the router.
+    /// Builds the node (engine, namespaces with the chat's `room`, tokens, RPC) and the router,
+    /// with nothing kept on disk by the engine (the fuzz target).
     pub async fn build(
         config: Config,
         name: String,
         store: Arc<dyn hubbub_store::ChatStore>,
+    ) -> anyhow::Result<App> {
+        Self::build_in(config, name, store, None).await
+    }
+
+    /// Like [`App::build`], with the engine keeping what it keeps in `data_dir` (the memory
+    /// engine's stream log).
+    pub async fn build_in(
+        config: Config,
+        name: String,
+        store: Arc<dyn hubbub_store::ChatStore>,
+        data_dir: Option<&std::path::Path>,
     ) -> anyhow::Result<App> {
         // The chat's rooms live in their own namespace, unless the configuration defines it.
         let mut namespaces = config.namespaces.clone();
@@ -69,7 +81,7 @@ impl App {
         }
         let mut rpc = RpcRegistry::new();
         rpc.register("echo", Echo);
-        let engine = engines::connect_engine(&config.engine).await?;
+        let engine = engines::connect_engine(&config.engine, data_dir).await?;
         let node = Node::start(NodeOptions {
             name,
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -80,6 +92,7 @@ impl App {
             broker: engine.broker,
             presence: engine.presence,
             rpc,
+            cluster: config.engine.cluster(),
         })
         .await?;
         let chat = hubbub_chat::Chat::install(node.clone(), store, config.chat.clone());
@@ -102,13 +115,17 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
 
     let name = if config.node_name.is_empty() { addr.to_string() } else { config.node_name.clone() };
     let grace = config.shutdown_grace;
-    let App { router: app, node, memory, .. } = App::build(config, name, store.clone()).await?;
-    let sweeper = tokio::spawn(async move {
-        let Some(broker) = memory else { return };
-        let mut every = tokio::time::interval(Duration::from_secs(30));
-        loop {
-            every.tick().await;
-            broker.sweep();
+    let App { router: app, node, memory, .. } =
+        App::build_in(config, name, store.clone(), Some(data_dir.path())).await?;
+    let sweeper = tokio::spawn({
+        let memory = memory.clone();
+        async move {
+            let Some(broker) = memory else { return };
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                broker.sweep();
+            }
         }
     });
     // Listen for signals before saying we listen: a SIGTERM sent right after the line must
@@ -142,6 +159,15 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("grace period over with connections still open: exiting"),
     }
     sweeper.abort();
+    // The memory engine's log: what is queued is written, synced and marked clean, so the
+    // next start keeps every stream as it is now.
+    if let Some(memory) = &memory {
+        if tokio::time::timeout(Duration::from_secs(5), memory.close()).await.is_err() {
+            tracing::warn!(
+                "the stream log was still being written 5s after the shutdown: not closed cleanly"
+            );
+        }
+    }
     // SQLite folds the WAL into the database and truncates it (`SqliteStore::close`): a
     // clean stop leaves no earlier page versions, which may hold text an edit or a delete
     // removed.

@@ -13,6 +13,17 @@
 //! is created with that epoch, so a subscriber positioned on the empty channel recovers its
 //! first publications. Before a stream carrying the current empty epoch is dropped, the empty
 //! epoch changes: a position in a dropped stream never matches again.
+//!
+//! Persistence ([`MemoryBroker::open`], config `engine.persist`): the streams are also kept
+//! in `data_dir/streams.log` ([`persist`]), appended by a writer thread off the fan-out path.
+//! At start the log is replayed, so a restart keeps every stream's epoch, offsets and kept
+//! publications, the empty epoch, and forgets what was dropped (drops and empty-epoch changes
+//! are logged too). After an unclean stop (the log does not end with the writer's clean
+//! mark) publications that were delivered but not written may be missing: every stream's
+//! next offset then jumps by [`persist::CRASH_OFFSET_SKIP`] and the empty epoch changes, so
+//! that no position a client saw before the crash ever points at another publication.
+
+pub mod persist;
 
 use super::*;
 use crate::sharded::ShardedMap;
@@ -35,6 +46,10 @@ pub struct MemoryEngineConfig {
     /// How long a stream whose publications have all expired keeps its position (offset and
     /// epoch), so that a client that saw its last publication still recovers (with nothing).
     pub history_meta_ttl: Duration,
+    /// With a log ([`MemoryBroker::open`]): how often it is synced to disk at least, so a
+    /// crash of the machine loses at most this much (a crash of the process only what the
+    /// writer had not yet written, normally nothing that was published longer ago).
+    pub flush_interval: Duration,
 }
 
 impl Default for MemoryEngineConfig {
@@ -43,6 +58,7 @@ impl Default for MemoryEngineConfig {
             history_max_bytes: 64 << 20,
             history_max_streams: 100_000,
             history_meta_ttl: Duration::from_secs(3600),
+            flush_interval: Duration::from_millis(200),
         }
     }
 }
@@ -94,9 +110,10 @@ impl Stream {
         StreamPosition { offset: self.top, epoch: self.epoch.clone() }
     }
 
-    /// The offset of the oldest publication still kept (top + 1 when none is).
+    /// The offset of the oldest publication still kept (top + 1 when none is). Offsets are
+    /// contiguous except across an unclean restart, where they jump.
     fn first_kept(&self) -> u64 {
-        self.top + 1 - self.items.len() as u64
+        self.items.front().map_or(self.top + 1, |(_, _, p)| p.offset)
     }
 
     /// Nothing kept, and its position outlived `meta_ttl`.
@@ -117,12 +134,13 @@ fn lock(s: &SharedStream) -> std::sync::MutexGuard<'_, Stream> {
 
 pub struct MemoryBroker {
     config: MemoryEngineConfig,
-    streams: ShardedMap<String, SharedStream>,
+    /// Shared with the log's compaction, which snapshots the streams.
+    streams: Arc<ShardedMap<String, SharedStream>>,
     /// Epoch of a channel without a stream (see the module doc). Locked after a shard and a
     /// stream, never before.
-    empty_epoch: Mutex<String>,
-    /// Sum of the streams' `bytes`.
-    bytes: AtomicUsize,
+    empty_epoch: Arc<Mutex<String>>,
+    /// Sum of the streams' `bytes` (the log compacts when it is twice as large).
+    bytes: Arc<AtomicUsize>,
     /// Number of streams in the map.
     count: AtomicUsize,
     /// One eviction at a time; others skip it (the running one frees enough for them).
@@ -130,6 +148,8 @@ pub struct MemoryBroker {
     events: OnceLock<Arc<dyn BrokerEvents>>,
     /// This node's id, given at start: control messages addressed to it are delivered.
     node_id: OnceLock<String>,
+    /// Where the streams are kept on disk, when they are.
+    log: Option<persist::Log>,
 }
 
 impl Default for MemoryBroker {
@@ -147,13 +167,105 @@ impl MemoryBroker {
     pub fn with_config(config: MemoryEngineConfig) -> Self {
         MemoryBroker {
             config,
-            streams: ShardedMap::default(),
-            empty_epoch: Mutex::new(new_epoch()),
-            bytes: AtomicUsize::new(0),
+            streams: Arc::default(),
+            empty_epoch: Arc::new(Mutex::new(new_epoch())),
+            bytes: Arc::default(),
             count: AtomicUsize::new(0),
             evicting: Mutex::new(()),
             events: OnceLock::new(),
             node_id: OnceLock::new(),
+            log: None,
+        }
+    }
+
+    /// A broker whose streams are kept in `dir` (the module doc): replays the log there
+    /// (cutting a torn tail), then appends to it. Blocking file I/O: call it at start, off the
+    /// runtime's threads (`spawn_blocking`).
+    pub fn open(config: MemoryEngineConfig, dir: &std::path::Path) -> Result<Self, persist::PersistError> {
+        let path = dir.join(persist::LOG_FILE);
+        let now = Instant::now();
+        let now_ms = persist::unix_ms();
+        let mut replay = Replay { streams: HashMap::new(), empty_epoch: None, clean: false, now, now_ms };
+        let (mut file, mut len) = persist::load(&path, |record| replay.apply(record, &config))?;
+        let mut broker = Self::with_config(config);
+        // What this start writes before anything else: the empty epoch (a new one after an
+        // unclean stop), the jumped positions, and so a mark that the log is not clean any
+        // more until this run closes it.
+        let mut enc = persist::Encoder::default();
+        let unclean = replay.empty_epoch.is_some() && !replay.clean;
+        let empty = match replay.empty_epoch.take() {
+            Some(kept) if !unclean => kept,
+            _ => new_epoch(),
+        };
+        enc.record(&persist::Record::EmptyEpoch(empty.clone()));
+        *broker.empty_epoch.lock().unwrap_or_else(|p| p.into_inner()) = empty;
+        let (mut count, mut bytes) = (0, 0);
+        for (channel, mut s) in replay.streams {
+            if unclean {
+                s.top += persist::CRASH_OFFSET_SKIP;
+                enc.stream(&channel, &s.epoch, s.top, ms_of(s.touched, now, now_ms));
+            }
+            s.bytes =
+                STREAM_OVERHEAD + channel.len() + s.items.iter().map(|(_, size, _)| size).sum::<usize>();
+            count += 1;
+            bytes += s.bytes;
+            broker.streams.shard(&channel).insert(channel, Arc::new(Mutex::new(s)));
+        }
+        broker.count.store(count, Ordering::Relaxed);
+        broker.bytes.store(bytes, Ordering::Relaxed);
+        if unclean {
+            tracing::warn!(
+                path = %path.display(),
+                streams = count,
+                "the stream log was not closed cleanly (a crash?): publications of the last moments may be missing; every stream's offsets jump ahead so that no position seen before is reused"
+            );
+        }
+        let io = |source| persist::PersistError::Io { path: path.clone(), source };
+        std::io::Write::write_all(&mut file, &enc.buf).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        len += enc.buf.len() as u64;
+        let snapshot = {
+            let (streams, empty_epoch) = (broker.streams.clone(), broker.empty_epoch.clone());
+            Arc::new(move |enc: &mut persist::Encoder, flush: &mut dyn FnMut(&mut persist::Encoder)| {
+                snapshot(&streams, &empty_epoch, enc, flush)
+            })
+        };
+        broker.log = Some(persist::Log::start(
+            file,
+            len,
+            persist::LogOptions {
+                path: path.clone(),
+                flush_interval: broker.config.flush_interval,
+                live_bytes: broker.bytes.clone(),
+                snapshot,
+            },
+        )?);
+        tracing::info!(path = %path.display(), streams = count, bytes, clean = !unclean, "stream log replayed");
+        // The bounds may be lower than when the log was written, and metadata may have
+        // expired meanwhile.
+        broker.sweep();
+        broker.evict_if_over("");
+        Ok(broker)
+    }
+
+    /// Writes what is queued to the log, marks it clean and stops its writer (graceful
+    /// shutdown). Publications after this are not kept on disk.
+    pub async fn close(&self) {
+        if let Some(log) = &self.log {
+            log.close().await;
+        }
+    }
+
+    /// Bytes of the log file, when the streams are kept on disk.
+    pub fn log_len(&self) -> Option<u64> {
+        self.log.as_ref().map(persist::Log::file_len)
+    }
+
+    /// Queues a record that is not a publication (not counted in the queue's budget: there
+    /// are at most as many as publications, which are).
+    fn log_record(&self, record: persist::Record) {
+        if let Some(log) = &self.log {
+            log.append(record, 0);
         }
     }
 
@@ -172,12 +284,15 @@ impl MemoryBroker {
     /// Takes a stream out of the accounting; the caller holds its shard (and removes it from
     /// the map) and its lock. A position in it must never match again: when it carries the
     /// empty epoch, the empty epoch changes first.
-    fn retire(&self, s: &mut Stream) {
+    fn retire(&self, channel: &str, s: &mut Stream) {
         let mut empty = self.empty_epoch.lock().unwrap_or_else(|p| p.into_inner());
         if *empty == s.epoch {
             *empty = new_epoch();
+            // Logged under the lock: the log has the empty epochs in the order they were.
+            self.log_record(persist::Record::EmptyEpoch(empty.clone()));
         }
         drop(empty);
+        self.log_record(persist::Record::Dropped { channel: channel.to_owned() });
         s.dropped = true;
         s.items.clear();
         self.bytes.fetch_sub(s.bytes, Ordering::Relaxed);
@@ -193,7 +308,7 @@ impl MemoryBroker {
                 drop(s);
                 return existing;
             }
-            self.retire(&mut s);
+            self.retire(channel, &mut s);
             drop(s);
             shard.remove(channel);
         }
@@ -217,12 +332,12 @@ impl MemoryBroker {
         let now = Instant::now();
         let meta_ttl = self.config.history_meta_ttl;
         self.streams.for_each_shard(|m| {
-            m.retain(|_, stream| {
+            m.retain(|channel, stream| {
                 let mut s = lock(stream);
                 let freed = s.prune(now);
                 self.bytes.fetch_sub(freed, Ordering::Relaxed);
                 if s.forgotten(now, meta_ttl) {
-                    self.retire(&mut s);
+                    self.retire(channel, &mut s);
                     return false;
                 }
                 true
@@ -261,7 +376,7 @@ impl MemoryBroker {
             }
             let mut shard = self.streams.shard(&channel);
             let Some(stream) = shard.get(&channel).cloned() else { continue };
-            self.retire(&mut lock(&stream));
+            self.retire(&channel, &mut lock(&stream));
             shard.remove(&channel);
             dropped += 1;
         }
@@ -323,6 +438,12 @@ impl Broker for MemoryBroker {
             events.on_publication(channel, publication);
             return Ok(StreamPosition::default());
         }
+        // Room in the log's queue first, outside every lock: a writer that is behind makes
+        // this publisher wait here, never the runtime.
+        let permits = match &self.log {
+            Some(log) => log.reserve(publication_bytes(&publication)).await,
+            None => 0,
+        };
         let now = Instant::now();
         let position = loop {
             let stream = self.stream_for_publish(channel, now);
@@ -345,6 +466,22 @@ impl Broker for MemoryBroker {
             self.bytes.fetch_add(size, Ordering::Relaxed);
             self.bytes.fetch_sub(freed + freed_more, Ordering::Relaxed);
             let position = s.position();
+            if let Some(log) = &self.log {
+                // Queued under the stream's lock, so the log has the stream's records in
+                // offset order; the writer encodes and writes them.
+                let at_ms = persist::unix_ms();
+                log.append(
+                    persist::Record::Publish {
+                        channel: channel.to_owned(),
+                        epoch: s.epoch.clone(),
+                        at_ms,
+                        expires_ms: at_ms.saturating_add(history.ttl.as_millis() as u64),
+                        keep: history.size as u64,
+                        publication: publication.clone(),
+                    },
+                    permits,
+                );
+            }
             events.on_publication(channel, publication);
             break position;
         };
@@ -409,6 +546,7 @@ impl Broker for MemoryBroker {
             s.bytes -= freed;
             if !s.dropped {
                 self.bytes.fetch_sub(freed, Ordering::Relaxed);
+                self.log_record(persist::Record::Removed { channel: channel.to_owned() });
             }
         }
         Ok(())
@@ -416,6 +554,139 @@ impl Broker for MemoryBroker {
 
     fn stream_stats(&self) -> Option<StreamStats> {
         Some(self.stats())
+    }
+
+    /// With a log: waits for the sync of everything published so far (group committed with
+    /// whatever else the writer has).
+    async fn sync(&self) -> Result<(), EngineError> {
+        match &self.log {
+            Some(log) => log.sync().await.map_err(EngineError::Unavailable),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Unix milliseconds of an instant of this process.
+fn ms_of(at: Instant, now: Instant, now_ms: u64) -> u64 {
+    if at >= now {
+        now_ms.saturating_add((at - now).as_millis() as u64)
+    } else {
+        now_ms.saturating_sub((now - at).as_millis() as u64)
+    }
+}
+
+/// The instant of this process for Unix milliseconds (`None`: before the machine started).
+fn instant_of(ms: u64, now: Instant, now_ms: u64) -> Option<Instant> {
+    if ms >= now_ms {
+        Some(now + Duration::from_millis(ms - now_ms))
+    } else {
+        now.checked_sub(Duration::from_millis(now_ms - ms))
+    }
+}
+
+/// Encodes every live stream and the empty epoch for a compaction (see [`persist`]): each
+/// stream under its own lock, written out after it is released.
+fn snapshot(
+    streams: &ShardedMap<String, SharedStream>,
+    empty_epoch: &Mutex<String>,
+    enc: &mut persist::Encoder,
+    flush: &mut dyn FnMut(&mut persist::Encoder),
+) {
+    enc.record(&persist::Record::EmptyEpoch(empty_epoch.lock().unwrap_or_else(|p| p.into_inner()).clone()));
+    // The entries first (each shard locked only to copy names and pointers), then each
+    // stream under its own lock: publishing is never held up by more than one stream's
+    // encoding.
+    let mut all = Vec::new();
+    streams.for_each_shard(|m| all.extend(m.iter().map(|(c, s)| (c.clone(), s.clone()))));
+    for (channel, stream) in all {
+        let now = Instant::now();
+        let now_ms = persist::unix_ms();
+        {
+            let s = lock(&stream);
+            if s.dropped {
+                continue;
+            }
+            let touched_ms = ms_of(s.touched, now, now_ms);
+            enc.stream(&channel, &s.epoch, s.top, touched_ms);
+            for (expires, _, p) in s.items.iter().filter(|(expires, _, _)| *expires > now) {
+                enc.publish(&channel, &s.epoch, touched_ms, ms_of(*expires, now, now_ms), u64::MAX, p);
+            }
+        }
+        flush(enc);
+    }
+}
+
+/// The streams being rebuilt from the log at start.
+struct Replay {
+    streams: HashMap<String, Stream>,
+    empty_epoch: Option<String>,
+    /// The last record was the writer's clean mark.
+    clean: bool,
+    now: Instant,
+    now_ms: u64,
+}
+
+impl Replay {
+    fn new_stream(&self, epoch: String, top: u64, touched_ms: u64, config: &MemoryEngineConfig) -> Stream {
+        // A time before the machine started is older than any meta TTL can keep.
+        let touched = instant_of(touched_ms, self.now, self.now_ms)
+            .or_else(|| self.now.checked_sub(config.history_meta_ttl + Duration::from_secs(1)))
+            .unwrap_or(self.now);
+        Stream { epoch, top, items: VecDeque::new(), touched, bytes: 0, dropped: false }
+    }
+
+    /// Applies one record. Idempotent where a compaction's snapshot and the records appended
+    /// meanwhile overlap: a publication already kept (or older than the kept ones) is
+    /// skipped, a stream position never moves back within its epoch.
+    fn apply(&mut self, record: persist::Record, config: &MemoryEngineConfig) {
+        use persist::Record;
+        self.clean = matches!(record, Record::Clean);
+        match record {
+            Record::EmptyEpoch(epoch) => self.empty_epoch = Some(epoch),
+            Record::Stream { channel, epoch, top, touched_ms } => match self.streams.get_mut(&channel) {
+                Some(s) if s.epoch == epoch => {
+                    s.top = s.top.max(top);
+                    if let Some(t) = instant_of(touched_ms, self.now, self.now_ms) {
+                        s.touched = s.touched.max(t);
+                    }
+                }
+                _ => {
+                    let s = self.new_stream(epoch, top, touched_ms, config);
+                    self.streams.insert(channel, s);
+                }
+            },
+            Record::Publish { channel, epoch, at_ms, expires_ms, keep, mut publication } => {
+                if self.streams.get(&channel).is_none_or(|s| s.epoch != epoch) {
+                    let s = self.new_stream(epoch, 0, at_ms, config);
+                    self.streams.insert(channel.clone(), s);
+                }
+                let Some(s) = self.streams.get_mut(&channel) else { return };
+                let offset = publication.offset;
+                let kept = s.items.back().is_some_and(|(_, _, p)| p.offset >= offset);
+                if let Some(t) = instant_of(at_ms, self.now, self.now_ms) {
+                    s.touched = s.touched.max(t);
+                }
+                s.top = s.top.max(offset);
+                let expires = instant_of(expires_ms, self.now, self.now_ms).filter(|e| *e > self.now);
+                if let (false, Some(expires)) = (kept, expires) {
+                    publication.offset = offset;
+                    let size = publication_bytes(&publication);
+                    s.items.push_back((expires, size, publication));
+                    while s.items.len() as u64 > keep {
+                        s.items.pop_front();
+                    }
+                }
+            }
+            Record::Removed { channel } => {
+                if let Some(s) = self.streams.get_mut(&channel) {
+                    s.items.clear();
+                }
+            }
+            Record::Dropped { channel } => {
+                self.streams.remove(&channel);
+            }
+            Record::Clean => {}
+        }
     }
 }
 
@@ -615,6 +886,239 @@ mod tests {
         };
         assert_eq!(broker.history("hot", since(1), h).await.unwrap_err(), EngineError::UnrecoverablePosition);
         assert!(broker.history("hot", since(50), h).await.is_ok());
+    }
+
+    fn offsets(page: &HistoryPage) -> Vec<u64> {
+        page.publications.iter().map(|p| p.offset).collect()
+    }
+
+    async fn opened(dir: &std::path::Path, config: MemoryEngineConfig) -> MemoryBroker {
+        let broker = MemoryBroker::open(config, dir).unwrap();
+        broker.start("n1", Arc::new(Collect(Mutex::new(vec![])))).await.unwrap();
+        broker
+    }
+
+    fn since(position: &StreamPosition) -> HistoryQuery {
+        HistoryQuery { since: Some(position.clone()), ..Default::default() }
+    }
+
+    /// A copy of the log as a crash would leave it: everything synced, no clean mark.
+    async fn crashed_copy(broker: &MemoryBroker, from: &std::path::Path) -> tempfile::TempDir {
+        broker.sync().await.unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(from.join(persist::LOG_FILE), copy.path().join(persist::LOG_FILE)).unwrap();
+        copy
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_epochs_offsets_publications_and_the_empty_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HistoryOptions { size: 3, ttl: Duration::from_secs(60) };
+        let broker = opened(dir.path(), MemoryEngineConfig::default()).await;
+        let empty = broker.history("never", HistoryQuery::default(), h).await.unwrap().position;
+        let mut a = StreamPosition::default();
+        for n in 1..=5 {
+            a = broker.publish("a", publication(n), h).await.unwrap();
+        }
+        let b = broker.publish("b", publication(1), h).await.unwrap();
+        broker.publish("c", publication(1), h).await.unwrap();
+        broker.remove_history("c").await.unwrap();
+        let seen_at_2 = StreamPosition { offset: 2, epoch: a.epoch.clone() };
+        broker.close().await;
+        drop(broker);
+
+        let broker = opened(dir.path(), MemoryEngineConfig::default()).await;
+        let page = broker.history("a", since(&seen_at_2), h).await.unwrap();
+        assert_eq!((offsets(&page), &page.position), (vec![3, 4, 5], &a));
+        assert_eq!(page.publications[2].data.get(), "5");
+        assert_eq!(offsets(&broker.history("b", since(&b), h).await.unwrap()), Vec::<u64>::new());
+        let c = broker.history("c", HistoryQuery::default(), h).await.unwrap();
+        assert_eq!((c.publications.len(), c.position.offset), (0, 1), "removed history came back");
+        // The empty channel's position still recovers its first publications.
+        broker.publish("never", publication(1), h).await.unwrap();
+        assert_eq!(offsets(&broker.history("never", since(&empty), h).await.unwrap()), vec![1]);
+        // And the stream goes on where it was.
+        assert_eq!(broker.publish("a", publication(6), h).await.unwrap().offset, 6);
+        assert_eq!(broker.stats().streams, 4);
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_and_a_crash_moves_offsets_and_the_empty_epoch_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HistoryOptions { size: 100, ttl: Duration::from_secs(60) };
+        let broker = opened(dir.path(), MemoryEngineConfig::default()).await;
+        let empty = broker.history("never", HistoryQuery::default(), h).await.unwrap().position;
+        let mut a = StreamPosition::default();
+        for n in 1..=4 {
+            a = broker.publish("a", publication(n), h).await.unwrap();
+        }
+        let crashed = crashed_copy(&broker, dir.path()).await;
+        drop(broker);
+        // A write torn in the middle of the last record, and garbage after it.
+        let log = crashed.path().join(persist::LOG_FILE);
+        let len = std::fs::metadata(&log).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        file.set_len(len - 3).unwrap();
+        drop(file);
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes.extend_from_slice(&[0xff; 5]);
+        std::fs::write(&log, bytes).unwrap();
+
+        let broker = opened(crashed.path(), MemoryEngineConfig::default()).await;
+        let page = broker.history("a", HistoryQuery::default(), h).await.unwrap();
+        assert_eq!(offsets(&page), vec![1, 2, 3], "the torn fourth publication is gone");
+        assert_eq!(page.position.epoch, a.epoch);
+        assert_eq!(page.position.offset, 3 + persist::CRASH_OFFSET_SKIP);
+        // Positions before the crash recover what is kept; the lost offset is never reused.
+        let at_2 = StreamPosition { offset: 2, epoch: a.epoch.clone() };
+        assert_eq!(offsets(&broker.history("a", since(&at_2), h).await.unwrap()), vec![3]);
+        assert_eq!(offsets(&broker.history("a", since(&a), h).await.unwrap()), Vec::<u64>::new());
+        let next = broker.publish("a", publication(5), h).await.unwrap();
+        assert_eq!(next.offset, 4 + persist::CRASH_OFFSET_SKIP);
+        // The empty epoch changed: a channel created after the last write may be lost.
+        let q = since(&empty);
+        assert_eq!(broker.history("never", q, h).await.unwrap_err(), EngineError::UnrecoverablePosition);
+        // The cut log is usable: a clean restart keeps the jumped offsets.
+        broker.close().await;
+        drop(broker);
+        let broker = opened(crashed.path(), MemoryEngineConfig::default()).await;
+        let page = broker.history("a", HistoryQuery::default(), h).await.unwrap();
+        assert_eq!(offsets(&page), vec![1, 2, 3, 4 + persist::CRASH_OFFSET_SKIP]);
+        // A file that is not a log is refused, not truncated.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join(persist::LOG_FILE), "something else entirely").unwrap();
+        assert!(matches!(
+            MemoryBroker::open(MemoryEngineConfig::default(), other.path()),
+            Err(persist::PersistError::NotALog { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn dropped_and_forgotten_streams_stay_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = MemoryEngineConfig { history_meta_ttl: Duration::from_millis(20), ..Default::default() };
+        let broker = opened(dir.path(), config.clone()).await;
+        let short = HistoryOptions { size: 10, ttl: Duration::from_millis(1) };
+        let long = HistoryOptions { size: 10, ttl: Duration::from_secs(60) };
+        let gone = broker.publish("gone", publication(1), short).await.unwrap();
+        let kept = broker.publish("kept", publication(1), long).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        broker.publish("kept", publication(2), long).await.unwrap();
+        broker.sweep();
+        assert_eq!(broker.stats().streams, 1);
+        broker.close().await;
+        drop(broker);
+        let broker = opened(dir.path(), config).await;
+        assert_eq!(broker.stats().streams, 1);
+        assert_eq!(
+            broker.history("gone", since(&gone), short).await.unwrap_err(),
+            EngineError::UnrecoverablePosition
+        );
+        assert_eq!(offsets(&broker.history("kept", since(&kept), long).await.unwrap()), vec![2]);
+        // Recreated, the stream has another epoch than the dropped one.
+        assert_ne!(broker.publish("gone", publication(2), long).await.unwrap().epoch, gone.epoch);
+    }
+
+    #[tokio::test]
+    async fn lower_bounds_at_start_drop_the_oldest_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HistoryOptions { size: 10, ttl: Duration::from_secs(60) };
+        let broker = opened(dir.path(), MemoryEngineConfig::default()).await;
+        for n in 0..20 {
+            broker.publish(&format!("c{n}"), publication(n), h).await.unwrap();
+        }
+        broker.close().await;
+        drop(broker);
+        let config = MemoryEngineConfig { history_max_streams: 10, ..Default::default() };
+        let broker = opened(dir.path(), config.clone()).await;
+        let streams = broker.stats().streams;
+        assert!(streams <= 10, "{streams}");
+        broker.close().await;
+        drop(broker);
+        // What was dropped at start stays dropped.
+        let broker = opened(dir.path(), MemoryEngineConfig::default()).await;
+        assert_eq!(broker.stats().streams, streams);
+    }
+
+    #[tokio::test]
+    async fn compaction_rewrites_the_log_from_what_is_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HistoryOptions { size: 5, ttl: Duration::from_secs(60) };
+        let broker = opened(dir.path(), MemoryEngineConfig::default()).await;
+        let big = |n: u32| Publication {
+            data: json_from_str(&format!("\"{n}{}\"", "x".repeat(2000))).unwrap(),
+            info: Some(ClientInfo { user: "u".into(), client: "c".into(), conn_info: None, chan_info: None }),
+            offset: 0,
+            tags: None,
+        };
+        for n in 0..50 {
+            broker.publish(&format!("s{n}"), big(n), h).await.unwrap();
+        }
+        broker.publish("emptied", big(0), h).await.unwrap();
+        broker.remove_history("emptied").await.unwrap();
+        // 10 MB into a stream that keeps 5: the log grows far over twice what is live.
+        let mut hot = StreamPosition::default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut compacted = false;
+        let mut n = 0;
+        while !compacted {
+            assert!(std::time::Instant::now() < deadline, "no compaction: {:?}", broker.log_len());
+            hot = broker.publish("hot", big(n), h).await.unwrap();
+            n += 1;
+            if n % 100 == 0 {
+                // Publishing goes on while the compaction runs.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            compacted = n > 6000 && broker.log_len().unwrap() < persist::COMPACT_MIN_BYTES;
+        }
+        for _ in 0..10 {
+            hot = broker.publish("hot", big(n), h).await.unwrap();
+            n += 1;
+        }
+        let before: Vec<_> = all_streams(&broker, h).await;
+        broker.close().await;
+        drop(broker);
+        let broker = opened(dir.path(), MemoryEngineConfig::default()).await;
+        assert_eq!(all_streams(&broker, h).await, before);
+        let page = broker.history("hot", HistoryQuery::default(), h).await.unwrap();
+        assert_eq!(page.position, hot);
+        assert_eq!(offsets(&page), (hot.offset - 4..=hot.offset).collect::<Vec<_>>());
+        let emptied = broker.history("emptied", HistoryQuery::default(), h).await.unwrap();
+        assert_eq!((emptied.publications.len(), emptied.position.offset), (0, 1));
+        assert!(broker.log_len().unwrap() < persist::COMPACT_MIN_BYTES);
+    }
+
+    /// Every stream's position and kept publications (offset and data), by channel.
+    async fn all_streams(
+        broker: &MemoryBroker,
+        h: HistoryOptions,
+    ) -> Vec<(String, StreamPosition, Vec<(u64, String)>)> {
+        let mut channels: Vec<String> = Vec::new();
+        broker.streams.for_each_shard(|m| channels.extend(m.keys().cloned()));
+        channels.sort();
+        let mut all = Vec::new();
+        for c in channels {
+            let page = broker.history(&c, HistoryQuery::default(), h).await.unwrap();
+            let items = page.publications.iter().map(|p| (p.offset, p.data.get().to_owned())).collect();
+            all.push((c, page.position, items));
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn a_synced_publication_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HistoryOptions { size: 10, ttl: Duration::from_secs(60) };
+        let config = MemoryEngineConfig { flush_interval: Duration::from_secs(3600), ..Default::default() };
+        let broker = opened(dir.path(), config).await;
+        let p = broker.publish("a", publication(1), h).await.unwrap();
+        // Synced at once, however long the flush interval.
+        let started = std::time::Instant::now();
+        let crashed = crashed_copy(&broker, dir.path()).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let copy = opened(crashed.path(), MemoryEngineConfig::default()).await;
+        let page = copy.history("a", HistoryQuery::default(), h).await.unwrap();
+        assert_eq!((offsets(&page), &page.position.epoch), (vec![1], &p.epoch));
     }
 
     #[tokio::test]

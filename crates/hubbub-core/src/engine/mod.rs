@@ -52,6 +52,12 @@ pub struct EngineConfig {
     /// takes its clients out of presence within this time.
     #[serde(with = "serde_human")]
     pub presence_ttl: Duration,
+    /// How often, with the "redis" or "nats" engine, each subscriber's last offset is
+    /// compared with its channel's stream top, so that one that missed a publication (lost
+    /// between the broker and this node) recovers even when nothing else reveals the gap.
+    /// "0s": never. Not used by the memory engine, which cannot lose a delivery.
+    #[serde(with = "serde_human")]
+    pub position_check_interval: Duration,
     /// Estimated bytes all channels' history may hold together in this process (the
     /// memory engine). Over it, the least recently published channels' streams are dropped.
     pub history_max_bytes: usize,
@@ -61,6 +67,13 @@ pub struct EngineConfig {
     /// epoch), so that a client that saw its last publication still recovers (with nothing).
     #[serde(with = "serde_human")]
     pub history_meta_ttl: Duration,
+    /// The memory engine keeps its streams in `data_dir/streams.log`, so a restart keeps
+    /// every channel's history, epoch and offsets.
+    pub persist: bool,
+    /// How often the memory engine's log is synced to disk at least: what a crash of the
+    /// machine may lose (a `kill -9` loses only what the writer had not written yet).
+    #[serde(with = "serde_human")]
+    pub flush_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -73,20 +86,35 @@ impl Default for EngineConfig {
             prefix: "hubbub".into(),
             heartbeat_interval: Duration::from_secs(2),
             presence_ttl: Duration::from_secs(20),
+            position_check_interval: Duration::from_secs(40),
             history_max_bytes: memory.history_max_bytes,
             history_max_streams: memory.history_max_streams,
             history_meta_ttl: memory.history_meta_ttl,
+            persist: true,
+            flush_interval: memory.flush_interval,
         }
     }
 }
 
 impl EngineConfig {
+    /// The node's part in the cluster, from these settings.
+    pub fn cluster(&self) -> crate::cluster::ClusterOptions {
+        crate::cluster::ClusterOptions {
+            heartbeat_interval: self.heartbeat_interval,
+            position_check_interval: match self.kind {
+                EngineKind::Memory => Duration::ZERO,
+                EngineKind::Redis | EngineKind::Nats => self.position_check_interval,
+            },
+        }
+    }
+
     /// The memory engine's part.
     pub fn memory(&self) -> memory::MemoryEngineConfig {
         memory::MemoryEngineConfig {
             history_max_bytes: self.history_max_bytes,
             history_max_streams: self.history_max_streams,
             history_meta_ttl: self.history_meta_ttl,
+            flush_interval: self.flush_interval,
         }
     }
 }
@@ -262,6 +290,12 @@ pub trait Broker: Send + Sync + 'static {
     /// The streams this node keeps in memory, when the broker keeps them here.
     fn stream_stats(&self) -> Option<StreamStats> {
         None
+    }
+    /// Waits until every publication this broker has accepted so far is durable: the
+    /// publish of a namespace with `durable_publish` is answered only after it. Brokers whose
+    /// `publish` returns once the broker server has the publication have nothing to wait for.
+    async fn sync(&self) -> Result<(), EngineError> {
+        Ok(())
     }
 }
 

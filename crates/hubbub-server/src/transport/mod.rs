@@ -298,6 +298,7 @@ mod tests {
             broker: Arc::new(MemoryBroker::new()),
             presence: Arc::new(MemoryPresence::new()),
             rpc,
+            cluster: Default::default(),
         })
         .await
         .unwrap();

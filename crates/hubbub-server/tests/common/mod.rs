@@ -297,16 +297,44 @@ impl Server {
         std::fs::create_dir_all(&data_dir).unwrap();
         let config_path = write_config(dir.path(), &builder.render(&data_dir));
         let stderr_path = dir.path().join("stderr.log");
-        let stderr_file = std::fs::File::create(&stderr_path).unwrap();
+        let (child, addr, lines) = Self::launch(&builder, dir.path(), &config_path, &stderr_path);
+        Server { addr, child, dir, config_path, stderr_path, stdout_lines: lines, builder, exited: None }
+    }
+
+    /// Starts the server again on the same configuration and data dir (a new port: `addr`
+    /// changes) once the previous process is gone (after [`Server::wait_exit`] or
+    /// [`Server::kill9`]). Its stderr is appended to the same log.
+    pub fn restart(&mut self) {
+        assert!(self.wait_exit(Duration::from_secs(10)).is_some(), "restart: the server is still running");
+        let (child, addr, lines) =
+            Self::launch(&self.builder, self.dir.path(), &self.config_path, &self.stderr_path);
+        self.child = child;
+        self.addr = addr;
+        self.stdout_lines = lines;
+        self.exited = None;
+    }
+
+    /// SIGKILL: the process ends at once, nothing is flushed.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let status = self.child.wait().expect("wait for the killed server");
+        self.exited = Some(status);
+    }
+
+    /// Spawns `hubbub serve` and waits for its `listening` line.
+    fn launch(
+        builder: &Builder,
+        dir: &Path,
+        config_path: &Path,
+        stderr_path: &Path,
+    ) -> (Child, String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let stderr_file = std::fs::OpenOptions::new().create(true).append(true).open(stderr_path).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.arg("serve");
         if builder.use_config_file {
-            cmd.arg("--config").arg(&config_path);
+            cmd.arg("--config").arg(config_path);
         }
-        cmd.current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr_file));
+        cmd.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(stderr_file));
         for (k, v) in &builder.env {
             cmd.env(k, v);
         }
@@ -341,16 +369,16 @@ impl Server {
         let Some(addr) = addr else {
             let _ = child.kill();
             let status = child.wait().ok();
-            let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            let err = std::fs::read_to_string(stderr_path).unwrap_or_default();
             panic!(
                 "server did not print `hubbub listening on http://ADDR` within {STARTUP_TIMEOUT:?} \
                  (exit status: {status:?})\nstdout: {:?}\nstderr:\n{}\nconfig:\n{}",
                 lines.lock().unwrap(),
                 tail(&err, 4000),
-                builder.render(&data_dir)
+                std::fs::read_to_string(config_path).unwrap_or_default()
             );
         };
-        Server { addr, child, dir, config_path, stderr_path, stdout_lines: lines, builder, exited: None }
+        (child, addr, lines)
     }
 
     pub fn ws_url(&self) -> String {
