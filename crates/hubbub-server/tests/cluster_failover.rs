@@ -39,6 +39,8 @@ const SENDS: usize = 30;
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a user may spend finding a node that answers.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
+/// How long one message may take to be acknowledged, retries included.
+const SEND_FOR: Duration = Duration::from_secs(90);
 /// `engine.heartbeat_interval` and `engine.presence_ttl` of the nodes: short, so that the
 /// test sees a dead node's presence entries expire.
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -370,7 +372,14 @@ impl Device {
     /// `chat.send` until acknowledged, reconnecting and retrying with the same `client_msg_id`
     /// whenever the connection dies first. Returns the stored message.
     async fn send(&mut self, room: i64, text: &str, cmid: &str) -> Value {
+        let until = Instant::now() + SEND_FOR;
         loop {
+            assert!(
+                Instant::now() < until,
+                "{}: {cmid} not acknowledged within {SEND_FOR:?}; log:\n{}",
+                self.name,
+                self.log.join("\n")
+            );
             if self.ws.is_none() {
                 self.reconnects += 1;
                 self.node = (self.node + 1) % self.addrs.len();
