@@ -58,7 +58,9 @@ pub struct RedisConfig {
     /// publication (at least as long as the stream itself).
     pub history_meta_ttl: Duration,
     /// The longest a command may take before it fails with `Unavailable`: a client command
-    /// during an outage gets an error, never a hang.
+    /// during an outage gets an error, never a hang. (Redis down answers "connection
+    /// refused" at once; this bounds a Redis that hangs, and must leave room for a burst of
+    /// commands queued on the one multiplexed connection.)
     pub command_timeout: Duration,
     /// PUB/SUB connections, channels spread over them by hash.
     pub pubsub_connections: usize,
@@ -71,7 +73,7 @@ impl RedisConfig {
             prefix: config.prefix.clone(),
             presence_ttl: config.presence_ttl,
             history_meta_ttl: config.history_meta_ttl,
-            command_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(5),
             pubsub_connections: 4,
         }
     }
@@ -244,6 +246,11 @@ impl RedisEngine {
             own_presence: Mutex::new(HashMap::new()),
         };
         let _: String = inner.timed(redis::cmd("PING").query_async(&mut inner.conn.clone())).await?;
+        // Loaded now, so that a burst of first calls does not meet NOSCRIPT all at once (the
+        // scripts load again by themselves after a Redis restart).
+        for script in inner.scripts.all() {
+            inner.timed(script.prepare_invoke().load_async(&mut inner.conn.clone())).await?;
+        }
         Ok(RedisEngine { inner: Arc::new(inner), tasks: Mutex::new(Vec::new()) })
     }
 

@@ -129,3 +129,9 @@ impl Default for Scripts {
         }
     }
 }
+
+impl Scripts {
+    pub fn all(&self) -> [&Script; 4] {
+        [&self.publish, &self.history, &self.presence_add, &self.presence_get]
+    }
+}

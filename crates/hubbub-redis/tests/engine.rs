@@ -448,3 +448,26 @@ async fn redis_going_away_fails_fast_and_comes_back_with_a_resync() {
     until("control after the outage", || a.seen.count(|e| *e == Event::Control(b"back".to_vec())) == 1).await;
     assert_eq!(a.seen.count(|e| *e == Event::Resync), 1, "one outage, one resync");
 }
+
+/// A thousand clients waking at once (long polls, a reconnect storm) read at once: every
+/// read is answered, none times out behind the others on the one command connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_concurrent_reads_is_answered_whole() {
+    let Some(url) = hubbub_testservices::redis() else { return };
+    let prefix = hubbub_testservices::unique_prefix();
+    let a = node(&url, &prefix, "a").await;
+    let top = a.engine.publish("c", publication("1"), H).await.unwrap();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let e = a.engine.clone();
+            tokio::spawn(async move { e.history("c", HistoryQuery::default(), H).await })
+        })
+        .collect();
+    for t in tasks {
+        let page = t.await.unwrap().expect("a read failed");
+        assert_eq!(page.position, top);
+        assert_eq!(page.publications.len(), 1);
+    }
+    println!("1000 concurrent reads in {:?}", started.elapsed());
+}

@@ -223,6 +223,13 @@ impl Config {
                 return bad("store.type", "must be \"postgres\" when engine.type is not \"memory\": the nodes of a cluster share one database");
             }
         }
+        if self.store.kind == StoreKind::Postgres
+            && !["postgres://", "postgresql://"]
+                .iter()
+                .any(|scheme| self.store.postgres_url.starts_with(scheme))
+        {
+            return bad("store.postgres_url", "must be a postgres:// (or postgresql://) URL");
+        }
         if self.engine.prefix.is_empty()
             || !self.engine.prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {

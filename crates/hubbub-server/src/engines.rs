@@ -5,8 +5,10 @@
 
 use crate::config::Config;
 use anyhow::Context;
+use hubbub_core::channel::NamespaceConfig;
 use hubbub_core::engine::memory::{MemoryBroker, MemoryPresence};
 use hubbub_core::engine::{Broker, EngineConfig, EngineKind, PresenceStore};
+use hubbub_nats::{NatsConfig, NatsEngine};
 use hubbub_store::{ChatStore, StoreKind};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,8 +22,14 @@ pub struct Engine {
 }
 
 /// Connects the engine `engine.type` names. The memory engine keeps its streams in
-/// `data_dir` when given one and `engine.persist` is on.
-pub async fn connect_engine(config: &EngineConfig, data_dir: Option<&Path>) -> anyhow::Result<Engine> {
+/// `data_dir` when given one and `engine.persist` is on. `namespaces` are the node's (a
+/// broker that keeps streams for the whole cluster sizes them for the longest history any
+/// namespace asks).
+pub async fn connect_engine(
+    config: &EngineConfig,
+    data_dir: Option<&Path>,
+    namespaces: &[NamespaceConfig],
+) -> anyhow::Result<Engine> {
     match config.kind {
         EngineKind::Memory => {
             let broker = match data_dir.filter(|_| config.persist) {
@@ -50,7 +58,14 @@ pub async fn connect_engine(config: &EngineConfig, data_dir: Option<&Path>) -> a
             let redis = Arc::new(redis);
             Ok(Engine { broker: redis.clone(), presence: redis, memory: None })
         }
-        EngineKind::Nats => anyhow::bail!("engine.type = \"nats\": not built yet"),
+        EngineKind::Nats => {
+            let longest_ttl = namespaces.iter().map(|ns| ns.history_ttl).max().unwrap_or_default();
+            let nats = NatsConfig::from_engine(config, longest_ttl);
+            let engine = Arc::new(NatsEngine::connect(nats).await.with_context(|| {
+                format!("cannot reach NATS at {} (config key `engine.nats_url`)", config.nats_url)
+            })?);
+            Ok(Engine { broker: engine.clone(), presence: engine, memory: None })
+        }
     }
 }
 
@@ -65,6 +80,48 @@ pub async fn open_store(config: &Config, data_dir: &Path) -> anyhow::Result<Arc<
                 .with_limits(config.chat.store_limits());
             Ok(Arc::new(store))
         }
-        StoreKind::Postgres => anyhow::bail!("store.type = \"postgres\": not built yet"),
+        StoreKind::Postgres => {
+            let url = &config.store.postgres_url;
+            let store = hubbub_store::postgres::PgStore::open(url)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "store.postgres_url = {:?}: cannot open the database: {e}",
+                        redact_password(url)
+                    )
+                })?
+                .with_limits(config.chat.store_limits());
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// `url` without its password (`postgres://user:secret@host/db` → `postgres://user:***@host/db`),
+/// for error messages and logs.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(redact_password("postgres://u:secret@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
+        assert_eq!(
+            redact_password("postgres://postgres@127.0.0.1/hubbub"),
+            "postgres://postgres@127.0.0.1/hubbub"
+        );
+        assert_eq!(redact_password("nonsense"), "nonsense");
     }
 }

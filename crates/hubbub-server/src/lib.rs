@@ -81,7 +81,7 @@ impl App {
         }
         let mut rpc = RpcRegistry::new();
         rpc.register("echo", Echo);
-        let engine = engines::connect_engine(&config.engine, data_dir).await?;
+        let engine = engines::connect_engine(&config.engine, data_dir, &namespaces).await?;
         let node = Node::start(NodeOptions {
             name,
             version: env!("CARGO_PKG_VERSION").to_owned(),

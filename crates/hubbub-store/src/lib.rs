@@ -1,14 +1,19 @@
 //! Durable storage of the chat application, behind the [`ChatStore`] trait so that the chat
 //! logic does not know which database it runs on. [`sqlite::SqliteStore`] is the embedded
-//! default (one file in the data dir, WAL, migrations applied at open); PostgreSQL follows
-//! for several nodes.
+//! default (one file in the data dir, WAL, migrations applied at open);
+//! [`postgres::PgStore`] is the database every node of a cluster shares. Both pass one test
+//! suite (`src/tests/suite.rs`).
 //!
 //! A room's messages, edits, deletes and reactions form the room's *event stream*: every
 //! change gets the room's next sequence number (`seq`), which is also the offset of the
 //! `room:{id}` channel. The store assigns `seq` inside the transaction that records the
 //! change, so the stream has no gap and no duplicate, and it survives restarts.
 
+mod common;
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

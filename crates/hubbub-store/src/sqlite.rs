@@ -63,7 +63,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::error::ErrorKind;
@@ -74,6 +74,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::common::{
+    self, decode_error, now_millis, parse_role, parse_room_kind, role_str, search_terms, to_i64, to_u64,
+};
 use crate::{
     Appended, ChatStore, Member, Message, Millis, NewMessage, Notification, Page, Reaction, RefreshOutcome,
     Role, Room, RoomEvent, RoomId, RoomKind, RoomSummary, SearchHit, StoreError, StoreLimits, StoreResult,
@@ -87,8 +90,6 @@ const QUEUE: usize = 4096;
 /// How long a connection waits for another process's lock before `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READERS: u32 = 4;
-/// Most words of a search query that are used.
-const MAX_SEARCH_TERMS: usize = 16;
 
 /// The schema, as an ordered list of scripts. Script `i` brings the schema to version `i + 1`.
 /// NEVER edit a script once released (the checksum recorded at apply time is verified at every
@@ -672,24 +673,6 @@ async fn append_one(conn: &mut SqliteConnection, new: &NewMessage) -> StoreResul
 // ---------------------------------------------------------------------------------------------
 // Helpers shared by the methods.
 
-fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-fn decode_error(what: String) -> StoreError {
-    StoreError::Database(sqlx::Error::Decode(what.into()))
-}
-
 /// Maps constraint violations to `Conflict` (unique) and `NotFound` (foreign key).
 fn constraint(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &e {
@@ -700,23 +683,6 @@ fn constraint(e: sqlx::Error) -> StoreError {
         }
     }
     StoreError::Database(e)
-}
-
-fn role_str(role: Role) -> &'static str {
-    match role {
-        Role::Member => "member",
-        Role::Admin => "admin",
-        Role::Owner => "owner",
-    }
-}
-
-fn parse_role(s: &str) -> StoreResult<Role> {
-    match s {
-        "member" => Ok(Role::Member),
-        "admin" => Ok(Role::Admin),
-        "owner" => Ok(Role::Owner),
-        other => Err(decode_error(format!("unknown role {other:?}"))),
-    }
 }
 
 fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
@@ -732,11 +698,7 @@ fn room_from_row(row: &SqliteRow) -> StoreResult<Room> {
     let kind: String = row.try_get("kind")?;
     Ok(Room {
         id: row.try_get("id")?,
-        kind: match kind.as_str() {
-            "group" => RoomKind::Group,
-            "dm" => RoomKind::Dm,
-            other => return Err(decode_error(format!("unknown room kind {other:?}"))),
-        },
+        kind: parse_room_kind(&kind)?,
         name: row.try_get("name")?,
         epoch: row.try_get("epoch")?,
         last_seq: to_u64(row.try_get("last_seq")?),
@@ -785,21 +747,13 @@ fn notification_from_row(row: &SqliteRow) -> StoreResult<Notification> {
     })
 }
 
-/// Groups reaction rows `(room_id, seq, emoji, user_id)`, ordered by when they were added,
-/// per message and emoji (emojis in the order of their first reaction).
+/// Groups reaction rows `(room_id, seq, emoji, user_id)` (see [`common::group_reactions`]).
 fn group_reactions(rows: &[SqliteRow]) -> StoreResult<HashMap<(RoomId, u64), Vec<Reaction>>> {
-    let mut grouped: HashMap<(RoomId, u64), Vec<Reaction>> = HashMap::new();
-    for row in rows {
-        let key = (row.try_get::<i64, _>(0)?, to_u64(row.try_get(1)?));
-        let emoji: String = row.try_get(2)?;
-        let user_id: UserId = row.try_get(3)?;
-        let reactions = grouped.entry(key).or_default();
-        match reactions.iter_mut().find(|r| r.emoji == emoji) {
-            Some(reaction) => reaction.user_ids.push(user_id),
-            None => reactions.push(Reaction { emoji, user_ids: vec![user_id] }),
-        }
-    }
-    Ok(grouped)
+    let rows = rows
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, to_u64(row.try_get(1)?), row.try_get(2)?, row.try_get(3)?)))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(common::group_reactions(rows))
 }
 
 /// Fills in the reactions of `messages`, which all belong to one room.
@@ -1049,12 +1003,7 @@ async fn group_room(conn: &mut SqliteConnection, room: RoomId) -> StoreResult<Ro
 /// Turns a user's search text into an FTS5 query that cannot be a syntax error: every word
 /// becomes a quoted string (implicit AND), the last one a prefix. `None` when there is no word.
 fn fts_query(query: &str) -> Option<String> {
-    let terms: Vec<String> = query
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .take(MAX_SEARCH_TERMS)
-        .map(|t| format!("\"{t}\""))
-        .collect();
+    let terms: Vec<String> = search_terms(query).into_iter().map(|t| format!("\"{t}\"")).collect();
     if terms.is_empty() {
         return None;
     }
