@@ -53,7 +53,13 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 // REST helpers
 // ---------------------------------------------------------------------------------------------
 
-async fn rest(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+async fn rest(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
     let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut rb = http_client().request(m, format!("http://{addr}{path}")).timeout(Duration::from_secs(20));
     if let Some(t) = token {
@@ -95,7 +101,14 @@ struct User {
 }
 
 async fn signup(addr: &str, name: &str) -> User {
-    let b = rest_ok(addr, "POST", "/api/auth/signup", None, Some(json!({"username": name, "password": PASSWORD}))).await;
+    let b = rest_ok(
+        addr,
+        "POST",
+        "/api/auth/signup",
+        None,
+        Some(json!({"username": name, "password": PASSWORD})),
+    )
+    .await;
     User {
         id: b["user"]["id"].as_i64().unwrap(),
         name: name.to_string(),
@@ -108,9 +121,16 @@ async fn read_room(addr: &str, token: &str, room: i64) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
     let mut after = 0;
     loop {
-        let page =
-            rest_ok(addr, "GET", &format!("/api/rooms/{room}/messages?after={after}&limit=200"), Some(token), None).await;
-        let items = page.as_array().cloned().or_else(|| page["messages"].as_array().cloned()).unwrap_or_default();
+        let page = rest_ok(
+            addr,
+            "GET",
+            &format!("/api/rooms/{room}/messages?after={after}&limit=200"),
+            Some(token),
+            None,
+        )
+        .await;
+        let items =
+            page.as_array().cloned().or_else(|| page["messages"].as_array().cloned()).unwrap_or_default();
         if items.is_empty() {
             return out;
         }
@@ -149,6 +169,8 @@ struct Device {
     addrs: Vec<String>,
     node: usize,
     ws: Option<Ws>,
+    /// Lines received and not handled yet (see [`Device::read`]).
+    inbox: std::collections::VecDeque<Value>,
     next_id: u64,
     rooms: BTreeMap<i64, RoomView>,
     /// `(node, client id)` of every connection this device had.
@@ -163,15 +185,26 @@ struct Device {
 }
 
 impl Device {
-    fn new(name: &str, token: &str, addrs: Vec<String>, node: usize, rooms: &[i64], registry: Registry) -> Device {
+    fn new(
+        name: &str,
+        token: &str,
+        addrs: Vec<String>,
+        node: usize,
+        rooms: &[i64],
+        registry: Registry,
+    ) -> Device {
         Device {
             name: name.into(),
             token: token.into(),
             addrs,
             node,
             ws: None,
+            inbox: Default::default(),
             next_id: 0,
-            rooms: rooms.iter().map(|&r| (r, RoomView { offset: -1, start: -1, ..Default::default() })).collect(),
+            rooms: rooms
+                .iter()
+                .map(|&r| (r, RoomView { offset: -1, start: -1, ..Default::default() }))
+                .collect(),
             clients: Vec::new(),
             reconnects: 0,
             registry,
@@ -200,36 +233,40 @@ impl Device {
         }
     }
 
-    /// Reads one frame (until `deadline`), handles pings and pushes; returns the replies it
-    /// carried. `Ok(empty)` on a frame without replies or when the deadline passed.
-    async fn read(&mut self, deadline: Instant) -> Result<Vec<Value>, Dropped> {
-        let ws = self.ws.as_mut().ok_or_else(|| Dropped("not connected".into()))?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = match tokio::time::timeout(left, ws.next()).await {
-            Err(_) => return Ok(Vec::new()),
-            Ok(None) => return Err(Dropped("connection ended".into())),
-            Ok(Some(Err(e))) => return Err(Dropped(format!("read: {e}"))),
-            Ok(Some(Ok(m))) => m,
-        };
-        let text = match msg {
-            Message::Text(t) => t.to_string(),
-            Message::Close(f) => {
-                return Err(Dropped(format!("closed by the server: {f:?}")));
+    /// Handles what arrives, in order (pings answered, pushes checked), until a reply comes
+    /// (returned) or `deadline` passes (`None`). A frame may carry a reply and then pushes:
+    /// the lines after the reply wait in `inbox`, so the reply is applied before them.
+    async fn read(&mut self, deadline: Instant) -> Result<Option<Value>, Dropped> {
+        loop {
+            while let Some(v) = self.inbox.pop_front() {
+                if v.as_object().is_some_and(|o| o.is_empty()) {
+                    self.write("{}".into()).await?;
+                } else if let Some(push) = v.get("push") {
+                    self.on_push(push);
+                } else {
+                    return Ok(Some(v));
+                }
             }
-            _ => return Ok(Vec::new()),
-        };
-        let mut replies = Vec::new();
-        for line in text.split('\n').map(str::trim).filter(|l| !l.is_empty()) {
-            let v: Value = serde_json::from_str(line).map_err(|e| Dropped(format!("not JSON ({e}): {line}")))?;
-            if v.as_object().is_some_and(|o| o.is_empty()) {
-                self.write("{}".into()).await?;
-            } else if let Some(push) = v.get("push") {
-                self.on_push(push);
-            } else {
-                replies.push(v);
+            let ws = self.ws.as_mut().ok_or_else(|| Dropped("not connected".into()))?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = match tokio::time::timeout(left, ws.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => return Err(Dropped("connection ended".into())),
+                Ok(Some(Err(e))) => return Err(Dropped(format!("read: {e}"))),
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) => {
+                    for line in t.as_str().split('\n').map(str::trim).filter(|l| !l.is_empty()) {
+                        let v: Value = serde_json::from_str(line)
+                            .map_err(|e| Dropped(format!("not JSON ({e}): {line}")))?;
+                        self.inbox.push_back(v);
+                    }
+                }
+                Message::Close(f) => return Err(Dropped(format!("closed by the server: {f:?}"))),
+                _ => {}
             }
         }
-        Ok(replies)
     }
 
     /// A room publication with an offset must be the next one; offset 0 (typing, receipts,
@@ -243,7 +280,10 @@ impl Device {
         if offset == expected {
             view.offset = offset;
         } else if offset < expected {
-            self.violation(format!("room {room}: offset {offset} delivered again ({how}; had {})", expected - 1));
+            self.violation(format!(
+                "room {room}: offset {offset} delivered again ({how}; had {})",
+                expected - 1
+            ));
         } else {
             self.violation(format!("room {room}: gap, got offset {offset} after {} ({how})", expected - 1));
             if let Some(view) = self.rooms.get_mut(&room) {
@@ -253,7 +293,8 @@ impl Device {
     }
 
     fn on_push(&mut self, push: &Value) {
-        let Some(room) = push["channel"].as_str().and_then(|c| c.strip_prefix("room:")).and_then(|r| r.parse().ok())
+        let Some(room) =
+            push["channel"].as_str().and_then(|c| c.strip_prefix("room:")).and_then(|r| r.parse().ok())
         else {
             return;
         };
@@ -277,7 +318,7 @@ impl Device {
             if Instant::now() >= deadline {
                 return Err(Dropped(format!("no reply to {method} within {RPC_TIMEOUT:?}")));
             }
-            for r in self.read(deadline).await? {
+            if let Some(r) = self.read(deadline).await? {
                 if r["id"].as_u64() == Some(id) {
                     return Ok(r);
                 }
@@ -353,7 +394,9 @@ impl Device {
                 continue;
             }
             if res["recovered"].as_bool() != Some(true) {
-                self.violation(format!("room {room}: not recovered after reconnecting to node {node}: {res}"));
+                self.violation(format!(
+                    "room {room}: not recovered after reconnecting to node {node}: {res}"
+                ));
             }
             let publications = res["publications"].as_array().cloned().unwrap_or_default();
             let n = publications.len();
@@ -457,12 +500,27 @@ async fn scenario(cluster: &mut Cluster, mut broker: Option<&mut OwnBroker>, fau
     }
     let mut rooms = Vec::new();
     for r in 0..ROOMS {
-        let room = rest_ok(&addrs[r % nodes], "POST", "/api/rooms", Some(&users[0].token), Some(json!({"name": format!("room {r}")})))
-            .await;
-        let id = room["id"].as_i64().or_else(|| room["room"]["id"].as_i64()).unwrap_or_else(|| panic!("room id in {room}"));
+        let room = rest_ok(
+            &addrs[r % nodes],
+            "POST",
+            "/api/rooms",
+            Some(&users[0].token),
+            Some(json!({"name": format!("room {r}")})),
+        )
+        .await;
+        let id = room["id"]
+            .as_i64()
+            .or_else(|| room["room"]["id"].as_i64())
+            .unwrap_or_else(|| panic!("room id in {room}"));
         for u in &users[1..] {
-            rest_ok(&addrs[(r + 1) % nodes], "POST", &format!("/api/rooms/{id}/members"), Some(&users[0].token), Some(json!({"username": u.name})))
-                .await;
+            rest_ok(
+                &addrs[(r + 1) % nodes],
+                "POST",
+                &format!("/api/rooms/{id}/members"),
+                Some(&users[0].token),
+                Some(json!({"username": u.name})),
+            )
+            .await;
         }
         rooms.push(id);
     }
@@ -490,8 +548,15 @@ async fn scenario(cluster: &mut Cluster, mut broker: Option<&mut OwnBroker>, fau
                 let room = rooms[k % rooms.len()];
                 let cmid = format!("{user_id}-{k}");
                 let m = d.send(room, &format!("message {k} from {}", d.name), &cmid).await;
-                let seq = m["seq"].as_i64().unwrap_or_else(|| panic!("{}: acknowledged message without seq: {m}", d.name));
-                assert_eq!(m["client_msg_id"].as_str(), Some(cmid.as_str()), "{}: the ack is of another message: {m}", d.name);
+                let seq = m["seq"]
+                    .as_i64()
+                    .unwrap_or_else(|| panic!("{}: acknowledged message without seq: {m}", d.name));
+                assert_eq!(
+                    m["client_msg_id"].as_str(),
+                    Some(cmid.as_str()),
+                    "{}: the ack is of another message: {m}",
+                    d.name
+                );
                 sent.acked.push((room, cmid, seq));
                 acks.fetch_add(1, Ordering::SeqCst);
             }
@@ -517,7 +582,10 @@ async fn scenario(cluster: &mut Cluster, mut broker: Option<&mut OwnBroker>, fau
         }));
     }
     for r in ready {
-        tokio::time::timeout(Duration::from_secs(60), r).await.expect("devices connect").expect("device task alive");
+        tokio::time::timeout(Duration::from_secs(60), r)
+            .await
+            .expect("devices connect")
+            .expect("device task alive");
     }
     eprintln!("devices connected, load starts, {:?}", t0.elapsed());
 
@@ -609,7 +677,12 @@ async fn scenario(cluster: &mut Cluster, mut broker: Option<&mut OwnBroker>, fau
     }
     go_tx.send(Some(targets.clone())).unwrap();
     for t in tasks {
-        results.push(tokio::time::timeout(Duration::from_secs(120), t).await.expect("device finishes").expect("device task"));
+        results.push(
+            tokio::time::timeout(Duration::from_secs(120), t)
+                .await
+                .expect("device finishes")
+                .expect("device task"),
+        );
     }
     eprintln!("devices synced, {:?}", t0.elapsed());
 
@@ -623,7 +696,9 @@ async fn scenario(cluster: &mut Cluster, mut broker: Option<&mut OwnBroker>, fau
         for (room, cmid, seq) in &sent.acked {
             if let Some(prev) = last_seq_per_room.insert(*room, *seq) {
                 if *seq <= prev {
-                    problems.push(format!("room {room}: {cmid} acknowledged at seq {seq}, after its sender's seq {prev}"));
+                    problems.push(format!(
+                        "room {room}: {cmid} acknowledged at seq {seq}, after its sender's seq {prev}"
+                    ));
                 }
             }
             acked_by_room.entry(*room).or_default().insert(cmid.clone(), *seq);
@@ -654,11 +729,18 @@ async fn scenario(cluster: &mut Cluster, mut broker: Option<&mut OwnBroker>, fau
         for (cmid, seq) in &acked {
             match seen.get(cmid) {
                 None => problems.push(format!("room {room}: acknowledged {cmid} (seq {seq}) is missing")),
-                Some(s) if s != seq => problems.push(format!("room {room}: {cmid} acknowledged at seq {seq}, stored at {s}")),
+                Some(s) if s != seq => {
+                    problems.push(format!("room {room}: {cmid} acknowledged at seq {seq}, stored at {s}"))
+                }
                 _ => {}
             }
         }
-        eprintln!("room {room}: {} messages read back, {} acknowledged, last seq {}", msgs.len(), acked.len(), targets[&room]);
+        eprintln!(
+            "room {room}: {} messages read back, {} acknowledged, last seq {}",
+            msgs.len(),
+            acked.len(),
+            targets[&room]
+        );
     }
     let acked_total: usize = acked_by_room.values().map(HashMap::len).sum();
     if acked_total != total {
@@ -833,8 +915,12 @@ impl OwnBroker {
         let port = self.port.to_string();
         let mut cmd = std::process::Command::new(self.name());
         match self.engine {
-            EngineKind::Redis => cmd.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
-            EngineKind::Nats => cmd.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"]).arg(self.dir.path().join("js")),
+            EngineKind::Redis => {
+                cmd.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            }
+            EngineKind::Nats => {
+                cmd.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"]).arg(self.dir.path().join("js"))
+            }
         };
         cmd.current_dir(self.dir.path())
             .stdin(std::process::Stdio::null())
@@ -843,7 +929,13 @@ impl OwnBroker {
         self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("start {}: {e}", self.name())));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !hubbub_testservices::reachable(&self.url) {
-            assert!(Instant::now() < deadline, "{} on port {} did not come up:\n{}", self.name(), self.port, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{} on port {} did not come up:\n{}",
+                self.name(),
+                self.port,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
