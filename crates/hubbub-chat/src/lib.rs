@@ -247,6 +247,8 @@ pub struct Chat {
     /// The order in which this node delivers each room's events (see `order`).
     pub sequencer: Arc<order::Sequencer>,
     typing: rooms::TypingThrottle,
+    /// Serialize each user's presence updates (see `Chat::reconcile_presence`).
+    presence_stripes: Vec<tokio::sync::Mutex<()>>,
     /// Password hashes in flight at once. argon2id takes ~19 MiB and a core per hash: a
     /// burst of sign-ups or log-ins must queue here, not multiply memory and starve the
     /// runtime's blocking pool.
@@ -274,6 +276,7 @@ impl Chat {
             config,
             sequencer: order::Sequencer::new(node.hub.clone(), store.clone()),
             users: Default::default(),
+            presence_stripes: (0..stream::PRESENCE_STRIPES).map(|_| Default::default()).collect(),
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()).min(4),
             ),

@@ -9,6 +9,7 @@ use hubbub_store::{
     StoreError, User, UserId,
 };
 use serde::Serialize;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Longest room name, in characters.
@@ -88,12 +89,12 @@ fn mentions(text: &str) -> Vec<&str> {
 }
 
 impl Chat {
-    fn member_view(&self, m: &Member) -> MemberView {
+    fn member_view(&self, m: &Member, online: &HashMap<UserId, bool>) -> MemberView {
         MemberView {
             id: m.user.id,
             username: m.user.username.clone(),
             role: m.role,
-            online: self.node.hub.is_online(&m.user.id.to_string()),
+            online: online.get(&m.user.id).copied().unwrap_or(false),
             last_seen: m.user.last_seen,
             delivered_seq: m.delivered_seq,
             read_seq: m.read_seq,
@@ -129,6 +130,13 @@ impl Chat {
 
     pub async fn rooms(&self, user: UserId) -> ChatResult<Vec<RoomView>> {
         let summaries = self.store.rooms_of(user).await?;
+        // Each member once, however many rooms they share: online means on any node.
+        let mut online = HashMap::new();
+        for member in summaries.iter().flat_map(|s| &s.members) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = online.entry(member.user.id) {
+                slot.insert(self.is_online(member.user.id).await);
+            }
+        }
         Ok(summaries
             .into_iter()
             .map(|s| RoomView {
@@ -140,7 +148,7 @@ impl Chat {
                 role: s.role,
                 last_message: s.last_message,
                 unread: s.unread,
-                members: s.members.iter().map(|m| self.member_view(m)).collect(),
+                members: s.members.iter().map(|m| self.member_view(m, &online)).collect(),
             })
             .collect())
     }

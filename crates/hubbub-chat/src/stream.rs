@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use hubbub_core::engine::{Answer, EngineError, HistoryPage, HistoryQuery};
 use hubbub_core::hooks::{ChannelHooks, UserEvents};
 use hubbub_protocol::codes::{ERROR_PERMISSION_DENIED, ERROR_UNKNOWN_CHANNEL};
-use hubbub_protocol::{json_from_str, ProtocolError, Publication, StreamPosition};
+use hubbub_protocol::{json_from_str, ClientInfo, ProtocolError, Publication, StreamPosition};
 use hubbub_store::{RoomId, StoredEvent, UserId};
 use std::sync::{Arc, Weak};
 
@@ -171,11 +171,6 @@ impl Chat {
 
     /// Tells everyone who shares a room with `user` that they came online or went offline.
     async fn announce_presence(&self, user: UserId, online: bool) {
-        // Connections of users that are not chat accounts (tokens made with the CLI, numeric
-        // or not) come and go too: nothing to store or announce for them.
-        if self.caller(user).await.is_err() {
-            return;
-        }
         let now = now_millis();
         if !online {
             if let Err(e) = self.store.set_last_seen(user, now).await {
@@ -193,24 +188,92 @@ impl Chat {
             self.publish_ephemeral(&room_channel(summary.room.id), event.clone()).await;
         }
     }
+
+    /// Makes the user's cluster-wide presence entry for this node match whether the user
+    /// has a connection here, and announces the change when the user thereby came online
+    /// on the first node, or went offline from the last one.
+    ///
+    /// A user is online while some node has an entry in the engine's presence under
+    /// [`online_key`]: one entry per node (its id), added when the user's first connection
+    /// there opens, removed when its last one closes, and kept alive by the engine's
+    /// refresh, so the entries of a node that died expire within `engine.presence_ttl`.
+    /// Runs after every change of the user's connections here, serialized per user (a
+    /// striped lock): the last run sees the last change, whatever the order of the runs.
+    async fn reconcile_presence(&self, user: UserId) {
+        // Connections of users that are not chat accounts (tokens made with the CLI, numeric
+        // or not) come and go too: nothing to store or announce for them.
+        if self.caller(user).await.is_err() {
+            return;
+        }
+        let _serial = self.presence_stripes[user.unsigned_abs() as usize % PRESENCE_STRIPES].lock().await;
+        let key = online_key(user);
+        let here = self.node.hub.is_online(&user.to_string());
+        let entries = match self.node.presence.presence(&key).await {
+            Ok(entries) => entries,
+            Err(e) => return tracing::warn!(user, error = %e, "presence not updated"),
+        };
+        let listed = entries.contains_key(&self.node.id);
+        let elsewhere = entries.len() > usize::from(listed);
+        let result = match (here, listed) {
+            (true, false) => {
+                let info = ClientInfo {
+                    user: user.to_string(),
+                    client: self.node.id.clone(),
+                    conn_info: None,
+                    chan_info: None,
+                };
+                self.node.presence.add(&key, info).await
+            }
+            (false, true) => self.node.presence.remove(&key, &self.node.id).await,
+            _ => return,
+        };
+        if let Err(e) = result {
+            tracing::warn!(user, error = %e, "presence not updated");
+        }
+        if !elsewhere {
+            self.announce_presence(user, here).await;
+        }
+    }
+
+    /// Whether the user has a connection on any node.
+    pub async fn is_online(&self, user: UserId) -> bool {
+        if self.node.hub.is_online(&user.to_string()) {
+            return true;
+        }
+        match self.node.presence.presence(&online_key(user)).await {
+            Ok(entries) => !entries.is_empty(),
+            Err(e) => {
+                tracing::warn!(user, error = %e, "presence not read");
+                false
+            }
+        }
+    }
 }
 
-/// Presence: online while any connection of the user is open.
+/// Locks that serialize presence updates per user (by user id modulo their number).
+pub(crate) const PRESENCE_STRIPES: usize = 64;
+
+/// The presence key (in the engine's presence store) of a user's nodes.
+pub fn online_key(user: UserId) -> String {
+    format!("chat.online:{user}")
+}
+
+/// Presence: online while any connection of the user is open, on any node.
 pub struct Presence(pub Weak<Chat>);
 
 impl Presence {
-    fn announce(&self, user: &str, online: bool) {
+    fn changed(&self, user: &str) {
         let (Some(chat), Ok(id)) = (self.0.upgrade(), user.parse::<UserId>()) else { return };
-        tokio::spawn(async move { chat.announce_presence(id, online).await });
+        tokio::spawn(async move { chat.reconcile_presence(id).await });
     }
 }
 
 impl UserEvents for Presence {
     fn online(&self, user: &str) {
-        self.announce(user, true);
+        self.changed(user);
     }
     fn offline(&self, user: &str) {
-        self.announce(user, false);
+        self.changed(user);
     }
 }
 
