@@ -87,6 +87,11 @@ enum Scenario {
         /// Seconds per measured phase.
         #[arg(long, default_value_t = 5.0)]
         phase: f64,
+        /// Hubbub publishes to namespace `r`, which keeps history (and, with the memory
+        /// engine's log, writes it to disk): what keeping a stream costs on the fan-out path.
+        /// Writes `<date>-fanout-history.md`.
+        #[arg(long)]
+        history: bool,
     },
     /// Many channels with a few subscribers each.
     Many {
@@ -270,8 +275,8 @@ async fn run(cli: Cli, nofile: u64) -> i32 {
                 verdict(per_conn.map(|v| v < 8.0))
             ));
         }
-        Scenario::Fanout { subscribers, phase } => {
-            scenario_name = "fanout";
+        Scenario::Fanout { subscribers, phase, history } => {
+            scenario_name = if history { "fanout-history" } else { "fanout" };
             let s = cap_note(subscribers);
             let shape = Shape {
                 channels: 1,
@@ -279,11 +284,19 @@ async fn run(cli: Cli, nofile: u64) -> i32 {
                 channels_per_connection: 1,
                 phase: Duration::from_secs_f64(phase),
                 window: opts.window,
+                history,
             };
             params.push(("subscribers".into(), s.to_string()));
             params.push(("phase".into(), format!("{phase} s")));
             params.push(("closed-loop window".into(), format!("{} publications", opts.window)));
             params.push(("publish requests in flight per connection".into(), opts.pipeline.to_string()));
+            if history {
+                notes.push(
+                    "Hubbub's channel is in namespace `r` (history_size 10000): each publication is also kept in \
+                     its stream and, with `engine.persist` (the default), queued for the stream log's writer thread."
+                        .into(),
+                );
+            }
             for &kind in &kinds {
                 eprintln!("fanout: {} with {s} subscribers", kind.name());
                 columns.push((kind, scenarios::throughput(kind, &common, shape).await));
@@ -299,6 +312,7 @@ async fn run(cli: Cli, nofile: u64) -> i32 {
                 channels_per_connection: k,
                 phase: Duration::from_secs_f64(phase),
                 window: opts.window,
+                history: false,
             };
             let n = cap_note(shape.connections());
             if n < shape.connections() {
@@ -397,6 +411,7 @@ async fn run(cli: Cli, nofile: u64) -> i32 {
                     channels_per_connection: 1,
                     phase: Duration::from_secs_f64(phase),
                     window: opts.window,
+                    history: false,
                 },
                 chat: chat_scenarios::ChatShape {
                     users,

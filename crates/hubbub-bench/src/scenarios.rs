@@ -195,6 +195,8 @@ pub struct Shape {
     pub phase: Duration,
     /// Closed loop: publications in flight (published, not yet received by everyone).
     pub window: u64,
+    /// Hubbub: channels of namespace `r` (history kept) instead of the default namespace.
+    pub history: bool,
 }
 
 impl Shape {
@@ -291,7 +293,7 @@ pub async fn throughput_on(
         kind,
         addr: server.addr(),
         nodes: subscribe_to,
-        namespace: String::new(),
+        namespace: if shape.history { "r:" } else { "" }.into(),
         reconnect: false,
         jitter: Duration::ZERO,
     });

@@ -32,7 +32,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The log's file name in `data_dir`.
@@ -238,6 +238,11 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PersistError + '_ {
     move |source| PersistError::Io { path: path.to_owned(), source }
 }
 
+/// Where a compaction writes the new log before it replaces the old one.
+fn compacting_path(log: &Path) -> PathBuf {
+    log.with_extension("log.compacting")
+}
+
 /// Syncs a folder, so that a file created or renamed in it stays after a crash.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -247,6 +252,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// `apply` in order, and cuts a torn or corrupt tail. Returns the file open for appending
 /// and its length.
 pub fn load(path: &Path, mut apply: impl FnMut(Record)) -> Result<(File, u64), PersistError> {
+    // A compaction cut short by a crash left its unfinished file: the log is still whole.
+    let _ = std::fs::remove_file(compacting_path(path));
     let err = io_err(path);
     let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(err)?;
     let mut bytes = Vec::new();
@@ -321,13 +328,14 @@ pub type Snapshot = Arc<dyn Fn(&mut Encoder, &mut dyn FnMut(&mut Encoder)) + Sen
 
 /// The publish path's end of the log.
 pub struct Log {
-    tx: Mutex<Option<Sender<Op>>>,
+    /// `None` only while dropped. After [`Log::close`] the writer is gone and sends fail.
+    tx: Option<Sender<Op>>,
     budget: Arc<tokio::sync::Semaphore>,
     /// The writer could not write: durability cannot be promised any more.
     failed: Arc<AtomicBool>,
     /// Current length of the log file (for the stats and the tests).
     len: Arc<AtomicU64>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 pub struct LogOptions {
@@ -362,18 +370,11 @@ impl Log {
             .name("hubbub-streams-log".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err(&path))?;
-        Ok(Log {
-            tx: Mutex::new(Some(tx)),
-            budget,
-            failed,
-            len: len_shared,
-            thread: Mutex::new(Some(thread)),
-        })
+        Ok(Log { tx: Some(tx), budget, failed, len: len_shared, thread: Some(thread) })
     }
 
     fn send(&self, op: Op) -> bool {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.as_ref().is_some_and(|tx| tx.send(op).is_ok())
+        self.tx.as_ref().is_some_and(|tx| tx.send(op).is_ok())
     }
 
     /// Takes room in the queue for a record of `bytes` estimated bytes, waiting while the
@@ -415,7 +416,6 @@ impl Log {
         if self.send(Op::Close(tx)) {
             let _ = rx.await;
         }
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// Bytes of the log file now.
@@ -428,8 +428,8 @@ impl Drop for Log {
     /// Dropped without [`Log::close`] (tests, the fuzz target): the writer still writes what
     /// was queued and marks the log clean (nothing can be queued any more).
     fn drop(&mut self) {
-        self.tx.get_mut().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = self.thread.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
@@ -594,7 +594,7 @@ impl Writer {
         if self.len <= COMPACT_MIN_BYTES.max(live.saturating_mul(2)) {
             return;
         }
-        let tmp = self.options.path.with_extension("log.compacting");
+        let tmp = compacting_path(&self.options.path);
         let (tx, done) = std::sync::mpsc::channel();
         let snapshot_path = tmp.clone();
         let snapshot = self.options.snapshot.clone();
