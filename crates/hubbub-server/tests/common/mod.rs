@@ -8,9 +8,12 @@
 //!   recorded, newline-batched frames split).
 //! * [`Api`]: the server HTTP API (`POST /api/<method>` with `X-API-Key`).
 //! * JWT helpers (HS256 via `jsonwebtoken`) and the `hubbub token` CLI.
+//! * [`cluster::Cluster`]: N real nodes on Redis or NATS and one PostgreSQL database.
 //!
 //! Every wait in here has a timeout; nothing can hang forever.
 #![allow(dead_code)]
+
+pub mod cluster;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
