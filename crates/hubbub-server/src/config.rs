@@ -235,6 +235,11 @@ impl Config {
         {
             return bad("engine.prefix", "must be letters, digits, '_' or '-' (it starts keys and subjects)");
         }
+        if self.engine.kind == EngineKind::Nats
+            && (self.engine.nats_url.is_empty() || self.engine.nats_url.chars().any(char::is_whitespace))
+        {
+            return bad("engine.nats_url", "expected a NATS server address like \"nats://127.0.0.1:4222\"");
+        }
         if self.engine.heartbeat_interval < Duration::from_millis(100) {
             return bad("engine.heartbeat_interval", "must be at least 100ms");
         }
@@ -368,6 +373,11 @@ mod tests {
         assert!(e.contains("namespaces[0].history_ttl"), "{e}");
         let e = load("[engine]\nhistory_max_bytes = 1000\n", &[]).unwrap_err().to_string();
         assert!(e.contains("engine.history_max_bytes"), "{e}");
+        let cluster = "[auth]\ntoken_secret = \"s\"\napi_key = \"k\"\n[store]\ntype = \"postgres\"\n";
+        let e = load(&format!("{cluster}[engine]\ntype = \"nats\"\nnats_url = \"\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("engine.nats_url"), "{e}");
         let e = load("", &[("HUBBUB_ENGINE_HISTORY_MAX_STREAMS", "0")]).unwrap_err().to_string();
         assert!(e.contains("engine.history_max_streams"), "{e}");
         let e = load("listen = \"nowhere\"\n", &[]).unwrap_err().to_string();
