@@ -24,6 +24,9 @@ fi
   HUBBUB_BIN="$PWD/../../target/debug/hubbub" npm test
 )
 
+echo "== centrifuge-js compatibility suite against a 3-node cluster (Redis + PostgreSQL) behind HAProxy"
+bash scripts/test-js-cluster.sh
+
 echo "== browser tests of the web UI"
 bash scripts/setup-browser.sh
 (

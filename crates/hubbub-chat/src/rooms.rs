@@ -76,6 +76,9 @@ fn validate_room_name(name: &str) -> ChatResult<String> {
     if name.chars().count() > MAX_ROOM_NAME {
         return Err(ChatError::bad_request(format!("room names are at most {MAX_ROOM_NAME} characters")));
     }
+    if name.contains('\0') {
+        return Err(ChatError::bad_request("the room name contains a NUL character"));
+    }
     Ok(name.to_owned())
 }
 
@@ -246,6 +249,11 @@ impl Chat {
         if trimmed.is_empty() {
             return Err(ChatError::bad_request("the message is empty"));
         }
+        // No store keeps it the same way (PostgreSQL text cannot hold it at all): refused
+        // alike on every backend.
+        if trimmed.contains('\0') {
+            return Err(ChatError::bad_request("the message contains a NUL character"));
+        }
         let n = trimmed.chars().count();
         if n > self.config.max_message_length {
             return Err(ChatError::new(
@@ -272,7 +280,8 @@ impl Chat {
         self.spend_write(sender.id)?;
         let text = self.validate_text(text)?;
         let client_msg_id = client_msg_id.trim();
-        if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
+        if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID || client_msg_id.contains('\0')
+        {
             return Err(ChatError::bad_request(format!(
                 "client_msg_id is required (1 to {MAX_CLIENT_MSG_ID} characters): it makes retries safe"
             )));
@@ -397,7 +406,7 @@ impl Chat {
     ) -> ChatResult<Message> {
         self.spend_write(user.id)?;
         let emoji = emoji.trim();
-        if emoji.is_empty() || emoji.chars().count() > MAX_EMOJI {
+        if emoji.is_empty() || emoji.chars().count() > MAX_EMOJI || emoji.contains('\0') {
             return Err(ChatError::bad_request("a reaction is one emoji (or a short text)"));
         }
         self.require_member(room, user.id).await?;

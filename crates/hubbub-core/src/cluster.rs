@@ -382,6 +382,9 @@ pub(crate) struct Cluster {
     checking: tokio::sync::Mutex<()>,
     /// The registry refused a node (full): warned once until it has room again.
     registry_full: AtomicBool,
+    /// The node said `leave` (it is shutting down): no more heartbeats, which would make
+    /// the others list it again.
+    leaving: AtomicBool,
 }
 
 /// The receiving end of the outgoing queue, for [`send_loop`].
@@ -398,6 +401,7 @@ impl Cluster {
             outgoing: tx,
             checking: tokio::sync::Mutex::new(()),
             registry_full: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
         };
         (cluster, rx)
     }
@@ -447,6 +451,9 @@ pub(crate) async fn heartbeat_loop(node: Weak<Node>, interval: Duration) {
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
+        if node.cluster.leaving.load(Ordering::Relaxed) {
+            return;
+        }
         node.cluster.registry().prune(Instant::now(), node.cluster.ttl());
         node.send_detached(None, Message::Heartbeat(node.info()));
     }
@@ -694,6 +701,7 @@ impl Node {
 
     /// Tells the other nodes this one is leaving (a graceful shutdown).
     pub(crate) fn announce_leave(&self) {
+        self.cluster.leaving.store(true, Ordering::Relaxed);
         self.send_detached(None, Message::Leave);
     }
 
@@ -722,7 +730,9 @@ impl Node {
                         self.cluster.registry_full.store(false, Ordering::Relaxed);
                         tracing::info!(node = %from, "node joined the cluster");
                         // Let the newcomer know this node now, not at the next heartbeat.
-                        self.send_detached(Some(&from), Message::Heartbeat(self.info()));
+                        if !self.cluster.leaving.load(Ordering::Relaxed) {
+                            self.send_detached(Some(&from), Message::Heartbeat(self.info()));
+                        }
                     }
                     Heard::Known => {}
                     Heard::Refused => {

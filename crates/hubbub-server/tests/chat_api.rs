@@ -384,7 +384,8 @@ struct Restarted {
 }
 
 impl Restarted {
-    /// Starts `hubbub serve --config <srv's config>` again: same data dir, new port.
+    /// Starts `hubbub serve --config <srv's config>` again: same data dir, same environment
+    /// (the store's database, in tests/chat_postgres.rs), new port.
     fn start(srv: &Server) -> Restarted {
         let stderr_path = srv.dir.path().join("stderr-restarted.log");
         let file = std::fs::File::create(&stderr_path).unwrap();
@@ -392,6 +393,7 @@ impl Restarted {
             .arg("serve")
             .arg("--config")
             .arg(&srv.config_path)
+            .envs(srv.builder.env.iter().map(|(k, v)| (k, v)))
             .current_dir(srv.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1007,6 +1009,9 @@ async fn messages_send_edit_delete_react_bad_input_retry_paging() {
     h.post(&path, at, json!({"text": "empty id", "client_msg_id": ""})).await.err(400, "bad_request");
     h.post(&path, at, json!({"client_msg_id": "e4"})).await.err(400, "bad_request");
     h.post(&path, at, json!({"text": 42, "client_msg_id": "e5"})).await.err(400, "bad_request");
+    // NUL is refused whatever the store (PostgreSQL text cannot hold it).
+    h.post(&path, at, json!({"text": "a\u{0}b", "client_msg_id": "e7"})).await.err(400, "bad_request");
+    h.post(&path, at, json!({"text": "ok", "client_msg_id": "e\u{0}8"})).await.err(400, "bad_request");
     for body in ["{\"text\":", "not json", "[]"] {
         h.raw("POST", &path, at, Some(body.into())).await.err(400, "bad_request");
     }

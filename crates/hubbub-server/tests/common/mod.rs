@@ -8,9 +8,12 @@
 //!   recorded, newline-batched frames split).
 //! * [`Api`]: the server HTTP API (`POST /api/<method>` with `X-API-Key`).
 //! * JWT helpers (HS256 via `jsonwebtoken`) and the `hubbub token` CLI.
+//! * [`cluster::Cluster`]: N real nodes on Redis or NATS and one PostgreSQL database.
 //!
 //! Every wait in here has a timeout; nothing can hang forever.
 #![allow(dead_code)]
+
+pub mod cluster;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
@@ -269,6 +272,32 @@ pub struct Server {
     pub stdout_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub builder: Builder,
     exited: Option<ExitStatus>,
+    /// The server's own PostgreSQL database, when it keeps the chat there (see
+    /// [`chat_on_postgres`]): dropped after the process is stopped.
+    _database: Option<hubbub_testservices::TempDatabase>,
+}
+
+/// The test binary `chat_postgres` runs the chat's tests (tests/chat_api.rs) with the store on
+/// PostgreSQL: there every server not configured otherwise gets a database of its own
+/// (`store.type` and `store.postgres_url` through the environment), kept across its restarts.
+/// Without a PostgreSQL server it says so loudly and the test runs on SQLite (under
+/// `HUBBUB_REQUIRE_SERVICES=1` it fails).
+fn chat_on_postgres(builder: &mut Builder) -> Option<hubbub_testservices::TempDatabase> {
+    if env!("CARGO_CRATE_NAME") != "chat_postgres"
+        || builder.env.iter().any(|(k, _)| k == "HUBBUB_STORE_TYPE")
+    {
+        return None;
+    }
+    // `start` is synchronous and may run inside the test's runtime: a thread of its own.
+    let database = std::thread::spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(hubbub_testservices::postgres_database())
+    })
+    .join()
+    .expect("creating the test database")?;
+    builder.env.push(("HUBBUB_STORE_TYPE".into(), "postgres".into()));
+    builder.env.push(("HUBBUB_STORE_POSTGRES_URL".into(), database.url().into()));
+    Some(database)
 }
 
 /// Write `text` as a config file inside `dir`.
@@ -288,14 +317,25 @@ impl Server {
         Builder::default()
     }
 
-    fn start(builder: Builder) -> Server {
+    fn start(mut builder: Builder) -> Server {
+        let database = chat_on_postgres(&mut builder);
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).unwrap();
         let config_path = write_config(dir.path(), &builder.render(&data_dir));
         let stderr_path = dir.path().join("stderr.log");
         let (child, addr, lines) = Self::launch(&builder, dir.path(), &config_path, &stderr_path);
-        Server { addr, child, dir, config_path, stderr_path, stdout_lines: lines, builder, exited: None }
+        Server {
+            addr,
+            child,
+            dir,
+            config_path,
+            stderr_path,
+            stdout_lines: lines,
+            builder,
+            exited: None,
+            _database: database,
+        }
     }
 
     /// Starts the server again on the same configuration and data dir (a new port: `addr`

@@ -183,77 +183,43 @@ async fn append_one(conn: &mut PgConnection, new: &NewMessage) -> StoreResult<Ap
             return Err(StoreError::NotFound);
         }
     }
+    // One statement for the usual case (each is a round trip, and the group commit's writer
+    // makes them one after the other): takes the room's next seq (and its row lock, until
+    // commit), but only when the message will be stored (the sender is a member, and this is
+    // not a retry of a stored `client_msg_id`), and returns what decides it.
+    let (seq, retry, sender, room_exists): (Option<i64>, bool, Option<String>, bool) = sqlx::query_as(
+        "WITH dup AS (SELECT 1 FROM messages WHERE sender_id = $2 AND client_msg_id = $3), \
+         taken AS ( \
+             UPDATE rooms SET last_seq = last_seq + 1 \
+             WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM dup) \
+               AND EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) \
+             RETURNING last_seq) \
+         SELECT (SELECT last_seq FROM taken), EXISTS (SELECT 1 FROM dup), \
+             (SELECT username FROM users WHERE id = $2), EXISTS (SELECT 1 FROM rooms WHERE id = $1)",
+    )
+    .bind(new.room_id)
+    .bind(new.sender_id)
+    .bind(client_msg_id)
+    .fetch_one(&mut *conn)
+    .await?;
     // A retry is answered with the original, even when the sender has left since.
-    if let Some(id) = client_msg_id {
+    if let (true, Some(id)) = (retry, client_msg_id) {
         if let Some(message) = original(conn, new.sender_id, id).await? {
             return Ok(Appended::Duplicate(message));
         }
     }
-    // Takes the room's next seq (and its row lock, until commit) when the sender is a member.
-    let row: Option<(i64, Option<String>)> = sqlx::query_as(
-        "UPDATE rooms SET last_seq = last_seq + 1 \
-         WHERE id = $1 AND EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) \
-         RETURNING last_seq, (SELECT username FROM users WHERE id = $2)",
-    )
-    .bind(new.room_id)
-    .bind(new.sender_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((seq, sender)) = row else {
-        let (room, user): (bool, bool) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM rooms WHERE id = $1), EXISTS (SELECT 1 FROM users WHERE id = $2)",
-        )
-        .bind(new.room_id)
-        .bind(new.sender_id)
-        .fetch_one(&mut *conn)
-        .await?;
-        return Err(if room && user { StoreError::Forbidden } else { StoreError::NotFound });
+    let Some(seq) = seq else {
+        return Err(if room_exists && sender.is_some() {
+            StoreError::Forbidden
+        } else {
+            StoreError::NotFound
+        });
     };
     let sender = sender.ok_or_else(|| {
         decode_error(format!("member {} of room {} has no user row", new.sender_id, new.room_id))
     })?;
     let seq = to_u64(seq);
     let now = now_millis();
-    // Another node storing the same `client_msg_id` right now: this waits for it, and when
-    // it commits, stores nothing.
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO messages (room_id, seq, sender_id, text, client_msg_id, reply_to, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (sender_id, client_msg_id) DO NOTHING RETURNING id",
-    )
-    .bind(new.room_id)
-    .bind(to_i64(seq))
-    .bind(new.sender_id)
-    .bind(&new.text)
-    .bind(client_msg_id)
-    .bind(new.reply_to.map(to_i64))
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if inserted.is_none() {
-        // The seq goes back: this transaction holds the room's row, and took no later seq of it.
-        sqlx::query("UPDATE rooms SET last_seq = last_seq - 1 WHERE id = $1")
-            .bind(new.room_id)
-            .execute(&mut *conn)
-            .await?;
-        let id = client_msg_id.unwrap_or_default();
-        let message = original(conn, new.sender_id, id).await?.ok_or_else(|| {
-            decode_error(format!("client_msg_id {id:?} of user {} conflicts but is not found", new.sender_id))
-        })?;
-        return Ok(Appended::Duplicate(message));
-    }
-    // Unread for every other member (markers never pass `rooms.last_seq`).
-    let unread: Vec<(UserId, i64)> = sqlx::query_as(
-        "UPDATE members SET unread = unread + 1 WHERE room_id = $1 AND user_id <> $2 AND read_seq < $3 \
-         RETURNING user_id, unread",
-    )
-    .bind(new.room_id)
-    .bind(new.sender_id)
-    .bind(to_i64(seq))
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut unread: Vec<(UserId, u64)> = unread.into_iter().map(|(user, n)| (user, to_u64(n))).collect();
-    unread.sort_unstable();
     let message = Message {
         room_id: new.room_id,
         seq,
@@ -267,9 +233,52 @@ async fn append_one(conn: &mut PgConnection, new: &NewMessage) -> StoreResult<Ap
         deleted: false,
         reactions: Vec::new(),
     };
-    let event =
-        insert_event(conn, new.room_id, seq, &RoomEvent::Message { message: message.clone() }).await?;
-    Ok(Appended::New { message, event, unread })
+    let event = RoomEvent::Message { message: message.clone() };
+    let json = encode_event(&event)?;
+    // The message, its event and the other members' unread counters (markers never pass
+    // `rooms.last_seq`, so the message is above every one), in one statement. Another node
+    // storing the same `client_msg_id` right now: the insert waits for it, and when it
+    // commits, nothing is stored.
+    let (stored, members, counts): (bool, Vec<i64>, Vec<i64>) = sqlx::query_as(
+        "WITH m AS ( \
+             INSERT INTO messages (room_id, seq, sender_id, text, client_msg_id, reply_to, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (sender_id, client_msg_id) DO NOTHING RETURNING id), \
+         e AS ( \
+             INSERT INTO events (room_id, seq, json, created_at, message_seq) \
+             SELECT $1, $2, $8, $7, $2 FROM m), \
+         u AS ( \
+             UPDATE members SET unread = unread + 1 \
+             WHERE room_id = $1 AND user_id <> $3 AND read_seq < $2 AND EXISTS (SELECT 1 FROM m) \
+             RETURNING user_id, unread) \
+         SELECT EXISTS (SELECT 1 FROM m), \
+             COALESCE((SELECT array_agg(user_id ORDER BY user_id) FROM u), '{}'), \
+             COALESCE((SELECT array_agg(unread ORDER BY user_id) FROM u), '{}')",
+    )
+    .bind(new.room_id)
+    .bind(to_i64(seq))
+    .bind(new.sender_id)
+    .bind(&new.text)
+    .bind(client_msg_id)
+    .bind(new.reply_to.map(to_i64))
+    .bind(now)
+    .bind(&json)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !stored {
+        // The seq goes back: this transaction holds the room's row, and took no later seq of it.
+        sqlx::query("UPDATE rooms SET last_seq = last_seq - 1 WHERE id = $1")
+            .bind(new.room_id)
+            .execute(&mut *conn)
+            .await?;
+        let id = client_msg_id.unwrap_or_default();
+        let message = original(conn, new.sender_id, id).await?.ok_or_else(|| {
+            decode_error(format!("client_msg_id {id:?} of user {} conflicts but is not found", new.sender_id))
+        })?;
+        return Ok(Appended::Duplicate(message));
+    }
+    let unread = members.into_iter().zip(counts.into_iter().map(to_u64)).collect();
+    Ok(Appended::New { message, event: StoredEvent { room_id: new.room_id, seq, json }, unread })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -267,3 +267,81 @@ async fn group_commit_throughput() {
         assert_eq!(assert_contiguous_events(&store, room).await.len(), N / 2 + 1);
     }
 }
+
+/// The database drops every connection of the store (a restart, a failover, an idle timeout):
+/// the pool notices and connects again, so the store goes on by itself, and what was
+/// acknowledged before is there after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connections_are_replaced() {
+    use sqlx::Connection;
+    let Some((db, store)) = database().await else { return };
+    let alice = user(&store, "alice").await;
+    let room = store.create_group("g", alice).await.unwrap().id;
+    let first = store.append_message(new_message(room, alice, "before", "b")).await.unwrap();
+    assert!(matches!(first, Appended::New { .. }));
+
+    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty(), "the store had connections to drop");
+
+    // Within a few tries (a request on a connection dropped under it fails), it works again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let appended = loop {
+        match store.append_message(new_message(room, alice, "after", "a")).await {
+            Ok(appended) => break appended,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("append after the connections were dropped: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the store did not recover: {e}"),
+        }
+    };
+    assert!(matches!(appended, Appended::New { ref message, .. } if message.seq == 2), "{appended:?}");
+    assert_eq!(store.messages(room, Page::Latest, 10).await.unwrap().len(), 2);
+    assert_contiguous_events(&store, room).await;
+}
+
+/// A node restarting (a new store on the same database, migrations already applied) finds
+/// everything: rooms with their epochs, seqs that carry on, retries still recognized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_finds_everything() {
+    let Some((db, store)) = database().await else { return };
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let room = store.create_group("g", alice).await.unwrap();
+    store.add_member(room.id, bob, Role::Admin).await.unwrap();
+    for i in 0..5 {
+        store
+            .append_message(new_message(room.id, alice, &format!("persistent {i}"), &format!("c{i}")))
+            .await
+            .unwrap();
+    }
+    store.mark(room.id, bob, Some(4), Some(3)).await.unwrap();
+    store.insert_refresh("tok", alice, "fam", i64::MAX).await.unwrap();
+    store.close().await;
+    drop(store);
+
+    let store = PgStore::open_with_pool_size(db.url(), TEST_POOL).await.unwrap();
+    let r = store.room(room.id).await.unwrap().unwrap();
+    assert_eq!((r.epoch.as_str(), r.last_seq), (room.epoch.as_str(), 6));
+    assert_eq!(store.role(room.id, bob).await.unwrap(), Some(Role::Admin));
+    assert_eq!(store.unread(room.id, bob).await.unwrap(), 3);
+    assert_eq!(store.search(bob, "persistent", 10).await.unwrap().len(), 5);
+    assert!(matches!(
+        store.append_message(new_message(room.id, alice, "again", "c0")).await.unwrap(),
+        Appended::Duplicate(m) if m.seq == 2
+    ));
+    let next = store.append_message(new_message(room.id, alice, "after", "c-new")).await.unwrap();
+    assert!(matches!(next, Appended::New { ref message, .. } if message.seq == 7), "{next:?}");
+    assert_eq!(
+        store.rotate_refresh("tok", "tok2", i64::MAX, 0).await.unwrap(),
+        RefreshOutcome::Rotated { user_id: alice }
+    );
+    assert_contiguous_events(&store, room.id).await;
+}
