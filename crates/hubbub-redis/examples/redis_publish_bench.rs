@@ -1,12 +1,11 @@
-//! Publish latency and throughput through NATS, between two engines in one process (two
-//! "nodes"): `cargo run --release -p hubbub-nats --example publish_bench`.
-//! NATS with JetStream at `HUBBUB_TEST_NATS_URL` (default nats://127.0.0.1:4222), under a
-//! prefix of its own (its stream and buckets deleted at the end). Bounded: a fixed number of
-//! sequential publishes, then a few seconds of concurrent ones.
+//! Publish latency and throughput through Redis, between two engines in one process (two
+//! "nodes"): `cargo run --release -p hubbub-redis --example redis_publish_bench`.
+//! Redis at `HUBBUB_TEST_REDIS_URL` (default redis://127.0.0.1:6379), under a prefix of its own.
+//! Bounded: a fixed number of sequential publishes, then a few seconds of concurrent ones.
 
 use hubbub_core::engine::{Broker, BrokerEvents, EngineConfig, HistoryOptions};
-use hubbub_nats::{NatsConfig, NatsEngine};
 use hubbub_protocol::{json_from_str, ClientInfo, Publication};
+use hubbub_redis::{RedisConfig, RedisEngine};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +32,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn report(what: &str, mut samples: Vec<Duration>) {
     samples.sort_unstable();
     println!(
-        "{what:<48} p50 {:>7.0} µs  p99 {:>7.0} µs  max {:>7.0} µs",
+        "{what:<44} p50 {:>7.0} µs  p99 {:>7.0} µs  max {:>7.0} µs",
         percentile(&samples, 0.5).as_secs_f64() * 1e6,
         percentile(&samples, 0.99).as_secs_f64() * 1e6,
         samples.last().unwrap().as_secs_f64() * 1e6
@@ -42,12 +41,12 @@ fn report(what: &str, mut samples: Vec<Duration>) {
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("HUBBUB_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let url = std::env::var("HUBBUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let engine =
-        EngineConfig { nats_url: url, prefix: hubbub_testservices::unique_prefix(), ..Default::default() };
-    let config = NatsConfig::from_engine(&engine, Duration::from_secs(600));
-    let a = Arc::new(NatsEngine::connect(config.clone()).await.expect("nats"));
-    let b = Arc::new(NatsEngine::connect(config).await.expect("nats"));
+        EngineConfig { redis_url: url, prefix: hubbub_testservices::unique_prefix(), ..Default::default() };
+    let config = RedisConfig::from_engine(&engine);
+    let a = Arc::new(RedisEngine::connect(config.clone()).await.expect("redis"));
+    let b = Arc::new(RedisEngine::connect(config).await.expect("redis"));
     let (tx_a, _rx_a) = mpsc::unbounded_channel();
     a.start("a", Arc::new(Arrivals(tx_a, AtomicU64::new(0)))).await.unwrap();
     let (tx, mut arrivals) = mpsc::unbounded_channel();
@@ -70,19 +69,8 @@ async fn main() {
         delivery.push(at - sent);
     }
     println!("{SEQUENTIAL} sequential publishes, 100-byte payload, node a → node b:");
-    report("publish call (JetStream append + ack)", call);
-    report("publish on a → delivered on b (republish)", delivery);
-
-    // Node b appends to the channel node a appended to last: the top must be read again.
-    let mut call = Vec::new();
-    for i in 0..SEQUENTIAL / 4 {
-        let node = if i % 2 == 0 { &a } else { &b };
-        let sent = Instant::now();
-        node.publish("bench", publication(), h).await.unwrap();
-        call.push(sent.elapsed());
-        arrivals.recv().await.unwrap();
-    }
-    report("publish call, nodes alternating (top re-read)", call);
+    report("publish call (Lua script round trip)", call);
+    report("publish on a → delivered on b", delivery);
 
     let mut call = Vec::new();
     for _ in 0..SEQUENTIAL {
@@ -91,26 +79,19 @@ async fn main() {
         call.push(sent.elapsed());
         arrivals.recv().await.unwrap();
     }
-    report("publish call without history (core publish)", call);
+    report("publish call without history (PUBLISH)", call);
 
-    // 64 publishers: on one channel (one append in flight per channel and node), on 64
-    // channels, and on one channel from both nodes (appends race for the offset).
-    for (what, channels, nodes, history) in [
-        ("1 channel, history", 1, 1, h),
-        ("64 channels, history", 64, 1, h),
-        ("1 channel, history, 2 nodes", 1, 2, h),
-        ("1 channel, no history", 1, 1, HistoryOptions::default()),
-    ] {
+    for (what, history) in [("with history", h), ("without history", HistoryOptions::default())] {
+        let channel = if history.enabled() { "bench" } else { "plain" };
+        let before = received.1.load(Ordering::Relaxed);
         let stop = Instant::now() + Duration::from_secs(3);
         let done = Arc::new(AtomicU64::new(0));
         let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let node = if nodes == 2 && i % 2 == 1 { b.clone() } else { a.clone() };
-                let (done, p) = (done.clone(), publication());
-                let channel = format!("load{}", i % channels);
+            .map(|_| {
+                let (a, done, p) = (a.clone(), done.clone(), publication());
                 tokio::spawn(async move {
                     while Instant::now() < stop {
-                        node.publish(&channel, p.clone(), history).await.unwrap();
+                        a.publish(channel, p.clone(), history).await.unwrap();
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 })
@@ -122,11 +103,16 @@ async fn main() {
         }
         let elapsed = started.elapsed();
         let sent = done.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while received.1.load(Ordering::Relaxed) - before < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        while arrivals.try_recv().is_ok() {}
         println!(
-            "64 concurrent publishers, {what:<28} {:>8.0} publishes/s",
-            sent as f64 / elapsed.as_secs_f64()
+            "64 concurrent publishers {what:<16} {:>8.0} publishes/s, {} of {} delivered on b",
+            sent as f64 / elapsed.as_secs_f64(),
+            received.1.load(Ordering::Relaxed) - before,
+            sent
         );
     }
-    while arrivals.try_recv().is_ok() {}
-    a.destroy().await.unwrap();
 }
