@@ -257,7 +257,11 @@ pub struct OwnRedis {
 
 impl OwnRedis {
     pub fn start() -> OwnRedis {
-        let port = hubbub_testservices::free_port();
+        Self::start_on(hubbub_testservices::free_port())
+    }
+
+    /// On `port` (to start it again where its clients expect it, after dropping the first).
+    pub fn start_on(port: u16) -> OwnRedis {
         let dir = tempfile::tempdir().expect("tempdir");
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])

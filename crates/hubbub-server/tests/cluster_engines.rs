@@ -1,50 +1,22 @@
-//! Real `hubbub serve` processes on the Redis engine sharing one PostgreSQL database: a
-//! client on either node sees the same channels, offsets, history and presence; a node rides
-//! out a Redis restart. Each test has its own key prefix and database (or its own
-//! `redis-server`); skips loudly without Redis or PostgreSQL (fails under
+//! Real `hubbub serve` processes on each cluster engine (Redis, NATS) sharing one PostgreSQL
+//! database: a client on either node sees the same channels, offsets, history and presence;
+//! history outlives every node; a node rides out a Redis restart; a node that cannot reach
+//! its engine says so in one line. Each test has its own key prefix and database (or its own
+//! `redis-server`); skips loudly without the services (fails under
 //! HUBBUB_REQUIRE_SERVICES=1).
 mod common;
 
+use common::cluster::{Cluster, EngineKind, OwnRedis};
 use common::*;
-use hubbub_testservices::TempDatabase;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-/// What the nodes of one test's cluster share: a Redis (and a key prefix) and a database.
-struct Cluster {
-    redis_url: String,
-    prefix: String,
-    database: TempDatabase,
-}
-
-impl Cluster {
-    async fn on(redis_url: String) -> Option<Cluster> {
-        let database = hubbub_testservices::postgres_database().await?;
-        Some(Cluster { redis_url, prefix: hubbub_testservices::unique_prefix(), database })
-    }
-
-    async fn new() -> Option<Cluster> {
-        Cluster::on(hubbub_testservices::redis()?).await
-    }
-
-    fn builder(&self) -> Builder {
-        Server::builder()
-            .env("HUBBUB_ENGINE_TYPE", "redis")
-            .env("HUBBUB_ENGINE_REDIS_URL", &self.redis_url)
-            .env("HUBBUB_ENGINE_PREFIX", &self.prefix)
-            .env("HUBBUB_STORE_TYPE", "postgres")
-            .env("HUBBUB_STORE_POSTGRES_URL", self.database.url())
-    }
-
-    fn node(&self) -> Server {
-        self.builder().start()
-    }
-}
-
-#[tokio::test]
-async fn two_nodes_on_redis_share_channels_history_and_presence() {
-    let Some(cluster) = Cluster::new().await else { return };
-    let (n1, n2) = (cluster.node(), cluster.node());
+/// Two nodes on `engine`: fan-out both ways, joins and leaves, history and presence from
+/// either node, recovery on the other node.
+async fn two_nodes_share_channels_history_and_presence(engine: EngineKind) {
+    let Some(cluster) = Cluster::builder().engine(engine).nodes(2).start().await else { return };
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let prefix = cluster.prefix.clone();
 
     let mut alice = n1.user("alice").await;
     let sub = alice.subscribe_with(json!({"channel": "news", "join_leave": true})).await;
@@ -86,27 +58,47 @@ async fn two_nodes_on_redis_share_channels_history_and_presence() {
     alice.expect_presence_push("news", "leave", "bob").await;
     let presence = n1.api().ok("presence", json!({"channel": "news"})).await;
     assert!(!presence.to_string().contains("\"bob\""), "{presence}");
+    drop(cluster);
+    if engine == EngineKind::Nats {
+        // The stream and buckets of this test's prefix go with it.
+        let url = hubbub_testservices::nats().expect("NATS was there a moment ago");
+        let engine = hubbub_core::engine::EngineConfig { nats_url: url, prefix, ..Default::default() };
+        let config = hubbub_nats::NatsConfig::from_engine(&engine, Duration::ZERO);
+        hubbub_nats::NatsEngine::connect(config).await.unwrap().destroy().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_on_redis_share_channels_history_and_presence() {
+    two_nodes_share_channels_history_and_presence(EngineKind::Redis).await;
+}
+
+#[tokio::test]
+async fn two_nodes_on_nats_share_channels_history_and_presence() {
+    two_nodes_share_channels_history_and_presence(EngineKind::Nats).await;
 }
 
 #[tokio::test]
 async fn history_outlives_every_node() {
-    let Some(cluster) = Cluster::new().await else { return };
-    let first = {
-        let n1 = cluster.node();
-        n1.api().publish("kept", json!({"n": 1})).await
-    };
-    let n2 = cluster.node();
-    let h = n2.api().ok("history", json!({"channel": "kept", "limit": -1})).await;
+    let Some(mut cluster) = Cluster::builder().nodes(1).start().await else { return };
+    let first = cluster.node(0).api().publish("kept", json!({"n": 1})).await;
+    cluster.stop(0);
+    let n2 = cluster.add_node();
+    let h = cluster.node(n2).api().ok("history", json!({"channel": "kept", "limit": -1})).await;
     assert_eq!(offsets(&arr(&h, "publications")), vec![1], "{h}");
     assert_eq!(h["epoch"], first["epoch"], "{h}");
 }
 
 #[tokio::test]
 async fn a_node_that_cannot_reach_redis_says_so_in_one_line() {
+    let Some(db) = hubbub_testservices::postgres_database().await else { return };
     let port = hubbub_testservices::free_port();
-    let Some(cluster) = Cluster::on(format!("redis://127.0.0.1:{port}")).await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let builder = cluster.builder();
+    let builder = Server::builder()
+        .env("HUBBUB_ENGINE_TYPE", "redis")
+        .env("HUBBUB_ENGINE_REDIS_URL", &format!("redis://127.0.0.1:{port}"))
+        .env("HUBBUB_STORE_TYPE", "postgres")
+        .env("HUBBUB_STORE_POSTGRES_URL", db.url());
     let config = write_config(dir.path(), &builder.render(&dir.path().join("data")));
     let mut cmd = std::process::Command::new(BIN);
     cmd.arg("serve").arg("--config").arg(&config);
@@ -121,51 +113,15 @@ async fn a_node_that_cannot_reach_redis_says_so_in_one_line() {
     assert!(lines[0].contains("engine.redis_url") && lines[0].contains(&port.to_string()), "{stderr}");
 }
 
-/// A `redis-server` of this test's own on a free port (never the machine's shared one),
-/// killed when dropped.
-struct OwnRedis {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl OwnRedis {
-    async fn start(port: u16) -> OwnRedis {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server runs");
-        let url = format!("redis://127.0.0.1:{port}");
-        let listening = eventually(Duration::from_secs(10), || {
-            let url = url.clone();
-            async move { hubbub_testservices::reachable(&url).then_some(()) }
-        })
-        .await;
-        assert!(listening.is_some(), "redis-server did not listen on {port}");
-        OwnRedis { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_node_rides_out_a_redis_restart() {
     // Skips (loudly) where the machine has no Redis at all, so no redis-server either.
     if hubbub_testservices::redis().is_none() {
         return;
     }
-    let redis = OwnRedis::start(hubbub_testservices::free_port()).await;
-    let Some(cluster) = Cluster::on(redis.url()).await else { return };
-    let node = cluster.node();
+    let redis = OwnRedis::start();
+    let Some(cluster) = Cluster::builder().nodes(1).engine_url(&redis.url).start().await else { return };
+    let node = cluster.node(0);
     let mut alice = node.user("alice").await;
     let epoch = alice.subscribe("news").await["epoch"].as_str().unwrap().to_owned();
     node.api().publish("news", json!({"n": 1})).await;
@@ -182,7 +138,7 @@ async fn a_node_rides_out_a_redis_restart() {
     // Back (empty: no persistence): the node resubscribes, notices its subscriber's stream
     // is gone (another epoch) and tells alice to subscribe again (2500); she does, is told
     // she could not recover, and gets what is published next.
-    let _redis = OwnRedis::start(port).await;
+    let _redis = OwnRedis::start_on(port);
     let push = alice
         .push_where(Duration::from_secs(20), |p| {
             p["push"]["channel"] == "news" && p["push"].get("unsubscribe").is_some()
