@@ -216,6 +216,7 @@ pub fn room_namespace() -> NamespaceConfig {
         allow_history_for_subscriber: true,
         // The store acknowledges a message once committed; the broker keeps nothing here.
         durable_publish: false,
+        ..NamespaceConfig::default()
     }
 }
 

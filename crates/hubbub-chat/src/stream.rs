@@ -62,7 +62,7 @@ impl ChannelHooks for RoomHooks {
             chat.store.room(room_id).await.map_err(unavailable)?.ok_or(EngineError::UnrecoverablePosition)?;
         let position = StreamPosition { offset: room.last_seq, epoch: room.epoch.clone() };
         let after = match &query.since {
-            Some(since) if since.epoch != room.epoch || since.offset > room.last_seq => {
+            Some(since) if !since.in_epoch(&room.epoch) || since.offset > room.last_seq => {
                 return Err(EngineError::UnrecoverablePosition)
             }
             Some(since) => since.offset,

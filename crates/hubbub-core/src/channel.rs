@@ -38,6 +38,43 @@ pub struct NamespaceConfig {
     /// A publish is answered only once the publication is durable (the engine's log synced:
     /// with the memory engine, its batch's fsync), not as soon as it is delivered.
     pub durable_publish: bool,
+    /// What a recovering subscriber gets: every missed publication (`"stream"`), or only
+    /// the latest one (`"cache"`: the channel's last publication is its state).
+    pub force_recovery_mode: RecoveryMode,
+    /// Delta compressions a subscriber may ask for (`["fossil"]`); empty: none.
+    pub allowed_delta_types: Vec<DeltaType>,
+    /// Publications of the namespace go to delta subscribers as deltas against the channel's
+    /// previous publication (Centrifugo's per-namespace `delta_publish`).
+    pub delta_publish: bool,
+    /// Subscribers may pass a tags filter (`tf`) and get only the publications it matches.
+    pub allow_tags_filter: bool,
+}
+
+/// How a subscriber recovers (`force_recovery_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoveryMode {
+    /// The publications after the client's position, all of them.
+    #[default]
+    #[serde(alias = "")]
+    Stream,
+    /// The channel's latest publication only (unless the client already has it).
+    Cache,
+}
+
+/// A delta compression of publications a subscriber may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaType {
+    /// Fossil SCM's delta format, as centrifuge-js applies it.
+    Fossil,
+}
+
+impl DeltaType {
+    /// The name a client asks for in `SubscribeRequest::delta`.
+    pub fn parse(name: &str) -> Option<DeltaType> {
+        (name == "fossil").then_some(DeltaType::Fossil)
+    }
 }
 
 impl Default for NamespaceConfig {
@@ -56,6 +93,10 @@ impl Default for NamespaceConfig {
             allow_presence_for_subscriber: true,
             allow_history_for_subscriber: true,
             durable_publish: false,
+            force_recovery_mode: RecoveryMode::Stream,
+            allowed_delta_types: Vec::new(),
+            delta_publish: false,
+            allow_tags_filter: false,
         }
     }
 }

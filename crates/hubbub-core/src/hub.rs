@@ -4,8 +4,9 @@
 
 use crate::outbox::{Control, Outbox};
 use crate::sharded::ShardedMap;
+use crate::tags_filter::TagsFilter;
 use bytes::Bytes;
-use hubbub_protocol::{ClientInfo, Publication, Push, PushBody, Reply};
+use hubbub_protocol::{ClientInfo, Publication, Push, PushBody, Reply, ReplyBody};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,10 +35,14 @@ impl Connection {
 struct Subscriber {
     conn: Arc<Connection>,
     join_leave: bool,
+    /// Only the publications whose tags this matches are queued (the others still move
+    /// the subscriber's position).
+    filter: Option<Arc<TagsFilter>>,
     /// While the subscription is being set up (history is being read for recovery), its
     /// publications are held here with their offsets instead of being queued, so that the
-    /// subscribe reply comes first and nothing is lost or doubled.
-    held: Option<Vec<(u64, Bytes)>>,
+    /// subscribe reply comes first and nothing is lost or doubled. `None` for one its
+    /// filter skips: it only moves the position on release.
+    held: Option<Vec<(u64, Option<Bytes>)>>,
     /// Bytes of the frames in `held`. A recovery sent in pieces keeps the subscriber held
     /// for as long as the client takes to read its backlog: what is held meanwhile counts
     /// against the connection's queue budget, and over it the client is slow.
@@ -61,6 +66,29 @@ struct Subscriber {
 struct Position {
     epoch: String,
     offset: u64,
+}
+
+/// How a subscriber is added ([`Hub::subscribe_with`]).
+#[derive(Default, Clone)]
+pub struct SubscribeOptions {
+    /// Wants join and leave events.
+    pub join_leave: bool,
+    /// Holds its publications until [`Hub::release`] (a positioned subscribe reading the
+    /// stream meanwhile).
+    pub hold: bool,
+    /// Never queue an offset it already has (streams an application keeps).
+    pub dedupe: bool,
+    /// Only publications whose tags it matches.
+    pub filter: Option<Arc<TagsFilter>>,
+}
+
+/// Who a push is for, among a channel's subscribers.
+enum Audience<'a> {
+    /// Every subscriber whose filter (if any) matches these tags: a publication.
+    Publication(Option<&'a HashMap<String, String>>),
+    /// Only those that want join/leave events.
+    JoinLeave,
+    Everyone,
 }
 
 /// A positioned subscriber's standing, as [`Hub::positions`] reports it.
@@ -194,6 +222,17 @@ impl Hub {
         hold: bool,
         dedupe: bool,
     ) -> bool {
+        self.subscribe_with(
+            channel,
+            conn,
+            SubscribeOptions { join_leave, hold, dedupe, ..Default::default() },
+        )
+    }
+
+    /// Adds a subscriber (see [`SubscribeOptions`]). Returns true when it is the channel's
+    /// first subscriber on this node.
+    pub fn subscribe_with(&self, channel: &str, conn: &Arc<Connection>, options: SubscribeOptions) -> bool {
+        let SubscribeOptions { join_leave, hold, dedupe, filter } = options;
         let mut shard = self.channels.shard(channel);
         let first = !shard.contains_key(channel);
         let subs = shard.entry(channel.to_owned()).or_insert_with(|| {
@@ -207,6 +246,7 @@ impl Hub {
             Subscriber {
                 conn: conn.clone(),
                 join_leave,
+                filter,
                 held: hold.then(Vec::new),
                 held_bytes: 0,
                 delivered: dedupe.then_some(0),
@@ -239,7 +279,9 @@ impl Hub {
                     if let Some(position) = &mut sub.position {
                         position.offset = position.offset.max(offset);
                     }
-                    sub.conn.outbox.push(frame);
+                    if let Some(frame) = frame {
+                        sub.conn.outbox.push(frame);
+                    }
                 }
             }
         }
@@ -312,24 +354,56 @@ impl Hub {
     /// `join_leave_only`). Returns how many got it.
     fn broadcast(&self, channel: &str, body: PushBody, offset: u64, join_leave_only: bool) -> usize {
         let Some(subs) = self.subscribers(channel) else { return 0 };
-        let frame = Reply::push(Push { channel: channel.to_owned(), body }).encode();
-        let mut subs = lock(&subs);
+        let reply = Reply::push(Push { channel: channel.to_owned(), body });
+        let frame = reply.encode();
+        let audience = match &reply.body {
+            ReplyBody::Push(Push { body: PushBody::Publication(p), .. }) => {
+                Audience::Publication(p.tags.as_ref())
+            }
+            _ if join_leave_only => Audience::JoinLeave,
+            _ => Audience::Everyone,
+        };
+        Self::fan_out(&subs, &frame, offset, audience)
+    }
+
+    /// Queues one encoded push for the channel's subscribers it is for (held for those
+    /// subscribing right now). Returns how many got it.
+    fn fan_out(subs: &Subscribers, frame: &Bytes, offset: u64, audience: Audience<'_>) -> usize {
+        let mut subs = lock(subs);
         let mut delivered = 0;
         for sub in subs.values_mut() {
-            if join_leave_only && !sub.join_leave {
+            // A publication its filter skips still moves the subscriber's position: it is
+            // not behind for having been spared it.
+            let wanted = match &audience {
+                Audience::Publication(tags) => sub.filter.as_ref().is_none_or(|f| f.matches(*tags)),
+                Audience::JoinLeave => sub.join_leave,
+                Audience::Everyone => true,
+            };
+            if !wanted && !matches!(audience, Audience::Publication(_)) {
                 continue;
             }
+            let frame = wanted.then(|| frame.clone());
             match &mut sub.held {
                 Some(held) => {
                     if sub.conn.outbox.is_closed() {
                         continue;
                     }
-                    held.push((offset, frame.clone()));
-                    sub.held_bytes += frame.len();
+                    if frame.is_none() && offset == 0 {
+                        continue;
+                    }
+                    // A skipped publication is held for its offset alone; it counts what
+                    // it takes, so that a long hold stays bounded.
+                    let size = frame.as_ref().map_or(std::mem::size_of::<(u64, Option<Bytes>)>(), Bytes::len);
+                    let skipped = frame.is_none();
+                    sub.held_bytes += size;
+                    held.push((offset, frame));
                     if sub.held_bytes > sub.conn.outbox.max_bytes() {
                         held.clear();
                         sub.held_bytes = 0;
                         sub.conn.outbox.disconnect_slow();
+                    }
+                    if skipped {
+                        continue;
                     }
                 }
                 None => {
@@ -344,7 +418,8 @@ impl Hub {
                         // last offset queued, not the highest.
                         position.offset = offset;
                     }
-                    sub.conn.outbox.push(frame.clone());
+                    let Some(frame) = frame else { continue };
+                    sub.conn.outbox.push(frame);
                 }
             }
             delivered += 1;

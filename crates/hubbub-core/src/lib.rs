@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod channel;
 pub mod cluster;
+pub mod delta;
 pub mod duration;
 pub mod engine;
 pub mod hooks;
@@ -14,6 +15,7 @@ pub mod outbox;
 pub mod rpc;
 pub mod session;
 mod sharded;
+pub mod tags_filter;
 
 pub use node::{ClientConfig, Node, NodeOptions};
 pub use session::Session;

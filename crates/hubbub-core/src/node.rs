@@ -59,6 +59,12 @@ pub struct ClientConfig {
     /// connection is closed, so that the client's refresh (sent at expiry) can arrive.
     #[serde(with = "crate::duration::serde_human")]
     pub expired_close_delay: Duration,
+    /// Largest tags filter a subscription may carry: bytes of its keys and values, plus 8
+    /// for each node and value. The hub runs every subscriber's filter for every
+    /// publication of the channel, and keeps it as long as the subscription.
+    pub tags_filter_max_bytes: usize,
+    /// Deepest nesting of a tags filter (`and`/`or`/`not` levels; a comparison alone is 1).
+    pub tags_filter_max_depth: usize,
 }
 
 impl Default for ClientConfig {
@@ -75,11 +81,21 @@ impl Default for ClientConfig {
             max_channels: 128,
             max_connections_per_user: 100,
             expired_close_delay: Duration::from_secs(25),
+            tags_filter_max_bytes: 2048,
+            tags_filter_max_depth: 8,
         }
     }
 }
 
 impl ClientConfig {
+    /// The bounds of one subscription's tags filter.
+    pub fn tags_filter_limits(&self) -> crate::tags_filter::FilterLimits {
+        crate::tags_filter::FilterLimits {
+            max_depth: self.tags_filter_max_depth,
+            max_bytes: self.tags_filter_max_bytes,
+        }
+    }
+
     /// The bound of one answer in bytes: `max_answer_bytes`, or half of `queue_max_bytes`
     /// when it is 0, never more than the queue.
     pub fn answer_bytes(&self) -> usize {

@@ -7,16 +7,18 @@
 //! close the connection with that code; the transport then calls [`Session::close`].
 
 use crate::auth::{unix_now, TokenError};
+use crate::channel::{DeltaType, RecoveryMode};
 use crate::engine::{EngineError, HistoryQuery};
 use crate::hub::Connection;
 use crate::node::Node;
 use crate::outbox::Control;
 use crate::rpc::Caller;
+use crate::tags_filter::TagsFilter;
 use bytes::Bytes;
 use hubbub_protocol::codes::*;
 use hubbub_protocol::command::{
     ChannelRequest, ConnectRequest, HistoryRequest, PublishRequest, RefreshRequest, RpcRequest,
-    SubRefreshRequest, SubscribeRequest,
+    SubRefreshRequest, SubscribeRequest, SUBSCRIBE_FLAG_REJECT_UNRECOVERED,
 };
 use hubbub_protocol::reply::*;
 use hubbub_protocol::{
@@ -68,6 +70,31 @@ struct Subscription {
     server_side: bool,
 }
 
+/// How one subscription's publications are delivered: only those its tags filter matches,
+/// and for a delta subscription in the delta form (data as a JSON string). The hub applies
+/// the same to live publications; the session to what it reads from the stream.
+#[derive(Clone, Default)]
+struct Delivery {
+    filter: Option<Arc<TagsFilter>>,
+    delta: bool,
+}
+
+impl Delivery {
+    /// The publications read from the stream as this subscriber gets them.
+    fn apply(&self, publications: Vec<Publication>) -> Vec<Publication> {
+        let mut publications = publications;
+        if let Some(filter) = &self.filter {
+            publications.retain(|p| filter.matches(p.tags.as_ref()));
+        }
+        if self.delta {
+            for p in &mut publications {
+                p.data = crate::delta::json_string_form(&p.data);
+            }
+        }
+        publications
+    }
+}
+
 /// Settings of one subscribe, whether the client asked or the server subscribes it.
 #[derive(Default)]
 struct SubscribeParams {
@@ -80,6 +107,20 @@ struct SubscribeParams {
     /// Bytes of recovered publications the reply may carry (see [`Session::answer_budget`]).
     max_bytes: usize,
     server_side: bool,
+    /// Answer error 112 instead of `recovered: false` (the subscribe flag).
+    reject_unrecovered: bool,
+    delivery: Delivery,
+}
+
+/// What a subscribe read from the channel's stream.
+struct Recovery {
+    recovered: bool,
+    /// What the reply carries (before the subscriber's filter and delta form).
+    publications: Vec<Publication>,
+    /// The offset up to which the reply covers the stream.
+    covered: u64,
+    /// The stream's position when it was read.
+    position: StreamPosition,
 }
 
 /// A recovery whose missed publications did not all fit in the subscribe reply. The rest
@@ -92,6 +133,7 @@ struct Backlog {
     channel: String,
     /// The last publication sent.
     sent: StreamPosition,
+    delivery: Delivery,
 }
 
 /// A token bucket: `capacity` commands, refilled at `capacity` per second.
@@ -375,7 +417,44 @@ impl Session {
     }
 
     async fn subscribe_command(&mut self, req: SubscribeRequest) -> CommandResult {
+        // Centrifugo 6's map and shared-poll subscriptions (types 1–4) are not served here;
+        // served as a stream, the SDK would misread every reply.
+        match req.kind {
+            0 => {}
+            1..=4 => return Err(ERROR_NOT_AVAILABLE.into()),
+            _ => return Err(ERROR_BAD_REQUEST.into()),
+        }
         let (ns, name) = self.node.namespaces.resolve(&req.channel).map_err(ProtocolError::from)?;
+        // As the centrifuge library: a delta type nobody knows is a broken client; a known
+        // one the namespace does not allow is simply not granted (`delta` stays false).
+        let delta = match req.delta.as_str() {
+            "" => false,
+            name => match DeltaType::parse(name) {
+                // Granted once the hub sends deltas (next step).
+                Some(_) => false,
+                None => {
+                    tracing::info!(client = %self.conn.client, delta = name, "unknown delta type");
+                    return Err(CommandError::Disconnect(Disconnect::BAD_REQUEST));
+                }
+            },
+        };
+        let filter = match &req.tf {
+            None => None,
+            Some(tf) => {
+                // A delta is against the channel's previous publication: a subscriber that
+                // skips some could not apply the next one.
+                if !ns.allow_tags_filter || !req.delta.is_empty() {
+                    return Err(ERROR_BAD_REQUEST.into());
+                }
+                match TagsFilter::compile(tf, self.node.client.tags_filter_limits()) {
+                    Ok(filter) => Some(Arc::new(filter)),
+                    Err(e) => {
+                        tracing::info!(client = %self.conn.client, channel = %req.channel, error = %e, "tags filter refused");
+                        return Err(ERROR_BAD_REQUEST.into());
+                    }
+                }
+            }
+        };
         if self.subs.contains_key(&req.channel) {
             return Err(ERROR_ALREADY_SUBSCRIBED.into());
         }
@@ -396,6 +475,8 @@ impl Session {
             expires_at,
             max_bytes: self.answer_budget(),
             server_side: false,
+            reject_unrecovered: req.flag & SUBSCRIBE_FLAG_REJECT_UNRECOVERED != 0,
+            delivery: Delivery { filter, delta },
         };
         let (result, covered) = self.subscribe(&req.channel, params).await?;
         Ok(Outcome::ReplyThenRelease(ReplyBody::Subscribe(result), vec![(req.channel, covered)]))
@@ -407,7 +488,7 @@ impl Session {
     async fn subscribe(
         &mut self,
         channel: &str,
-        params: SubscribeParams,
+        mut params: SubscribeParams,
     ) -> Result<(SubscribeResult, u64), ProtocolError> {
         let node = self.node.clone();
         let (ns, _) = node.namespaces.resolve(channel)?;
@@ -418,60 +499,54 @@ impl Session {
 
         // Listen first, holding publications, then read the stream: whatever is published
         // in between is either in what we read or held, and duplicates are dropped by offset.
-        if node.hub.subscribe(channel, &self.conn, join_leave, positioned, node.channel_hooks(ns).is_some()) {
+        let options = crate::hub::SubscribeOptions {
+            join_leave,
+            hold: positioned,
+            dedupe: node.channel_hooks(ns).is_some(),
+            filter: params.delivery.filter.clone(),
+        };
+        if node.hub.subscribe_with(channel, &self.conn, options) {
             if let Err(e) = node.broker.subscribe(channel).await {
                 node.hub.unsubscribe(channel, &self.conn);
                 return Err(e.into());
             }
         }
         let mut result = SubscribeResult { recoverable, positioned, ..Default::default() };
-        let recover_from = params.recover_from.filter(|_| recoverable);
+        let recover_from = params.recover_from.take().filter(|_| recoverable);
         result.was_recovering = recover_from.is_some();
         let mut backlog = None;
+        result.delta = params.delivery.delta;
         if positioned {
-            let mut query = HistoryQuery { limit: Some(0), ..Default::default() };
-            if let Some(since) = recover_from {
-                // No room left in the queue: the reply only checks the position, and the
-                // missed publications all come as pushes after it.
-                let limit = if params.max_bytes == 0 { 0 } else { node.client.max_history_limit };
-                query = HistoryQuery {
-                    since: Some(since),
-                    limit: Some(limit),
-                    reverse: false,
-                    max_bytes: Some(params.max_bytes),
-                };
-            }
-            let page = match node.read_stream(channel, ns, query.clone()).await {
-                Ok(page) => {
-                    result.recovered = query.since.is_some();
-                    page
+            let recovery = match recover_from {
+                Some(since) if ns.force_recovery_mode == RecoveryMode::Cache => {
+                    self.recover_latest(channel, ns, since, &params).await
                 }
-                Err(EngineError::UnrecoverablePosition) => {
-                    let position_only = HistoryQuery { limit: Some(0), ..Default::default() };
-                    node.read_stream(channel, ns, position_only).await.map_err(|e| self.undo(channel, e))?
-                }
+                since => self.recover_stream(channel, ns, since, &params).await,
+            };
+            let recovery = match recovery {
+                Ok(recovery) => recovery,
                 Err(e) => return Err(self.undo(channel, e)),
             };
-            let top = page.position.offset;
-            let covered = match (page.publications.last(), &query.since) {
-                (Some(last), _) => last.offset,
-                (None, Some(since)) if result.recovered => since.offset,
-                (None, _) => top,
-            };
-            if result.recovered && covered < top {
+            result.recovered = recovery.recovered;
+            if params.reject_unrecovered && result.was_recovering && !result.recovered {
+                return Err(self.undo(channel, EngineError::UnrecoverablePosition));
+            }
+            let top = recovery.position.offset;
+            if result.recovered && recovery.covered < top {
                 // More was missed than one answer carries: the reply says how far it goes,
                 // and the rest follows as pushes.
-                result.offset = covered;
+                result.offset = recovery.covered;
                 backlog = Some(Backlog {
                     channel: channel.to_owned(),
-                    sent: StreamPosition { offset: covered, epoch: page.position.epoch.clone() },
+                    sent: StreamPosition { offset: recovery.covered, epoch: recovery.position.epoch.clone() },
+                    delivery: params.delivery.clone(),
                 });
             } else {
-                result.offset = covered.max(top);
+                result.offset = recovery.covered.max(top);
             }
-            node.hub.set_epoch(channel, &self.conn, &page.position.epoch);
-            result.epoch = page.position.epoch;
-            result.publications = page.publications;
+            node.hub.set_epoch(channel, &self.conn, &recovery.position.epoch);
+            result.epoch = recovery.position.epoch;
+            result.publications = params.delivery.apply(recovery.publications);
         }
         if ns.presence {
             let info = self.client_info(params.chan_info.clone());
@@ -499,6 +574,89 @@ impl Session {
         result.expires = expires;
         result.ttl = ttl;
         Ok((result, covered))
+    }
+
+    /// Reads a subscribing channel's stream: its position, and with `since` the publications
+    /// after it (as many as one answer carries), or why they cannot be had.
+    async fn recover_stream(
+        &self,
+        channel: &str,
+        ns: &crate::channel::NamespaceConfig,
+        since: Option<StreamPosition>,
+        params: &SubscribeParams,
+    ) -> Result<Recovery, EngineError> {
+        let node = &self.node;
+        let position_only = HistoryQuery { limit: Some(0), ..Default::default() };
+        let Some(since) = since else {
+            let page = node.read_stream(channel, ns, position_only).await?;
+            let covered = page.position.offset;
+            return Ok(Recovery {
+                recovered: false,
+                publications: Vec::new(),
+                covered,
+                position: page.position,
+            });
+        };
+        // No room left in the queue: the reply only checks the position, and the missed
+        // publications all come as pushes after it.
+        let limit = if params.max_bytes == 0 { 0 } else { node.client.max_history_limit };
+        let query = HistoryQuery {
+            since: Some(since.clone()),
+            limit: Some(limit),
+            reverse: false,
+            max_bytes: Some(params.max_bytes),
+        };
+        match node.read_stream(channel, ns, query).await {
+            Ok(page) => {
+                let covered = page.publications.last().map_or(since.offset, |p| p.offset);
+                Ok(Recovery {
+                    recovered: true,
+                    publications: page.publications,
+                    covered,
+                    position: page.position,
+                })
+            }
+            Err(EngineError::UnrecoverablePosition) => {
+                let page = node.read_stream(channel, ns, position_only).await?;
+                let covered = page.position.offset;
+                Ok(Recovery { recovered: false, publications: Vec::new(), covered, position: page.position })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Recovery in "cache" mode: the channel's latest publication is its state, and a
+    /// subscriber gets that one (the newest its tags filter matches), unless its position
+    /// says it has it already. Recovered when the stream still holds its latest publication.
+    async fn recover_latest(
+        &self,
+        channel: &str,
+        ns: &crate::channel::NamespaceConfig,
+        since: StreamPosition,
+        params: &SubscribeParams,
+    ) -> Result<Recovery, EngineError> {
+        let node = &self.node;
+        // With a filter the newest matching one may be further back: one answer's worth.
+        let limit = if params.delivery.filter.is_some() { node.client.max_history_limit } else { 1 };
+        let query = HistoryQuery {
+            since: None,
+            limit: Some(limit),
+            reverse: true,
+            max_bytes: Some(params.max_bytes),
+        };
+        let page = node.read_stream(channel, ns, query).await?;
+        let top = page.position;
+        let has_it = since.offset > 0 && since.offset == top.offset && since.epoch == top.epoch;
+        let latest_kept = page.publications.first().is_some_and(|p| p.offset == top.offset);
+        let publications = if has_it || !latest_kept {
+            Vec::new()
+        } else {
+            let filter = params.delivery.filter.as_deref();
+            let newest =
+                page.publications.into_iter().find(|p| filter.is_none_or(|f| f.matches(p.tags.as_ref())));
+            newest.into_iter().collect()
+        };
+        Ok(Recovery { recovered: has_it || latest_kept, publications, covered: top.offset, position: top })
     }
 
     /// Rolls back a half-made subscription after an engine failure.
@@ -540,6 +698,7 @@ impl Session {
             return Ok(());
         }
         let (channel, sent) = (backlog.channel.clone(), backlog.sent.clone());
+        let delivery = backlog.delivery.clone();
         let node = self.node.clone();
         let Ok((ns, _)) = node.namespaces.resolve(&channel) else {
             self.backlogs.remove(0);
@@ -565,7 +724,7 @@ impl Session {
         // The subscription may have ended while the stream was read.
         let Some(index) = self.backlogs.iter().position(|b| b.channel == channel) else { return Ok(()) };
         let covered = page.publications.last().map_or(sent.offset, |p| p.offset);
-        for publication in page.publications {
+        for publication in delivery.apply(page.publications) {
             self.send(Reply::push(Push {
                 channel: channel.clone(),
                 body: PushBody::Publication(publication),

@@ -861,13 +861,13 @@ impl Broker for NatsEngine {
         let Some(top) = inner.read_top(&token).await? else {
             let position = StreamPosition { offset: 0, epoch: inner.empty_epoch(&token).await? };
             return match &query.since {
-                Some(since) if *since != position => Err(EngineError::UnrecoverablePosition),
+                Some(since) if !since.is_at(&position) => Err(EngineError::UnrecoverablePosition),
                 _ => Ok(HistoryPage { publications: Vec::new(), position }),
             };
         };
         let position = top.position();
         let after = match &query.since {
-            Some(since) if since.epoch != top.epoch || since.offset > top.offset => {
+            Some(since) if !since.in_epoch(&top.epoch) || since.offset > top.offset => {
                 return Err(EngineError::UnrecoverablePosition)
             }
             Some(since) => Some(since.offset),

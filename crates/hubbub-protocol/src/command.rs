@@ -103,6 +103,38 @@ pub struct SubscribeRequest {
     pub positioned: bool,
     pub recoverable: bool,
     pub join_leave: bool,
+    /// The delta compression the client wants for this subscription's publications
+    /// (`"fossil"`), granted when the namespace allows it (`SubscribeResult::delta`).
+    pub delta: String,
+    /// A filter on the publications' tags: only those that match are delivered.
+    pub tf: Option<FilterNode>,
+    /// Bits asking for subscription features ([`SUBSCRIBE_FLAG_REJECT_UNRECOVERED`], ...).
+    pub flag: i64,
+    /// The subscription's type: 0 a stream; Centrifugo 6's map (1–3) and shared-poll (4)
+    /// subscriptions are not served here.
+    #[serde(rename = "type")]
+    pub kind: i32,
+}
+
+/// `SubscribeRequest::flag` bit: the client may use a channel id instead of the name in
+/// pushes (an optional bandwidth saving that this server does not make).
+pub const SUBSCRIBE_FLAG_CHANNEL_COMPACTION: i64 = 1;
+/// `SubscribeRequest::flag` bit: refuse the subscription with error 112 instead of answering
+/// `recovered: false` when the missed publications cannot be recovered.
+pub const SUBSCRIBE_FLAG_REJECT_UNRECOVERED: i64 = 2;
+
+/// One node of a subscription's tags filter (`SubscribeRequest::tf`), as client.proto
+/// defines it: a comparison of one tag when `op` is empty, else `and`/`or`/`not` of `nodes`.
+/// Checked and compiled by the core before use; here it is only the wire shape.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct FilterNode {
+    pub op: String,
+    pub key: String,
+    pub cmp: String,
+    pub val: String,
+    pub vals: Vec<String>,
+    pub nodes: Vec<FilterNode>,
 }
 
 /// Requests that name only a channel: unsubscribe, presence, presence_stats.

@@ -10,6 +10,7 @@
 
 pub mod codes;
 pub mod command;
+pub mod fossil;
 pub mod reply;
 
 pub use codes::{Disconnect, ProtocolError};

@@ -24,6 +24,20 @@ pub struct StreamPosition {
     pub epoch: String,
 }
 
+impl StreamPosition {
+    /// Whether this position, as a client sends it, is in a stream of `epoch`. An empty
+    /// epoch is in any: a client that never learnt the stream's epoch recovers by offset
+    /// alone (the centrifuge library's rule), it is not "unrecoverable".
+    pub fn in_epoch(&self, epoch: &str) -> bool {
+        self.epoch.is_empty() || self.epoch == epoch
+    }
+
+    /// Whether this client position is `top` itself (same offset, in its epoch).
+    pub fn is_at(&self, top: &StreamPosition) -> bool {
+        self.offset == top.offset && self.in_epoch(&top.epoch)
+    }
+}
+
 /// Who is connected: presence entries and the publisher of a client-side publication.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientInfo {
@@ -183,6 +197,10 @@ pub struct SubscribeResult {
     pub data: Option<Json>,
     #[serde(skip_serializing_if = "is_false")]
     pub was_recovering: bool,
+    /// Delta compression was granted: every publication of the subscription comes with its
+    /// data as a JSON string, a fossil delta against the previous one when `delta` is set.
+    #[serde(skip_serializing_if = "is_false")]
+    pub delta: bool,
 }
 
 #[derive(Debug, Default, Serialize)]

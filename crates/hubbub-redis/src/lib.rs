@@ -625,7 +625,7 @@ impl Broker for RedisEngine {
         let batch = inner.read_batch(channel, &create, query.reverse, since, None, count).await?;
         let position = StreamPosition { offset: batch.top, epoch: batch.epoch };
         if let Some(s) = &query.since {
-            if s.epoch != position.epoch || s.offset > batch.top || s.offset + 1 < batch.first {
+            if !s.in_epoch(&position.epoch) || s.offset > batch.top || s.offset + 1 < batch.first {
                 return Err(EngineError::UnrecoverablePosition);
             }
         }

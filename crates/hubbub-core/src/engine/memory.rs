@@ -512,7 +512,7 @@ impl Broker for MemoryBroker {
             let position = StreamPosition { offset: 0, epoch: self.empty_epoch() };
             drop(shard);
             return match &query.since {
-                Some(since) if *since != position => Err(EngineError::UnrecoverablePosition),
+                Some(since) if !since.is_at(&position) => Err(EngineError::UnrecoverablePosition),
                 _ => Ok(HistoryPage { publications: Vec::new(), position }),
             };
         };
@@ -522,7 +522,7 @@ impl Broker for MemoryBroker {
         self.bytes.fetch_sub(freed, Ordering::Relaxed);
         let after = match &query.since {
             Some(since) => {
-                if since.epoch != s.epoch || since.offset > s.top || since.offset + 1 < s.first_kept() {
+                if !since.in_epoch(&s.epoch) || since.offset > s.top || since.offset + 1 < s.first_kept() {
                     return Err(EngineError::UnrecoverablePosition);
                 }
                 since.offset
