@@ -34,6 +34,17 @@ pub struct Config {
     pub store: StoreConfig,
     /// Channel namespaces; the one named "" is the default namespace.
     pub namespaces: Vec<NamespaceConfig>,
+    /// Backends that decide for the server, by name (Centrifugo's named proxies; see
+    /// `src/proxy.rs` and docs/PROTOCOL.md).
+    pub proxies: Vec<crate::proxy::ProxyConfig>,
+    /// The proxy asked when a client connects without a token.
+    pub connect_proxy_name: String,
+    /// The proxy asked when a connection the connect proxy made expires.
+    pub refresh_proxy_name: String,
+    /// The proxy of RPC methods without a namespace that no application registered.
+    pub rpc_proxy_name: String,
+    /// The proxies of RPC methods `ns:method`, by namespace.
+    pub rpc_namespaces: Vec<crate::proxy::RpcNamespaceConfig>,
 }
 
 impl Default for Config {
@@ -50,6 +61,11 @@ impl Default for Config {
             engine: EngineConfig::default(),
             store: StoreConfig::default(),
             namespaces: vec![NamespaceConfig::default()],
+            proxies: Vec::new(),
+            connect_proxy_name: String::new(),
+            refresh_proxy_name: String::new(),
+            rpc_proxy_name: String::new(),
+            rpc_namespaces: Vec::new(),
         }
     }
 }
@@ -267,6 +283,9 @@ impl Config {
         }
         if let Err(message) = hubbub_core::channel::Namespaces::new(&self.namespaces) {
             return bad("namespaces", &message);
+        }
+        if let Err((key, message)) = crate::proxy::validate(self) {
+            return Err(ConfigError::Key { key, message });
         }
         Ok(())
     }
