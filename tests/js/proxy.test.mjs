@@ -78,6 +78,8 @@ for (const transport of ['websocket', 'http_stream']) {
     assert.equal(call.body.transport, transport);
     assert.equal(call.body.protocol, 'json');
     assert.ok(call.body.client, 'the client id is sent');
+    // `http_headers = ["User-Agent"]`: Node's fetch (http_stream) sends "node"; `ws` sends none.
+    assert.equal(call.headers['user-agent'], transport === 'http_stream' ? 'node' : undefined);
 
     const r = await c.centrifuge.rpc('whoami', { n: 1 });
     assert.deepEqual(r.data, { method: 'whoami', user: 'alice', meta: { plan: 'gold' }, echo: { n: 1 } });

@@ -382,6 +382,29 @@ mod tests {
     }
 
     #[test]
+    fn proxies_from_env() {
+        let c = load(
+            "",
+            &[
+                (
+                    "HUBBUB_PROXIES",
+                    r#"[{ name = "app", endpoint = "http://127.0.0.1:3000/c", timeout = "2s" }]"#,
+                ),
+                ("HUBBUB_CONNECT_PROXY_NAME", "app"),
+                ("HUBBUB_RPC_NAMESPACES", r#"[{ name = "billing", rpc_proxy_name = "app" }]"#),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.proxies[0].timeout, Duration::from_secs(2));
+        assert_eq!(c.connect_proxy_name, "app");
+        assert_eq!(c.rpc_namespaces[0].name, "billing");
+        let e = load("", &[("HUBBUB_CONNECT_PROXY_NAME", "ghost")]).unwrap_err().to_string();
+        assert!(e.contains("connect_proxy_name") && e.contains("ghost"), "{e}");
+        let e = load("[[proxies]]\nname = \"a\"\nendpoint = \"grpc://x:1\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("proxies[0].endpoint"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = load("[client]\nping_intervall = \"10s\"\n", &[]).unwrap_err().to_string();
         assert!(e.contains("client") && e.contains("ping_intervall"), "{e}");
