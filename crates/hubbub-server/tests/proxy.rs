@@ -206,6 +206,13 @@ async fn subscribe_proxy() {
     let p = c.ok("presence", json!({ "channel": "sp:room" })).await;
     let me = p["presence"].as_object().unwrap().values().next().unwrap().clone();
     assert_eq!(me["chan_info"], json!({ "role": "reader" }), "{p}");
+    assert_eq!(r["recoverable"], true, "the namespace forces recovery: {r}");
+    // `override`: this subscription without presence and without forced recovery.
+    let r = c.subscribe("sp:plain").await;
+    assert!(r.get("recoverable").is_none(), "force_recovery overridden: {r}");
+    let p = c.ok("presence", json!({ "channel": "sp:plain" })).await;
+    assert_eq!(p["presence"], json!({}), "presence overridden: {p}");
+    c.ok("unsubscribe", json!({ "channel": "sp:plain" })).await;
     // Refusal passes through; the connection goes on.
     assert_eq!(c.err("subscribe", json!({ "channel": "sp:deny" })).await, 403);
     // Failures are error 100, within the proxy's timeout.
