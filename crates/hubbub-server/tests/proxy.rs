@@ -138,6 +138,29 @@ async fn connect_proxy_decides_who_connects() {
 }
 
 #[tokio::test]
+async fn connect_proxy_on_a_unidirectional_stream() {
+    let backend = Backend::start();
+    let s = server(&backend);
+    let mut response = reqwest::Client::new()
+        .post(s.http_url("/connection/uni_http_stream"))
+        .header("Cookie", "sid=9")
+        .body(json!({ "name": "uni", "data": { "user": "erin" } }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while !text.contains('\n') {
+        let chunk =
+            tokio::time::timeout(T, response.chunk()).await.unwrap().unwrap().expect("a connect push");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let push: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let connect = &push["connect"];
+    assert_eq!(connect["data"], json!({ "welcome": true, "name": "uni", "cookie": "sid=9" }), "{push}");
+    assert!(connect["subs"].get("news").is_some(), "{push}");
+}
+
+#[tokio::test]
 async fn connect_proxy_failures_are_internal_errors() {
     let backend = Backend::start();
     let s = server(&backend);
