@@ -219,6 +219,15 @@ async fn refresh_proxy_extends_then_expires() {
 }
 
 #[tokio::test]
+async fn refresh_proxy_disconnects() {
+    let backend = Backend::start();
+    let s = server(&backend);
+    let (mut c, r) = proxied(&s, json!({ "mode": "short", "user": "kicker" })).await;
+    expect_result(&r, "connect", &json!({}));
+    assert_eq!(c.expect_close(4504, Duration::from_secs(5)).await, "refresh kick");
+}
+
+#[tokio::test]
 async fn subscribe_proxy() {
     let backend = Backend::start();
     let s = server(&backend);
