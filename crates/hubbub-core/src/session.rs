@@ -27,6 +27,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::{Duration, Instant};
 
+mod proxied;
+
 /// Outcome of one command: a reply body, a protocol error, or the end of the connection.
 enum Outcome {
     Reply(ReplyBody),
@@ -67,6 +69,8 @@ struct Subscription {
     /// Made by the server (the connection token's `channels`, the server API): the client
     /// cannot subscribe again by itself, it gets this channel back by reconnecting.
     server_side: bool,
+    /// Refreshed at expiry by the namespace's sub_refresh proxy, not by the client.
+    server_refresh: bool,
 }
 
 /// Settings of one subscribe, whether the client asked or the server subscribes it.
@@ -81,6 +85,7 @@ struct SubscribeParams {
     /// Bytes of recovered publications the reply may carry (see [`Session::answer_budget`]).
     max_bytes: usize,
     server_side: bool,
+    server_refresh: bool,
 }
 
 /// A recovery whose missed publications did not all fit in the subscribe reply. The rest
@@ -145,8 +150,6 @@ pub struct Session {
     /// `None` until connect succeeds.
     user: Option<String>,
     conn_info: Option<Json>,
-    /// The grant's `meta`: kept here, never sent to the client.
-    meta: Option<Json>,
     expires_at: Option<u64>,
     subs: HashMap<String, Subscription>,
     rate: RateLimit,
@@ -157,6 +160,8 @@ pub struct Session {
     session_id: String,
     /// Recoveries still being sent, oldest first.
     backlogs: Vec<Backlog>,
+    /// What the connection keeps for proxies (`session/proxied.rs`).
+    proxy: crate::proxy::ProxyState,
 }
 
 impl Session {
@@ -170,7 +175,6 @@ impl Session {
             kind,
             user: None,
             conn_info: None,
-            meta: None,
             expires_at: None,
             subs: HashMap::new(),
             rate,
@@ -178,6 +182,7 @@ impl Session {
             awaiting_pong_since: None,
             session_id: uuid::Uuid::new_v4().to_string(),
             backlogs: Vec::new(),
+            proxy: Default::default(),
         }
     }
 
@@ -197,7 +202,7 @@ impl Session {
 
     /// The connection's `meta` (from its token or the connect proxy), for proxies.
     pub fn meta(&self) -> Option<&Json> {
-        self.meta.as_ref()
+        self.proxy.meta.as_ref()
     }
 
     fn send(&self, reply: Reply) {
@@ -322,7 +327,14 @@ impl Session {
         if self.user.is_some() {
             return Err(CommandError::Disconnect(Disconnect::BAD_REQUEST));
         }
-        let grant = self.authenticate(&req.token).await?;
+        let mut connect_data = None;
+        let grant = if let Some(proxied) = self.proxy_connect(&req).await {
+            let (grant, data) = proxied?;
+            connect_data = data;
+            grant
+        } else {
+            self.authenticate(&req.token).await?
+        };
         if self.node.add_connection(&grant.user, &self.conn).is_err() {
             tracing::info!(client = %self.conn.client, user = %grant.user, "connection limit of the user reached");
             return Err(CommandError::Disconnect(Disconnect::CONNECTION_LIMIT));
@@ -335,7 +347,7 @@ impl Session {
         }
         self.user = Some(grant.user);
         self.conn_info = grant.info;
-        self.meta = grant.meta;
+        self.proxy.meta = grant.meta;
         self.expires_at = grant.expire_at;
         if self.kind.emulation {
             self.node.hub.add_session(&self.session_id, &self.conn);
@@ -373,13 +385,14 @@ impl Session {
                 Err(e) => tracing::warn!(%channel, code = e.code, "server-side subscription failed"),
             }
         }
-        let (expires, ttl) = Self::ttl(self.expires_at);
+        let (expires, ttl) =
+            if self.client_refreshes() { Self::ttl(self.expires_at) } else { Default::default() };
         let result = ConnectResult {
             client: self.conn.client.clone(),
             version: self.node.version.clone(),
             expires,
             ttl,
-            data: None,
+            data: connect_data,
             subs,
             ping: self.node.client.ping_interval.as_secs().max(1) as u32,
             pong: !self.kind.unidirectional,
@@ -406,6 +419,7 @@ impl Session {
             Err(CommandError::Error(e)) if e.code == ERROR_UNAUTHORIZED.code => {
                 Err(Disconnect::INVALID_TOKEN)
             }
+            Err(CommandError::Error(e)) if e.code == ERROR_INTERNAL.code => Err(Disconnect::SERVER_ERROR),
             Err(CommandError::Error(_)) => Err(Disconnect::BAD_REQUEST),
         }
     }
@@ -419,8 +433,18 @@ impl Session {
             return Err(ERROR_LIMIT_EXCEEDED.into());
         }
         let user = self.user.as_deref().unwrap_or_default();
-        let (chan_info, expires_at) =
-            self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token).await?;
+        let (chan_info, expires_at, data, server_refresh) = match self.proxy_subscribe(&req, &name, ns).await
+        {
+            Some(answer) => {
+                let answer = answer?;
+                (answer.info, answer.expire_at, answer.data, self.server_sub_refresh(ns))
+            }
+            None => {
+                let (chan_info, expires_at) =
+                    self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token).await?;
+                (chan_info, expires_at, None, false)
+            }
+        };
         let params = SubscribeParams {
             recover_from: req
                 .recover
@@ -432,8 +456,13 @@ impl Session {
             expires_at,
             max_bytes: self.answer_budget(),
             server_side: false,
+            server_refresh,
         };
-        let (result, covered) = self.subscribe(&req.channel, params).await?;
+        let (mut result, covered) = self.subscribe(&req.channel, params).await?;
+        result.data = data;
+        if server_refresh {
+            (result.expires, result.ttl) = (false, 0);
+        }
         Ok(Outcome::ReplyThenRelease(ReplyBody::Subscribe(result), vec![(req.channel, covered)]))
     }
 
@@ -529,6 +558,7 @@ impl Session {
                 chan_info: params.chan_info,
                 expires_at: params.expires_at,
                 server_side: params.server_side,
+                server_refresh: params.server_refresh,
             },
         );
         let (expires, ttl) = Self::ttl(params.expires_at);
@@ -643,9 +673,16 @@ impl Session {
 
     async fn publish(&mut self, req: PublishRequest) -> CommandResult {
         let (ns, name) = self.node.namespaces.resolve(&req.channel).map_err(ProtocolError::from)?;
-        let Some(data) = req.data else { return Err(ERROR_BAD_REQUEST.into()) };
+        let Some(mut data) = req.data else { return Err(ERROR_BAD_REQUEST.into()) };
+        let mut skip_history = false;
+        if let Some(answer) = self.proxy_publish(&req.channel, &data, &name, ns).await {
+            let answer = answer?;
+            data = answer.data.unwrap_or(data);
+            skip_history = answer.skip_history;
+        }
         let user = self.user.as_deref().unwrap_or_default();
         let allowed = match name.user_allowed(user) {
+            _ if !ns.publish_proxy_name.is_empty() => true,
             Some(listed) => listed,
             None if name.is_private() => self.subs.contains_key(&req.channel),
             None => ns.allow_publish_for_client,
@@ -655,7 +692,11 @@ impl Session {
         }
         let chan_info = self.subs.get(&req.channel).and_then(|s| s.chan_info.clone());
         let info = self.client_info(chan_info);
-        self.node.publish(&req.channel, data, Some(info)).await?;
+        if skip_history {
+            self.node.publish_without_history(&req.channel, data, Some(info)).await?;
+        } else {
+            self.node.publish(&req.channel, data, Some(info)).await?;
+        }
         Ok(Outcome::Reply(ReplyBody::Publish(EmptyResult {})))
     }
 
@@ -712,7 +753,8 @@ impl Session {
 
     async fn rpc(&mut self, req: RpcRequest) -> CommandResult {
         let Some(handler) = self.node.rpc_handler(&req.method) else {
-            return Err(ERROR_METHOD_NOT_FOUND.into());
+            let data = self.proxy_rpc(req).await?;
+            return Ok(Outcome::Reply(ReplyBody::Rpc(RpcResult { data })));
         };
         let caller = Caller { user: self.user.clone().unwrap_or_default(), client: self.conn.client.clone() };
         let data = handler.call(&caller, req.data).await?;
@@ -765,6 +807,7 @@ impl Session {
     pub async fn handle_control(&mut self, control: Control) -> Result<(), Disconnect> {
         match control {
             Control::Disconnect(d) => Err(d),
+            Control::Proxied(answer) => self.apply_deferred(answer),
             Control::Commands(frame) => self.handle_frame(&frame).await,
             Control::Subscribe(channel) => {
                 if self.user.is_none() || self.subs.contains_key(&channel) {
@@ -849,6 +892,7 @@ impl Session {
         };
         let earliest_expiry =
             self.expires_at.into_iter().chain(self.subs.values().filter_map(|s| s.expires_at)).min();
+        let protocol = protocol.min(self.proxy_refresh_due().unwrap_or(protocol));
         match earliest_expiry {
             Some(exp) => {
                 let until_expiry = Duration::from_secs(exp.saturating_sub(unix_now()));
@@ -872,6 +916,7 @@ impl Session {
             return Err(Disconnect::STALE);
         }
         if self.user.is_some() {
+            self.start_proxy_refreshes();
             // Expired tokens get a grace period for the refresh the client sends at expiry.
             let delay = self.node.client.expired_close_delay.as_secs_f64();
             let overdue = |exp: &u64| {

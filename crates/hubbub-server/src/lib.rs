@@ -12,6 +12,7 @@ mod http;
 mod limits;
 mod origin;
 mod poll;
+pub mod proxy;
 pub mod tokens;
 mod transport;
 mod web;
@@ -105,6 +106,7 @@ impl App {
             cluster: config.engine.cluster(),
         })
         .await?;
+        node.set_proxies(proxy::build(&config)?).map_err(anyhow::Error::msg)?;
         let chat = hubbub_chat::Chat::install(node.clone(), store, config.chat.clone());
         let limits = limits::Limits::new(&config.client);
         let state =
