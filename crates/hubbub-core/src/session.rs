@@ -71,6 +71,8 @@ struct Subscription {
     server_side: bool,
     /// Refreshed at expiry by the namespace's sub_refresh proxy, not by the client.
     server_refresh: bool,
+    /// The namespace's options as the subscribe proxy overrode them for this subscription.
+    options: Option<Arc<crate::channel::NamespaceConfig>>,
 }
 
 /// Settings of one subscribe, whether the client asked or the server subscribes it.
@@ -86,6 +88,8 @@ struct SubscribeParams {
     max_bytes: usize,
     server_side: bool,
     server_refresh: bool,
+    /// The namespace's options with a subscribe proxy's `override` applied.
+    options: Option<Arc<crate::channel::NamespaceConfig>>,
 }
 
 /// A recovery whose missed publications did not all fit in the subscribe reply. The rest
@@ -433,18 +437,19 @@ impl Session {
             return Err(ERROR_LIMIT_EXCEEDED.into());
         }
         let user = self.user.as_deref().unwrap_or_default();
-        let (chan_info, expires_at, data, server_refresh) = match self.proxy_subscribe(&req, &name, ns).await
-        {
-            Some(answer) => {
-                let answer = answer?;
-                (answer.info, answer.expire_at, answer.data, self.server_sub_refresh(ns))
-            }
-            None => {
-                let (chan_info, expires_at) =
-                    self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token).await?;
-                (chan_info, expires_at, None, false)
-            }
-        };
+        let (chan_info, expires_at, data, server_refresh, options) =
+            match self.proxy_subscribe(&req, &name, ns).await {
+                Some(answer) => {
+                    let answer = answer?;
+                    let options = answer.overrides.apply(ns);
+                    (answer.info, answer.expire_at, answer.data, self.server_sub_refresh(ns), options)
+                }
+                None => {
+                    let (chan_info, expires_at) =
+                        self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token).await?;
+                    (chan_info, expires_at, None, false, None)
+                }
+            };
         let params = SubscribeParams {
             recover_from: req
                 .recover
@@ -457,6 +462,7 @@ impl Session {
             max_bytes: self.answer_budget(),
             server_side: false,
             server_refresh,
+            options,
         };
         let (mut result, covered) = self.subscribe(&req.channel, params).await?;
         result.data = data;
@@ -476,6 +482,7 @@ impl Session {
     ) -> Result<(SubscribeResult, u64), ProtocolError> {
         let node = self.node.clone();
         let (ns, _) = node.namespaces.resolve(channel)?;
+        let ns = params.options.as_deref().unwrap_or(ns);
         let has_stream = node.has_stream(ns);
         let recoverable = has_stream && (ns.force_recovery || params.recoverable);
         let positioned = has_stream && (ns.force_positioning || params.positioned || recoverable);
@@ -559,6 +566,7 @@ impl Session {
                 expires_at: params.expires_at,
                 server_side: params.server_side,
                 server_refresh: params.server_refresh,
+                options: params.options.clone(),
             },
         );
         let (expires, ttl) = Self::ttl(params.expires_at);
@@ -656,6 +664,7 @@ impl Session {
             }
         }
         if let Ok((ns, _)) = node.namespaces.resolve(channel) {
+            let ns = sub.options.as_deref().unwrap_or(ns);
             if ns.presence {
                 if let Err(e) = node.presence.remove(channel, &self.conn.client).await {
                     tracing::warn!(%channel, error = %e, "presence not removed");
