@@ -7,6 +7,7 @@
 //   CHAT=0 node run-all.mjs               # without the chat scenario (chat.test.mjs)
 //   README=0 node run-all.mjs             # without the README snippets (readme.test.mjs)
 //   DETAILS=0 node run-all.mjs            # without details.test.mjs (delta, cache recovery, tags, ...)
+//   PROXY=0 node run-all.mjs              # without the proxies (proxy.test.mjs)
 //
 // Each run is `node --test --test-concurrency=1 --test-reporter=spec <file>` with env
 // TRANSPORT set; the last line is the total over all runs.
@@ -23,6 +24,7 @@ const runs = modes.map((mode) => ({ label: `TRANSPORT=${mode}`, env: { TRANSPORT
 if (process.env.UNI !== '0') runs.push({ label: 'uni + bad input', env: {}, files: ['uni.test.mjs'] });
 if (process.env.DETAILS !== '0') runs.push({ label: 'protocol details', env: { TRANSPORT: 'websocket' }, files: ['details.test.mjs'] });
 if (process.env.CHAT !== '0') runs.push({ label: 'chat scenario', env: { TRANSPORT: 'websocket' }, files: ['chat.test.mjs'] });
+if (process.env.PROXY !== '0') runs.push({ label: 'proxies', env: {}, files: ['proxy.test.mjs'] });
 if (process.env.README !== '0') runs.push({ label: 'README snippets', env: {}, files: ['readme.test.mjs'] });
 
 function run({ label, env, files }) {

@@ -48,6 +48,14 @@ pub struct NamespaceConfig {
     pub delta_publish: bool,
     /// Subscribers may pass a tags filter (`tf`) and get only the publications it matches.
     pub allow_tags_filter: bool,
+    /// The proxy (by its name in `proxies`) asked when a client subscribes without a token:
+    /// it decides instead of `allow_subscribe_for_client` (Centrifugo's name).
+    pub subscribe_proxy_name: String,
+    /// The proxy asked when a client publishes: it decides instead of
+    /// `allow_publish_for_client`, and may replace the data.
+    pub publish_proxy_name: String,
+    /// The proxy asked when a subscription its subscribe proxy gave an `expire_at` expires.
+    pub sub_refresh_proxy_name: String,
 }
 
 /// How a subscriber recovers (`force_recovery_mode`).
@@ -97,6 +105,9 @@ impl Default for NamespaceConfig {
             allowed_delta_types: Vec::new(),
             delta_publish: false,
             allow_tags_filter: false,
+            subscribe_proxy_name: String::new(),
+            publish_proxy_name: String::new(),
+            sub_refresh_proxy_name: String::new(),
         }
     }
 }
