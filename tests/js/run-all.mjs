@@ -7,6 +7,7 @@
 //   PROTOBUF=0 node run-all.mjs           # without protobuf.test.mjs (run on websocket and http_stream)
 //   CHAT=0 node run-all.mjs               # without the chat scenario (chat.test.mjs)
 //   README=0 node run-all.mjs             # without the README snippets (readme.test.mjs)
+//   PROXY=0 node run-all.mjs              # without the proxies (proxy.test.mjs)
 //
 // Each run is `node --test --test-concurrency=1 --test-reporter=spec <file>` with env
 // TRANSPORT set; the last line is the total over all runs.
@@ -28,6 +29,7 @@ if (process.env.PROTOBUF !== '0') {
 }
 if (process.env.UNI !== '0') runs.push({ label: 'uni + bad input', env: {}, files: ['uni.test.mjs'] });
 if (process.env.CHAT !== '0') runs.push({ label: 'chat scenario', env: { TRANSPORT: 'websocket' }, files: ['chat.test.mjs'] });
+if (process.env.PROXY !== '0') runs.push({ label: 'proxies', env: {}, files: ['proxy.test.mjs'] });
 if (process.env.README !== '0') runs.push({ label: 'README snippets', env: {}, files: ['readme.test.mjs'] });
 
 function run({ label, env, files }) {

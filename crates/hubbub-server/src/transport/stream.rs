@@ -280,10 +280,17 @@ impl FromRequest<Arc<AppState>> for LimitedBody {
 }
 
 /// Starts a bidirectional emulation session whose first frame is `connect`.
-fn start_emulation(state: &AppState, name: &'static str, format: Format, connect: Bytes) -> Response {
+fn start_emulation(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &'static str,
+    format: Format,
+    connect: Bytes,
+) -> Response {
     let (tx, rx) = mpsc::channel(BODY_CHANNEL);
     let kind = TransportKind { name, emulation: true, unidirectional: false };
-    let session = Session::with_protocol(state.node.clone(), kind, format.protocol());
+    let mut session = Session::with_protocol(state.node.clone(), kind, format.protocol());
+    session.set_forwarded_headers(crate::proxy::kept_headers(&state.node, headers));
     let transport = StreamTransport { tx, format, unidirectional: false, positions: None };
     tokio::spawn(drive(session, transport, Some(connect)));
     stream_response(rx, format.content_type())
@@ -300,32 +307,35 @@ pub async fn http_stream(
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
     if is_binary(&headers) {
-        return Ok(start_emulation(&state, "http_stream", Format::Delimited, body));
+        return Ok(start_emulation(&state, &headers, "http_stream", Format::Delimited, body));
     }
-    Ok(start_emulation(&state, "http_stream", Format::Lines, utf8(body)?.into()))
+    Ok(start_emulation(&state, &headers, "http_stream", Format::Lines, utf8(body)?.into()))
 }
 
 pub async fn sse_get(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Some(connect) = query.get("cf_connect") else {
         return Err(ApiError::bad_request("bad request: cf_connect query parameter is required".into()));
     };
     too_big(&state, connect.as_bytes())?;
-    Ok(start_emulation(&state, "sse", Format::Events, Bytes::from(connect.clone())))
+    Ok(start_emulation(&state, &headers, "sse", Format::Events, Bytes::from(connect.clone())))
 }
 
 pub async fn sse_post(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
-    Ok(start_emulation(&state, "sse", Format::Events, utf8(body)?.into()))
+    Ok(start_emulation(&state, &headers, "sse", Format::Events, utf8(body)?.into()))
 }
 
 /// Starts a unidirectional session: connect at once, then stream pushes.
 async fn start_unidirectional(
     state: &AppState,
+    headers: &HeaderMap,
     name: &'static str,
     format: Format,
     request: ConnectRequest,
@@ -335,6 +345,7 @@ async fn start_unidirectional(
     let positions = (format == Format::Events).then(Positions::default);
     let transport = StreamTransport { tx, format, unidirectional: true, positions };
     let mut session = Session::new(state.node.clone(), kind);
+    session.set_forwarded_headers(crate::proxy::kept_headers(&state.node, headers));
     let content_type =
         if format == Format::Events { "text/event-stream; charset=utf-8" } else { "application/json" };
     let response = stream_response(rx, content_type);
@@ -356,10 +367,11 @@ fn parse_connect_request(text: &str) -> Result<ConnectRequest, ApiError> {
 
 pub async fn uni_http_stream(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
     let request = parse_connect_request(&utf8(body)?)?;
-    Ok(start_unidirectional(&state, "uni_http_stream", Format::Lines, request).await)
+    Ok(start_unidirectional(&state, &headers, "uni_http_stream", Format::Lines, request).await)
 }
 
 pub async fn uni_sse(
@@ -384,7 +396,7 @@ pub async fn uni_sse(
             });
         }
     }
-    Ok(start_unidirectional(&state, "uni_sse", Format::Events, request).await)
+    Ok(start_unidirectional(&state, &headers, "uni_sse", Format::Events, request).await)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use super::handshake::{Socket, WebSocketUpgrade};
 use super::{drive, unwrap_push, Inbound, Transport};
 use crate::AppState;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -38,16 +39,26 @@ fn config(node: &Node) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
-pub async fn bidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+pub async fn bidirectional(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let node = state.node.clone();
+    let kept = crate::proxy::kept_headers(&node, &headers);
     let protocol = ws.protocol;
     ws.on_upgrade(config(&node), move |socket| async move {
-        let session = Session::with_protocol(node, TransportKind::WEBSOCKET, protocol);
+        let mut session = Session::with_protocol(node, TransportKind::WEBSOCKET, protocol);
+        session.set_forwarded_headers(kept);
         drive(session, WsTransport { socket, unidirectional: false, protocol }, None).await
     })
 }
 
-pub async fn unidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+pub async fn unidirectional(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if ws.protocol != Protocol::Json {
         let error = hubbub_protocol::ProtocolError {
             message: "uni_websocket speaks JSON only".into(),
@@ -59,6 +70,7 @@ pub async fn unidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpg
         ));
     }
     let node = state.node.clone();
+    let kept = crate::proxy::kept_headers(&node, &headers);
     ws.on_upgrade(config(&node), move |socket| async move {
         let mut transport = WsTransport { socket, unidirectional: true, protocol: Protocol::Json };
         // The first message is the connect request. A client that sends none within
@@ -82,6 +94,7 @@ pub async fn unidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpg
             return;
         };
         let mut session = Session::new(node, UNI_WEBSOCKET);
+        session.set_forwarded_headers(kept);
         if let Err(d) = session.connect_unidirectional(request).await {
             transport.close(d).await;
             session.close().await;
