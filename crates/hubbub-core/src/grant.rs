@@ -66,6 +66,21 @@ pub struct SubscribeOptions {
     pub r#override: Option<SubscribeOverride>,
 }
 
+impl SubscribeOptions {
+    /// The `override` as the session applies it (the same as a subscribe proxy's).
+    pub fn overrides(&self) -> crate::proxy::SubscribeOverride {
+        let o = self.r#override.clone().unwrap_or_default();
+        let v = |b: Option<BoolValue>| b.map(|b| b.value);
+        crate::proxy::SubscribeOverride {
+            presence: v(o.presence),
+            join_leave: v(o.join_leave),
+            force_recovery: v(o.force_recovery),
+            force_positioning: v(o.force_positioning),
+            force_push_join_leave: v(o.force_push_join_leave),
+        }
+    }
+}
+
 /// Namespace options a server-side subscription may override, each `{"value": bool}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -380,11 +380,16 @@ impl Session {
                 .remove(&channel)
                 .filter(|r| r.recover)
                 .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch });
+            let overridden = match self.node.namespaces.resolve(&channel) {
+                Ok((ns, _)) => options.overrides().apply(ns),
+                Err(_) => None,
+            };
             let params = SubscribeParams {
                 recover_from,
                 max_bytes: budget,
                 server_side: true,
                 chan_info: options.info,
+                options: overridden,
                 ..Default::default()
             };
             match self.subscribe(&channel, params).await {
