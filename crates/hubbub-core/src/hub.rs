@@ -1,14 +1,15 @@
 //! The node-local index of who listens to what: channel → subscribed connections, and
 //! user → connections. Fan-out lives here: a publication is encoded once per channel and
-//! the same bytes are queued for every subscriber.
+//! protocol (JSON, protobuf: only those its subscribers here speak) and the same bytes are
+//! queued for every subscriber of that protocol.
 
 use crate::outbox::{Control, Outbox};
 use crate::sharded::ShardedMap;
 use crate::tags_filter::TagsFilter;
 use bytes::Bytes;
-use hubbub_protocol::{ClientInfo, Publication, Push, PushBody, Reply, ReplyBody};
+use hubbub_protocol::{delta, ClientInfo, Payload, Protocol, Publication, Push, PushBody, Reply, ReplyBody};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The part of a connection that the rest of the node may touch: its ids and its queue.
@@ -18,16 +19,24 @@ pub struct Connection {
     /// The protocol's client id (a UUID), unique across nodes.
     pub client: String,
     pub outbox: Outbox,
+    /// The encoding of everything queued on `outbox`.
+    pub protocol: Protocol,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
 impl Connection {
+    /// A JSON connection.
     pub fn new(queue_max_bytes: usize) -> Arc<Self> {
+        Self::with_protocol(queue_max_bytes, Protocol::Json)
+    }
+
+    pub fn with_protocol(queue_max_bytes: usize, protocol: Protocol) -> Arc<Self> {
         Arc::new(Connection {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             client: uuid::Uuid::new_v4().to_string(),
             outbox: Outbox::new(queue_max_bytes),
+            protocol,
         })
     }
 }
@@ -38,6 +47,9 @@ struct Subscriber {
     /// Only the publications whose tags this matches are queued (the others still move
     /// the subscriber's position).
     filter: Option<Arc<TagsFilter>>,
+    /// For a delta subscriber: whether the last publication queued for it is the channel's
+    /// previous one, so that the next may be a delta against it. `None` otherwise.
+    delta: Option<bool>,
     /// While the subscription is being set up (history is being read for recovery), its
     /// publications are held here with their offsets instead of being queued, so that the
     /// subscribe reply comes first and nothing is lost or doubled. `None` for one its
@@ -80,6 +92,8 @@ pub struct SubscribeOptions {
     pub dedupe: bool,
     /// Only publications whose tags it matches.
     pub filter: Option<Arc<TagsFilter>>,
+    /// Gets publications in delta form (`hubbub_protocol::delta`).
+    pub delta: bool,
 }
 
 /// Who a push is for, among a channel's subscribers.
@@ -104,11 +118,125 @@ pub struct SubscriberPosition {
 struct ChannelSubscribers {
     generation: u64,
     subs: Mutex<HashMap<u64, Subscriber>>,
+    /// How many of `subs` speak each protocol (changed under `subs`' lock, read before
+    /// taking it): a broadcast encodes, before it locks, only for the protocols present.
+    by_protocol: ProtocolCounts,
+    /// What the channel's delta subscribers need (locked only under `subs`' lock).
+    chain: Mutex<DeltaChain>,
+}
+
+/// The channel's previous publication, the base of the deltas its delta subscribers get:
+/// kept only while it has some, so other channels hold nothing more.
+#[derive(Default)]
+struct DeltaChain {
+    subscribers: usize,
+    previous: Option<Payload>,
+}
+
+/// One publication's frames for delta subscribers, each encoded at most once whoever needs
+/// it: the fossil delta against the channel's previous publication is computed once per
+/// publication (under the channel's lock, so that the chain follows delivery order), and
+/// every delta subscriber of a protocol shares the same bytes.
+struct DeltaFrames<'a> {
+    channel: &'a str,
+    publication: &'a Publication,
+    patch: Option<Vec<u8>>,
+    /// The JSON push in full (data as a string); `Some(None)`: it cannot be (binary data).
+    json_full: Option<Option<Bytes>>,
+    /// The pushes carrying the delta; `Some(None)`: it cannot be (JSON and not UTF-8).
+    json_patch: Option<Option<Bytes>>,
+    protobuf_patch: Option<Option<Bytes>>,
+}
+
+impl<'a> DeltaFrames<'a> {
+    /// The frame for a delta subscriber: the delta when `use_patch` and there is one, else
+    /// the publication in full. `None` when the protocol cannot carry it in delta form.
+    fn frame(&mut self, protocol: Protocol, use_patch: bool, frames: &mut Frames<'_>) -> Option<Bytes> {
+        if use_patch && self.patch.is_some() {
+            let (channel, publication, patch) = (self.channel, self.publication, self.patch.as_deref());
+            let slot = match protocol {
+                Protocol::Json => &mut self.json_patch,
+                Protocol::Protobuf => &mut self.protobuf_patch,
+            };
+            if let Some(frame) =
+                slot.get_or_insert_with(|| delta::encode_push(protocol, channel, publication, patch))
+            {
+                return Some(frame.clone());
+            }
+        }
+        match protocol {
+            // Protobuf carries the data as bytes either way: the ordinary push.
+            Protocol::Protobuf => Some(frames.get(protocol).clone()),
+            Protocol::Json => {
+                let (channel, publication) = (self.channel, self.publication);
+                self.json_full
+                    .get_or_insert_with(|| delta::encode_push(protocol, channel, publication, None))
+                    .clone()
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct ProtocolCounts {
+    json: AtomicUsize,
+    protobuf: AtomicUsize,
+}
+
+impl ProtocolCounts {
+    fn of(&self, protocol: Protocol) -> &AtomicUsize {
+        match protocol {
+            Protocol::Json => &self.json,
+            Protocol::Protobuf => &self.protobuf,
+        }
+    }
+}
+
+/// A push's frames, encoded at most once per protocol: up front for the protocols the
+/// channel's subscribers speak, and on first use for one that joined meanwhile.
+struct Frames<'a> {
+    reply: &'a Reply,
+    json: Option<Bytes>,
+    protobuf: Option<Bytes>,
+}
+
+impl<'a> Frames<'a> {
+    fn new(reply: &'a Reply, counts: &ProtocolCounts) -> Self {
+        let mut frames = Frames { reply, json: None, protobuf: None };
+        for protocol in [Protocol::Json, Protocol::Protobuf] {
+            if counts.of(protocol).load(Ordering::Relaxed) > 0 {
+                frames.get(protocol);
+            }
+        }
+        frames
+    }
+
+    fn get(&mut self, protocol: Protocol) -> &Bytes {
+        let slot = match protocol {
+            Protocol::Json => &mut self.json,
+            Protocol::Protobuf => &mut self.protobuf,
+        };
+        slot.get_or_insert_with(|| self.reply.encode_as(protocol))
+    }
 }
 
 type Subscribers = Arc<ChannelSubscribers>;
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+fn lock_chain(subs: &Subscribers) -> std::sync::MutexGuard<'_, DeltaChain> {
+    subs.chain.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl DeltaChain {
+    /// A delta subscriber left; with the last one the previous publication is let go.
+    fn leave(&mut self) {
+        self.subscribers = self.subscribers.saturating_sub(1);
+        if self.subscribers == 0 {
+            self.previous = None;
+        }
+    }
+}
 
 fn lock(subs: &Subscribers) -> std::sync::MutexGuard<'_, HashMap<u64, Subscriber>> {
     subs.subs.lock().unwrap_or_else(|p| p.into_inner())
@@ -232,27 +360,44 @@ impl Hub {
     /// Adds a subscriber (see [`SubscribeOptions`]). Returns true when it is the channel's
     /// first subscriber on this node.
     pub fn subscribe_with(&self, channel: &str, conn: &Arc<Connection>, options: SubscribeOptions) -> bool {
-        let SubscribeOptions { join_leave, hold, dedupe, filter } = options;
+        let SubscribeOptions { join_leave, hold, dedupe, filter, delta } = options;
         let mut shard = self.channels.shard(channel);
         let first = !shard.contains_key(channel);
         let subs = shard.entry(channel.to_owned()).or_insert_with(|| {
             Arc::new(ChannelSubscribers {
                 generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
                 subs: Mutex::default(),
+                by_protocol: ProtocolCounts::default(),
+                chain: Mutex::default(),
             })
         });
-        lock(subs).insert(
+        let mut guard = lock(subs);
+        let replaced = guard.insert(
             conn.key,
             Subscriber {
                 conn: conn.clone(),
                 join_leave,
                 filter,
+                // The first publication it gets is in full.
+                delta: delta.then_some(false),
                 held: hold.then(Vec::new),
                 held_bytes: 0,
                 delivered: dedupe.then_some(0),
                 position: hold.then(Position::default),
             },
         );
+        if replaced.is_none() {
+            subs.by_protocol.of(conn.protocol).fetch_add(1, Ordering::Relaxed);
+        }
+        let was_delta = replaced.is_some_and(|r| r.delta.is_some());
+        if delta != was_delta {
+            let mut chain = lock_chain(subs);
+            if delta {
+                chain.subscribers += 1;
+            } else {
+                chain.leave();
+            }
+        }
         first
     }
 
@@ -271,6 +416,10 @@ impl Hub {
                 position.offset = position.offset.max(covered);
             }
             sub.held_bytes = 0;
+            // What it held was in full; the reply before it is what the client now has.
+            if let Some(ready) = &mut sub.delta {
+                *ready = false;
+            }
             for (offset, frame) in sub.held.take().unwrap_or_default() {
                 if offset == 0 || offset > covered {
                     if let Some(delivered) = &mut sub.delivered {
@@ -325,8 +474,10 @@ impl Hub {
         let mut shard = self.channels.shard(channel);
         let Some(subs) = shard.get(channel) else { return false };
         let mut guard = lock(subs);
-        if guard.remove(&conn.key).is_none() {
-            return false;
+        let Some(removed) = guard.remove(&conn.key) else { return false };
+        subs.by_protocol.of(removed.conn.protocol).fetch_sub(1, Ordering::Relaxed);
+        if removed.delta.is_some() {
+            lock_chain(subs).leave();
         }
         let empty = guard.is_empty();
         drop(guard);
@@ -349,27 +500,50 @@ impl Hub {
         self.channels.shard(channel).get(channel).map(|c| c.generation)
     }
 
-    /// Encodes a push once, if the channel has subscribers here, and queues the same bytes
-    /// for each of them (only for those that want join/leave events, when
-    /// `join_leave_only`). Returns how many got it.
-    fn broadcast(&self, channel: &str, body: PushBody, offset: u64, join_leave_only: bool) -> usize {
-        let Some(subs) = self.subscribers(channel) else { return 0 };
+    /// Encodes a push once per protocol, if the channel has subscribers here, and queues the
+    /// same bytes for each of them it is for (see [`Audience`]). Returns how many got it. A
+    /// channel whose subscribers all speak JSON encodes JSON once before locking, as it
+    /// always did; protobuf is encoded only when a protobuf subscriber is there. A
+    /// publication also goes to the channel's delta subscribers in delta form
+    /// ([`DeltaFrames`]), as deltas when `delta_publish`.
+    fn broadcast(
+        &self,
+        channel: &str,
+        body: PushBody,
+        offset: u64,
+        join_leave_only: bool,
+        delta_publish: bool,
+    ) -> usize {
+        let Some(channel_subs) = self.subscribers(channel) else { return 0 };
         let reply = Reply::push(Push { channel: channel.to_owned(), body });
-        let frame = reply.encode();
-        let audience = match &reply.body {
-            ReplyBody::Push(Push { body: PushBody::Publication(p), .. }) => {
-                Audience::Publication(p.tags.as_ref())
-            }
-            _ if join_leave_only => Audience::JoinLeave,
-            _ => Audience::Everyone,
+        let publication = match &reply.body {
+            ReplyBody::Push(Push { body: PushBody::Publication(p), .. }) => Some(p),
+            _ => None,
         };
-        Self::fan_out(&subs, &frame, offset, audience)
-    }
-
-    /// Queues one encoded push for the channel's subscribers it is for (held for those
-    /// subscribing right now). Returns how many got it.
-    fn fan_out(subs: &Subscribers, frame: &Bytes, offset: u64, audience: Audience<'_>) -> usize {
-        let mut subs = lock(subs);
+        let audience = match publication {
+            Some(p) => Audience::Publication(p.tags.as_ref()),
+            None if join_leave_only => Audience::JoinLeave,
+            None => Audience::Everyone,
+        };
+        let mut frames = Frames::new(&reply, &channel_subs.by_protocol);
+        let mut subs = lock(&channel_subs);
+        let mut deltas = publication.and_then(|p| {
+            let mut chain = lock_chain(&channel_subs);
+            if chain.subscribers == 0 {
+                return None;
+            }
+            let previous = chain.previous.replace(p.data.clone());
+            let patch =
+                previous.filter(|_| delta_publish).and_then(|previous| delta::patch(&previous, &p.data));
+            Some(DeltaFrames {
+                channel,
+                publication: p,
+                patch,
+                json_full: None,
+                json_patch: None,
+                protobuf_patch: None,
+            })
+        });
         let mut delivered = 0;
         for sub in subs.values_mut() {
             // A publication its filter skips still moves the subscriber's position: it is
@@ -382,20 +556,35 @@ impl Hub {
             if !wanted && !matches!(audience, Audience::Publication(_)) {
                 continue;
             }
-            let frame = wanted.then(|| frame.clone());
+            let protocol = sub.conn.protocol;
+            let frame = match (wanted, sub.delta.as_mut(), deltas.as_mut()) {
+                (false, _, _) => None,
+                (true, Some(ready), Some(deltas)) => {
+                    // Held: in full (the reply before it decides what the client has).
+                    let live = sub.held.is_none();
+                    match deltas.frame(protocol, live && *ready, &mut frames) {
+                        Some(frame) => {
+                            *ready = live;
+                            Some(frame)
+                        }
+                        None => {
+                            *ready = false;
+                            Some(frames.get(protocol).clone())
+                        }
+                    }
+                }
+                (true, _, _) => Some(frames.get(protocol).clone()),
+            };
             match &mut sub.held {
                 Some(held) => {
-                    if sub.conn.outbox.is_closed() {
-                        continue;
-                    }
-                    if frame.is_none() && offset == 0 {
+                    if sub.conn.outbox.is_closed() || (frame.is_none() && offset == 0) {
                         continue;
                     }
                     // A skipped publication is held for its offset alone; it counts what
                     // it takes, so that a long hold stays bounded.
-                    let size = frame.as_ref().map_or(std::mem::size_of::<(u64, Option<Bytes>)>(), Bytes::len);
                     let skipped = frame.is_none();
-                    sub.held_bytes += size;
+                    sub.held_bytes +=
+                        frame.as_ref().map_or(std::mem::size_of::<(u64, Option<Bytes>)>(), Bytes::len);
                     held.push((offset, frame));
                     if sub.held_bytes > sub.conn.outbox.max_bytes() {
                         held.clear();
@@ -409,6 +598,10 @@ impl Hub {
                 None => {
                     if let (Some(delivered), true) = (&mut sub.delivered, offset != 0) {
                         if offset <= *delivered {
+                            // Not sent: the next one cannot be a delta against it.
+                            if let Some(ready) = &mut sub.delta {
+                                *ready = false;
+                            }
                             continue;
                         }
                         *delivered = offset;
@@ -428,16 +621,27 @@ impl Hub {
     }
 
     pub fn broadcast_publication(&self, channel: &str, publication: Publication) -> usize {
+        self.broadcast_publication_with(channel, publication, false)
+    }
+
+    /// Broadcasts a publication; with `delta_publish` (the namespace's option), delta
+    /// subscribers get it as a delta against the channel's previous one where they can.
+    pub fn broadcast_publication_with(
+        &self,
+        channel: &str,
+        publication: Publication,
+        delta_publish: bool,
+    ) -> usize {
         let offset = publication.offset;
-        self.broadcast(channel, PushBody::Publication(publication), offset, false)
+        self.broadcast(channel, PushBody::Publication(publication), offset, false, delta_publish)
     }
 
     pub fn broadcast_join(&self, channel: &str, info: ClientInfo, everyone: bool) -> usize {
-        self.broadcast(channel, PushBody::Join { info }, 0, !everyone)
+        self.broadcast(channel, PushBody::Join { info }, 0, !everyone, false)
     }
 
     pub fn broadcast_leave(&self, channel: &str, info: ClientInfo, everyone: bool) -> usize {
-        self.broadcast(channel, PushBody::Leave { info }, 0, !everyone)
+        self.broadcast(channel, PushBody::Leave { info }, 0, !everyone, false)
     }
 
     /// Channels with subscribers on this node and how many each has.

@@ -5,7 +5,6 @@
 pub mod auth;
 pub mod channel;
 pub mod cluster;
-pub mod delta;
 pub mod duration;
 pub mod engine;
 pub mod grant;

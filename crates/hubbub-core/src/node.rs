@@ -241,7 +241,8 @@ impl BrokerEvents for HubEvents {
             },
             None => publication,
         };
-        self.hub.broadcast_publication(channel, publication);
+        let delta_publish = self.namespaces.resolve(channel).is_ok_and(|(ns, _)| ns.delta_publish);
+        self.hub.broadcast_publication_with(channel, publication, delta_publish);
     }
     fn on_join(&self, channel: &str, info: ClientInfo) {
         self.hub.broadcast_join(channel, info, self.push_join_leave_to_all(channel));

@@ -15,16 +15,13 @@ use crate::node::Node;
 use crate::outbox::Control;
 use crate::rpc::Caller;
 use crate::tags_filter::TagsFilter;
-use bytes::Bytes;
 use hubbub_protocol::codes::*;
 use hubbub_protocol::command::{
     ChannelRequest, ConnectRequest, HistoryRequest, PublishRequest, RefreshRequest, RpcRequest,
     SubRefreshRequest, SubscribeRequest, SUBSCRIBE_FLAG_REJECT_UNRECOVERED,
 };
 use hubbub_protocol::reply::*;
-use hubbub_protocol::{
-    decode_frame, ClientInfo, Disconnect, Json, Method, ProtocolError, Reply, StreamPosition,
-};
+use hubbub_protocol::{ClientInfo, Disconnect, Json, Method, Protocol, ProtocolError, Reply, StreamPosition};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::{Duration, Instant};
@@ -87,15 +84,19 @@ struct Delivery {
 }
 
 impl Delivery {
-    /// The publications read from the stream as this subscriber gets them.
-    fn apply(&self, publications: Vec<Publication>) -> Vec<Publication> {
+    /// The publications read from the stream as this subscriber gets them: those its filter
+    /// matches, and for a JSON delta subscriber in full delta form (data as a string; the
+    /// first publication after a subscribe or a recovery is never a delta).
+    fn apply(&self, publications: Vec<Publication>, protocol: Protocol) -> Vec<Publication> {
         let mut publications = publications;
         if let Some(filter) = &self.filter {
             publications.retain(|p| filter.matches(p.tags.as_ref()));
         }
-        if self.delta {
+        if self.delta && protocol == Protocol::Json {
             for p in &mut publications {
-                p.data = crate::delta::json_string_form(&p.data);
+                if let Some(data) = hubbub_protocol::delta::json_string_form(&p.data) {
+                    p.data = data;
+                }
             }
         }
         publications
@@ -211,8 +212,15 @@ pub struct Session {
 }
 
 impl Session {
+    /// A JSON session.
     pub fn new(node: Arc<Node>, kind: TransportKind) -> Self {
-        let conn = Connection::new(node.client.queue_max_bytes);
+        Self::with_protocol(node, kind, Protocol::Json)
+    }
+
+    /// A session speaking `protocol`: its commands are decoded, and everything queued for
+    /// it encoded, in that protocol.
+    pub fn with_protocol(node: Arc<Node>, kind: TransportKind, protocol: Protocol) -> Self {
+        let conn = Connection::with_protocol(node.client.queue_max_bytes, protocol);
         let rate = RateLimit::new(node.client.commands_per_second);
         let next_ping = Instant::now() + node.client.ping_interval;
         Session {
@@ -246,13 +254,17 @@ impl Session {
         &self.conn.client
     }
 
+    pub fn protocol(&self) -> Protocol {
+        self.conn.protocol
+    }
+
     /// The connection's `meta` (from its token or the connect proxy), for proxies.
     pub fn meta(&self) -> Option<&Json> {
         self.proxy.meta.as_ref()
     }
 
     fn send(&self, reply: Reply) {
-        self.conn.outbox.push(reply.encode());
+        self.conn.outbox.push(reply.encode_as(self.conn.protocol));
     }
 
     fn client_info(&self, chan_info: Option<Json>) -> ClientInfo {
@@ -264,12 +276,13 @@ impl Session {
         }
     }
 
-    /// Handles one frame of newline-separated commands.
-    pub async fn handle_frame(&mut self, frame: &str) -> Result<(), Disconnect> {
-        let commands = match decode_frame(frame) {
+    /// Handles one frame of commands in the session's protocol (JSON: newline-separated;
+    /// protobuf: length-delimited).
+    pub async fn handle_frame(&mut self, frame: impl AsRef<[u8]>) -> Result<(), Disconnect> {
+        let commands = match self.conn.protocol.decode_frame(frame.as_ref()) {
             Ok(c) => c,
             Err(e) => {
-                tracing::info!(client = %self.conn.client, transport = self.kind.name, error = %e, "bad frame");
+                tracing::info!(client = %self.conn.client, transport = self.kind.name, protocol = self.conn.protocol.name(), error = %e, "bad frame");
                 return Err(Disconnect::BAD_REQUEST);
             }
         };
@@ -413,11 +426,16 @@ impl Session {
                 .remove(&channel)
                 .filter(|r| r.recover)
                 .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch });
+            let overridden = match self.node.namespaces.resolve(&channel) {
+                Ok((ns, _)) => options.overrides().apply(ns),
+                Err(_) => None,
+            };
             let params = SubscribeParams {
                 recover_from,
                 max_bytes: budget,
                 server_side: true,
                 chan_info: options.info,
+                options: overridden,
                 ..Default::default()
             };
             match self.subscribe(&channel, params).await {
@@ -484,8 +502,7 @@ impl Session {
         let delta = match req.delta.as_str() {
             "" => false,
             name => match DeltaType::parse(name) {
-                // Granted once the hub sends deltas (next step).
-                Some(_) => false,
+                Some(kind) => ns.allowed_delta_types.contains(&kind),
                 None => {
                     tracing::info!(client = %self.conn.client, delta = name, "unknown delta type");
                     return Err(CommandError::Disconnect(Disconnect::BAD_REQUEST));
@@ -576,6 +593,7 @@ impl Session {
             hold: positioned,
             dedupe: node.channel_hooks(ns).is_some(),
             filter: params.delivery.filter.clone(),
+            delta: params.delivery.delta,
         };
         if node.hub.subscribe_with(channel, &self.conn, options) {
             if let Err(e) = node.broker.subscribe(channel).await {
@@ -618,7 +636,7 @@ impl Session {
             }
             node.hub.set_epoch(channel, &self.conn, &recovery.position.epoch);
             result.epoch = recovery.position.epoch;
-            result.publications = params.delivery.apply(recovery.publications);
+            result.publications = params.delivery.apply(recovery.publications, self.conn.protocol);
         }
         if ns.presence {
             let info = self.client_info(params.chan_info.clone());
@@ -798,7 +816,7 @@ impl Session {
         // The subscription may have ended while the stream was read.
         let Some(index) = self.backlogs.iter().position(|b| b.channel == channel) else { return Ok(()) };
         let covered = page.publications.last().map_or(sent.offset, |p| p.offset);
-        for publication in delivery.apply(page.publications) {
+        for publication in delivery.apply(page.publications, self.conn.protocol) {
             self.send(Reply::push(Push {
                 channel: channel.clone(),
                 body: PushBody::Publication(publication),
@@ -976,7 +994,7 @@ impl Session {
         match control {
             Control::Disconnect(d) => Err(d),
             Control::Proxied(answer) => self.apply_deferred(answer),
-            Control::Commands(frame) => self.handle_frame(&frame).await,
+            Control::Commands(frame) => self.handle_frame(frame).await,
             Control::Subscribe(channel) => {
                 if self.user.is_none() || self.subs.contains_key(&channel) {
                     return Ok(());
@@ -1102,7 +1120,7 @@ impl Session {
         if now >= self.next_ping {
             self.next_ping = now + self.node.client.ping_interval;
             if self.user.is_some() && self.awaiting_pong_since.is_none() {
-                self.conn.outbox.push(Bytes::from_static(b"{}"));
+                self.conn.outbox.push(self.conn.protocol.ping());
                 if !self.kind.unidirectional {
                     self.awaiting_pong_since = Some(now);
                 }

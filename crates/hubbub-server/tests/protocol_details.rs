@@ -16,6 +16,7 @@ fn server() -> Server {
     Server::builder()
         .ns(Ns::new("cache").set("force_recovery_mode", "\"cache\""))
         .ns(Ns::new("tagged").set("allow_tags_filter", "true"))
+        .ns(Ns::new("delta").set("allowed_delta_types", "[\"fossil\"]").set("delta_publish", "true"))
         .client("tags_filter_max_depth", "3")
         .client("tags_filter_max_bytes", "256")
         .start()
@@ -287,4 +288,55 @@ async fn a_permessage_deflate_offer_is_declined() {
     let mut first = [0u8; 2];
     tokio::time::timeout(T, tcp.read_exact(&mut first)).await.expect("a reply").unwrap();
     assert_eq!(first[0], 0x81, "a final text frame, RSV1 clear (not compressed)");
+}
+
+/// A delta subscriber's publication data (a JSON string) applied as centrifuge-js does:
+/// a delta to the previous text, or the text itself.
+fn follow(previous: &mut Vec<u8>, publication: &Value) -> Value {
+    let data = publication["data"].as_str().unwrap_or_else(|| panic!("data is a string: {publication}"));
+    *previous = if publication["delta"] == json!(true) {
+        hubbub_protocol::fossil::apply(previous, data.as_bytes(), 1 << 20).expect("the delta applies")
+    } else {
+        data.as_bytes().to_vec()
+    };
+    serde_json::from_slice(previous).expect("the result is the JSON publication")
+}
+
+#[tokio::test]
+async fn fossil_deltas_go_to_delta_subscribers_and_full_data_to_the_others() {
+    let srv = server();
+    let api = srv.api();
+    let mut plain = srv.user("1").await;
+    let mut delta = srv.user("2").await;
+    plain.subscribe("delta:doc").await;
+    let r = delta.subscribe_with(json!({"channel": "delta:doc", "delta": "fossil"})).await;
+    assert_eq!(r["delta"], json!(true), "granted: {r}");
+    let doc = |n: i64| json!({"title": "a long enough document to be worth a delta", "items": (0..40).collect::<Vec<_>>(), "n": n});
+    let mut previous = Vec::new();
+    for n in 1..=4 {
+        api.publish("delta:doc", doc(n)).await;
+        let p = plain.expect_push("delta:doc", "pub").await;
+        assert_eq!(p["data"], doc(n), "the others get the data itself");
+        let d = delta.expect_push("delta:doc", "pub").await;
+        assert_eq!(d["delta"] == json!(true), n > 1, "the first is in full, then deltas: {d}");
+        assert_eq!(follow(&mut previous, &d), doc(n));
+        if n > 1 {
+            assert!(d["data"].as_str().unwrap().len() < 40, "a small delta: {d}");
+        }
+    }
+    // After a recovery, the recovered publications and the first live one are in full.
+    delta.ok("unsubscribe", json!({"channel": "delta:doc"})).await;
+    api.publish("delta:doc", doc(5)).await;
+    let r = delta
+        .subscribe_with(json!({"channel": "delta:doc", "delta": "fossil", "recover": true, "offset": 4}))
+        .await;
+    let recovered = arr(&r, "publications");
+    assert_eq!(recovered.len(), 1, "{r}");
+    assert_eq!(follow(&mut previous, &recovered[0]), doc(5));
+    for n in 6..=7 {
+        api.publish("delta:doc", doc(n)).await;
+        let d = delta.expect_push("delta:doc", "pub").await;
+        assert_eq!(d["delta"] == json!(true), n > 6, "{d}");
+        assert_eq!(follow(&mut previous, &d), doc(n));
+    }
 }
