@@ -24,6 +24,9 @@ fi
   HUBBUB_BIN="$PWD/../../target/debug/hubbub" npm test
 )
 
+echo "== the server API driven by Centrifugo's API clients: cent (PyPI) and cent.js (npm)"
+bash scripts/test-api-clients.sh
+
 echo "== centrifuge-js compatibility suite against a 3-node cluster (Redis + PostgreSQL) behind HAProxy"
 bash scripts/test-js-cluster.sh
 

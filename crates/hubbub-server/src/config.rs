@@ -27,6 +27,10 @@ pub struct Config {
     pub auth: AuthConfig,
     pub client: ClientConfig,
     pub http: HttpConfig,
+    /// The server API's bounds (batch size, idempotency keys).
+    pub api: hubbub_core::api::ApiConfig,
+    /// The gRPC server API, on its own listener.
+    pub grpc_api: GrpcApiConfig,
     pub chat: hubbub_chat::ChatConfig,
     /// How nodes reach each other (the engine) and the bounds of what it keeps.
     pub engine: EngineConfig,
@@ -46,6 +50,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             client: ClientConfig::default(),
             http: HttpConfig::default(),
+            api: Default::default(),
+            grpc_api: GrpcApiConfig::default(),
             chat: hubbub_chat::ChatConfig::default(),
             engine: EngineConfig::default(),
             store: StoreConfig::default(),
@@ -96,6 +102,34 @@ impl Default for HttpConfig {
             max_request_body: 65536,
             poll_max_waiters_per_user: 16,
             body_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The gRPC server API (Centrifugo's `grpc_api*` keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcApiConfig {
+    /// Serve it (off by default, as in Centrifugo).
+    pub enabled: bool,
+    /// The address to listen on (an IP address).
+    pub address: String,
+    /// The port; 0 picks a free one (printed at start).
+    pub port: u16,
+    /// The key clients send as metadata `authorization: apikey KEY`; empty: `auth.api_key`.
+    pub key: String,
+    /// Largest request accepted, in bytes (like the HTTP API's body limit).
+    pub max_request_bytes: usize,
+}
+
+impl Default for GrpcApiConfig {
+    fn default() -> Self {
+        GrpcApiConfig {
+            enabled: false,
+            address: "127.0.0.1".into(),
+            port: 10000,
+            key: String::new(),
+            max_request_bytes: 2 << 20,
         }
     }
 }
@@ -264,6 +298,24 @@ impl Config {
             self.http.allowed_origins.iter().find_map(|o| crate::origin::invalid_allowed_origin(o))
         {
             return bad("http.allowed_origins", &message);
+        }
+        if self.api.batch_max_commands == 0 {
+            return bad("api.batch_max_commands", "must be at least 1");
+        }
+        if self.api.idempotency_ttl.is_zero() {
+            return bad("api.idempotency_ttl", "must be above 0");
+        }
+        if self.api.idempotency_max_keys == 0 {
+            return bad("api.idempotency_max_keys", "must be at least 1");
+        }
+        if self.api.idempotency_max_bytes < 1024 {
+            return bad("api.idempotency_max_bytes", "must be at least 1024 bytes");
+        }
+        if self.grpc_api.address.parse::<std::net::IpAddr>().is_err() {
+            return bad("grpc_api.address", "expected an IP address like \"127.0.0.1\"");
+        }
+        if self.grpc_api.max_request_bytes < 1024 {
+            return bad("grpc_api.max_request_bytes", "must be at least 1024 bytes");
         }
         if let Err(message) = hubbub_core::channel::Namespaces::new(&self.namespaces) {
             return bad("namespaces", &message);

@@ -19,6 +19,7 @@ pub fn router(state: Arc<AppState>, app: Router) -> Router {
         .route("/connection/uni_sse", get(stream::uni_sse))
         .route("/emulation", post(emulation::handle))
         .route("/api/poll", get(poll::poll))
+        .route("/api", post(api::handle_legacy))
         .route("/api/{method}", post(api::handle))
         .with_state(state.clone());
     core.merge(app)

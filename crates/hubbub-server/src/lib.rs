@@ -7,6 +7,7 @@ pub mod config;
 pub mod data_dir;
 mod emulation;
 pub mod engines;
+pub mod grpc_api;
 mod headers;
 mod http;
 mod origin;
@@ -16,6 +17,7 @@ mod web;
 
 use anyhow::Context;
 use config::Config;
+use hubbub_core::api::ServerApi;
 use hubbub_core::auth::Tokens;
 use hubbub_core::channel::Namespaces;
 use hubbub_core::engine::memory::MemoryBroker;
@@ -39,6 +41,8 @@ pub fn init_logging() {
 /// Shared by every request handler.
 pub struct AppState {
     pub node: Arc<Node>,
+    /// The server API's operations (HTTP and gRPC API, async consumers).
+    pub api: Arc<ServerApi>,
     pub config: Config,
     /// Waiting long polls per token subject (`http.poll_max_waiters_per_user`).
     pub poll_waiters: poll::Waiters,
@@ -50,6 +54,9 @@ pub struct AppState {
 pub struct App {
     pub router: axum::Router,
     pub node: Arc<Node>,
+    /// The server API's operations: what the HTTP and gRPC APIs call, and what anything else
+    /// publishing for the application (async consumers) calls too.
+    pub api: Arc<ServerApi>,
     pub chat: Arc<hubbub_chat::Chat>,
     /// The single-node engine, whose expired streams someone must sweep.
     pub memory: Option<Arc<MemoryBroker>>,
@@ -96,9 +103,15 @@ impl App {
         })
         .await?;
         let chat = hubbub_chat::Chat::install(node.clone(), store, config.chat.clone());
-        let state = Arc::new(AppState { node: node.clone(), config, poll_waiters: Default::default() });
+        let api = Arc::new(ServerApi::new(node.clone(), config.api.clone()));
+        let state = Arc::new(AppState {
+            node: node.clone(),
+            api: api.clone(),
+            config,
+            poll_waiters: Default::default(),
+        });
         let router = http::router(state, hubbub_chat::rest::router(chat.clone()));
-        Ok(App { router, node, chat, memory: engine.memory })
+        Ok(App { router, node, api, chat, memory: engine.memory })
     }
 }
 
@@ -115,7 +128,18 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
 
     let name = if config.node_name.is_empty() { addr.to_string() } else { config.node_name.clone() };
     let grace = config.shutdown_grace;
-    let App { router: app, node, memory, .. } =
+    let grpc = config.grpc_api.clone();
+    let grpc_key = if grpc.key.is_empty() { config.auth.api_key.clone() } else { grpc.key.clone() };
+    let grpc_listener = if grpc.enabled {
+        let at = format!("{}:{}", grpc.address, grpc.port);
+        let listener = tokio::net::TcpListener::bind(&at).await.with_context(|| {
+            format!("cannot listen on {at} (config keys `grpc_api.address`, `grpc_api.port`)")
+        })?;
+        Some(listener)
+    } else {
+        None
+    };
+    let App { router: app, node, api, memory, .. } =
         App::build_in(config, name, store.clone(), Some(data_dir.path())).await?;
     let sweeper = tokio::spawn({
         let memory = memory.clone();
@@ -131,6 +155,27 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     // Listen for signals before saying we listen: a SIGTERM sent right after the line must
     // shut down gracefully, not kill the process with the default action.
     let stop_signal = shutdown_signal()?;
+    let (grpc_stop, grpc_stopped) = tokio::sync::watch::channel(false);
+    let grpc_server = match grpc_listener {
+        Some(listener) => {
+            println!("hubbub grpc api listening on {}", listener.local_addr()?);
+            let service = grpc_api::service(api, grpc_key, grpc.max_request_bytes);
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let mut stopped = grpc_stopped;
+            Some(tokio::spawn(
+                tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
+                    incoming,
+                    async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    },
+                ),
+            ))
+        }
+        None => {
+            drop(api);
+            None
+        }
+    };
     println!("hubbub listening on http://{addr}");
     tracing::info!(%addr, node = %node.id, "serving");
 
@@ -144,6 +189,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     stop_signal.await;
     tracing::info!(?grace, "shutting down: no new connections, telling clients to reconnect");
     let _ = stop_tx.send(true);
+    let _ = grpc_stop.send(true);
     node.shutdown();
     let deadline = tokio::time::Instant::now() + grace;
     let drained = async {
@@ -159,6 +205,12 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("grace period over with connections still open: exiting"),
     }
     sweeper.abort();
+    if let Some(grpc_server) = grpc_server {
+        // Calls in flight finish within the grace; a stuck one is not waited for.
+        if tokio::time::timeout(Duration::from_secs(1), grpc_server).await.is_err() {
+            tracing::warn!("gRPC API calls still running at exit");
+        }
+    }
     // The memory engine's log: what is queued is written, synced and marked clean, so the
     // next start keeps every stream as it is now.
     if let Some(memory) = &memory {
