@@ -11,6 +11,7 @@ pub mod hooks;
 pub mod hub;
 pub mod node;
 pub mod outbox;
+pub mod proxy;
 pub mod rpc;
 pub mod session;
 mod sharded;

@@ -120,6 +120,8 @@ pub struct Node {
     rpc: RwLock<RpcRegistry>,
     hooks: Hooks,
     user_events: RwLock<Option<Arc<dyn UserEvents>>>,
+    /// The backends that decide for the node (`proxy.rs`); set once at start.
+    proxies: std::sync::OnceLock<crate::proxy::Proxies>,
     started: Instant,
     pub(crate) cluster: Cluster,
 }
@@ -253,6 +255,7 @@ impl Node {
             rpc: RwLock::new(opts.rpc),
             hooks: hooks.clone(),
             user_events: RwLock::new(None),
+            proxies: std::sync::OnceLock::new(),
             started: Instant::now(),
             cluster,
         });
@@ -279,6 +282,16 @@ impl Node {
 
     pub fn rpc_handler(&self, method: &str) -> Option<Arc<dyn crate::rpc::RpcHandler>> {
         self.rpc.read().unwrap_or_else(|p| p.into_inner()).get(method).cloned()
+    }
+
+    /// Sets the node's proxies: once, at start, before any connection (an error otherwise).
+    pub fn set_proxies(&self, proxies: crate::proxy::Proxies) -> Result<(), &'static str> {
+        self.proxies.set(proxies).map_err(|_| "the node's proxies are already set")
+    }
+
+    /// The node's proxies (none unless [`Node::set_proxies`] set them).
+    pub fn proxies(&self) -> &crate::proxy::Proxies {
+        self.proxies.get_or_init(Default::default)
     }
 
     /// Hands the channels of `namespace` to an application's hooks.
@@ -369,6 +382,20 @@ impl Node {
             self.broker.sync().await?;
         }
         Ok(position)
+    }
+
+    /// Publishes `data` to `channel` without keeping it in the channel's history (a
+    /// publish proxy's `skip_history`): delivered to current subscribers only, no offset.
+    pub async fn publish_without_history(
+        &self,
+        channel: &str,
+        data: Json,
+        info: Option<ClientInfo>,
+    ) -> ApiResult<()> {
+        self.namespaces.resolve(channel)?;
+        let publication = Publication { data, info, offset: 0, tags: None };
+        self.broker.publish(channel, publication, HistoryOptions::default()).await?;
+        Ok(())
     }
 
     pub async fn presence(&self, channel: &str) -> ApiResult<HashMap<String, ClientInfo>> {

@@ -26,6 +26,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::{Duration, Instant};
 
+mod proxied;
+
 /// Outcome of one command: a reply body, a protocol error, or the end of the connection.
 enum Outcome {
     Reply(ReplyBody),
@@ -66,6 +68,8 @@ struct Subscription {
     /// Made by the server (the connection token's `channels`, the server API): the client
     /// cannot subscribe again by itself, it gets this channel back by reconnecting.
     server_side: bool,
+    /// Refreshed at expiry by the namespace's sub_refresh proxy, not by the client.
+    server_refresh: bool,
 }
 
 /// Settings of one subscribe, whether the client asked or the server subscribes it.
@@ -80,6 +84,7 @@ struct SubscribeParams {
     /// Bytes of recovered publications the reply may carry (see [`Session::answer_budget`]).
     max_bytes: usize,
     server_side: bool,
+    server_refresh: bool,
 }
 
 /// A recovery whose missed publications did not all fit in the subscribe reply. The rest
@@ -154,6 +159,8 @@ pub struct Session {
     session_id: String,
     /// Recoveries still being sent, oldest first.
     backlogs: Vec<Backlog>,
+    /// What the connection keeps for proxies (`session/proxied.rs`).
+    proxy: crate::proxy::ProxyState,
 }
 
 impl Session {
@@ -174,6 +181,7 @@ impl Session {
             awaiting_pong_since: None,
             session_id: uuid::Uuid::new_v4().to_string(),
             backlogs: Vec::new(),
+            proxy: Default::default(),
         }
     }
 
@@ -285,7 +293,12 @@ impl Session {
         if self.user.is_some() {
             return Err(CommandError::Disconnect(Disconnect::BAD_REQUEST));
         }
-        let claims = if req.token.is_empty() {
+        let mut connect_data = None;
+        let claims = if let Some(proxied) = self.proxy_connect(&req).await {
+            let (claims, data) = proxied?;
+            connect_data = data;
+            claims
+        } else if req.token.is_empty() {
             if !self.node.allow_anonymous {
                 return Err(ERROR_UNAUTHORIZED.into());
             }
@@ -337,13 +350,14 @@ impl Session {
                 Err(e) => tracing::warn!(%channel, code = e.code, "server-side subscription failed"),
             }
         }
-        let (expires, ttl) = Self::ttl(self.expires_at);
+        let (expires, ttl) =
+            if self.client_refreshes() { Self::ttl(self.expires_at) } else { Default::default() };
         let result = ConnectResult {
             client: self.conn.client.clone(),
             version: self.node.version.clone(),
             expires,
             ttl,
-            data: None,
+            data: connect_data,
             subs,
             ping: self.node.client.ping_interval.as_secs().max(1) as u32,
             pong: !self.kind.unidirectional,
@@ -370,6 +384,7 @@ impl Session {
             Err(CommandError::Error(e)) if e.code == ERROR_UNAUTHORIZED.code => {
                 Err(Disconnect::INVALID_TOKEN)
             }
+            Err(CommandError::Error(e)) if e.code == ERROR_INTERNAL.code => Err(Disconnect::SERVER_ERROR),
             Err(CommandError::Error(_)) => Err(Disconnect::BAD_REQUEST),
         }
     }
@@ -383,8 +398,18 @@ impl Session {
             return Err(ERROR_LIMIT_EXCEEDED.into());
         }
         let user = self.user.as_deref().unwrap_or_default();
-        let (chan_info, expires_at) =
-            self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token).await?;
+        let (chan_info, expires_at, data, server_refresh) = match self.proxy_subscribe(&req, &name, ns).await
+        {
+            Some(answer) => {
+                let answer = answer?;
+                (answer.info, answer.expire_at, answer.data, self.server_sub_refresh(ns))
+            }
+            None => {
+                let (chan_info, expires_at) =
+                    self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token).await?;
+                (chan_info, expires_at, None, false)
+            }
+        };
         let params = SubscribeParams {
             recover_from: req
                 .recover
@@ -396,8 +421,13 @@ impl Session {
             expires_at,
             max_bytes: self.answer_budget(),
             server_side: false,
+            server_refresh,
         };
-        let (result, covered) = self.subscribe(&req.channel, params).await?;
+        let (mut result, covered) = self.subscribe(&req.channel, params).await?;
+        result.data = data;
+        if server_refresh {
+            (result.expires, result.ttl) = (false, 0);
+        }
         Ok(Outcome::ReplyThenRelease(ReplyBody::Subscribe(result), vec![(req.channel, covered)]))
     }
 
@@ -493,6 +523,7 @@ impl Session {
                 chan_info: params.chan_info,
                 expires_at: params.expires_at,
                 server_side: params.server_side,
+                server_refresh: params.server_refresh,
             },
         );
         let (expires, ttl) = Self::ttl(params.expires_at);
@@ -607,9 +638,16 @@ impl Session {
 
     async fn publish(&mut self, req: PublishRequest) -> CommandResult {
         let (ns, name) = self.node.namespaces.resolve(&req.channel).map_err(ProtocolError::from)?;
-        let Some(data) = req.data else { return Err(ERROR_BAD_REQUEST.into()) };
+        let Some(mut data) = req.data else { return Err(ERROR_BAD_REQUEST.into()) };
+        let mut skip_history = false;
+        if let Some(answer) = self.proxy_publish(&req.channel, &data, &name, ns).await {
+            let answer = answer?;
+            data = answer.data.unwrap_or(data);
+            skip_history = answer.skip_history;
+        }
         let user = self.user.as_deref().unwrap_or_default();
         let allowed = match name.user_allowed(user) {
+            _ if !ns.publish_proxy_name.is_empty() => true,
             Some(listed) => listed,
             None if name.is_private() => self.subs.contains_key(&req.channel),
             None => ns.allow_publish_for_client,
@@ -619,7 +657,11 @@ impl Session {
         }
         let chan_info = self.subs.get(&req.channel).and_then(|s| s.chan_info.clone());
         let info = self.client_info(chan_info);
-        self.node.publish(&req.channel, data, Some(info)).await?;
+        if skip_history {
+            self.node.publish_without_history(&req.channel, data, Some(info)).await?;
+        } else {
+            self.node.publish(&req.channel, data, Some(info)).await?;
+        }
         Ok(Outcome::Reply(ReplyBody::Publish(EmptyResult {})))
     }
 
@@ -675,7 +717,8 @@ impl Session {
 
     async fn rpc(&mut self, req: RpcRequest) -> CommandResult {
         let Some(handler) = self.node.rpc_handler(&req.method) else {
-            return Err(ERROR_METHOD_NOT_FOUND.into());
+            let data = self.proxy_rpc(req).await?;
+            return Ok(Outcome::Reply(ReplyBody::Rpc(RpcResult { data })));
         };
         let caller = Caller { user: self.user.clone().unwrap_or_default(), client: self.conn.client.clone() };
         let data = handler.call(&caller, req.data).await?;
@@ -723,6 +766,7 @@ impl Session {
     pub async fn handle_control(&mut self, control: Control) -> Result<(), Disconnect> {
         match control {
             Control::Disconnect(d) => Err(d),
+            Control::Proxied(answer) => self.apply_deferred(answer),
             Control::Commands(frame) => self.handle_frame(&frame).await,
             Control::Subscribe(channel) => {
                 if self.user.is_none() || self.subs.contains_key(&channel) {
@@ -807,6 +851,7 @@ impl Session {
         };
         let earliest_expiry =
             self.expires_at.into_iter().chain(self.subs.values().filter_map(|s| s.expires_at)).min();
+        let protocol = protocol.min(self.proxy_refresh_due().unwrap_or(protocol));
         match earliest_expiry {
             Some(exp) => {
                 let until_expiry = Duration::from_secs(exp.saturating_sub(unix_now()));
@@ -830,6 +875,7 @@ impl Session {
             return Err(Disconnect::STALE);
         }
         if self.user.is_some() {
+            self.start_proxy_refreshes();
             // Expired tokens get a grace period for the refresh the client sends at expiry.
             let delay = self.node.client.expired_close_delay.as_secs_f64();
             let overdue = |exp: &u64| {

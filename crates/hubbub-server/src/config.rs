@@ -37,6 +37,17 @@ pub struct Config {
     /// Asynchronous consumers: outbox tables and streams whose entries are server API
     /// commands, executed once each (`crate::consumers`).
     pub consumers: Vec<crate::consumers::ConsumerConfig>,
+    /// Backends that decide for the server, by name (Centrifugo's named proxies; see
+    /// `src/proxy.rs` and docs/PROTOCOL.md).
+    pub proxies: Vec<crate::proxy::ProxyConfig>,
+    /// The proxy asked when a client connects without a token.
+    pub connect_proxy_name: String,
+    /// The proxy asked when a connection the connect proxy made expires.
+    pub refresh_proxy_name: String,
+    /// The proxy of RPC methods without a namespace that no application registered.
+    pub rpc_proxy_name: String,
+    /// The proxies of RPC methods `ns:method`, by namespace.
+    pub rpc_namespaces: Vec<crate::proxy::RpcNamespaceConfig>,
 }
 
 impl Default for Config {
@@ -54,6 +65,11 @@ impl Default for Config {
             store: StoreConfig::default(),
             namespaces: vec![NamespaceConfig::default()],
             consumers: Vec::new(),
+            proxies: Vec::new(),
+            connect_proxy_name: String::new(),
+            refresh_proxy_name: String::new(),
+            rpc_proxy_name: String::new(),
+            rpc_namespaces: Vec::new(),
         }
     }
 }
@@ -275,6 +291,9 @@ impl Config {
         if let Err((key, message)) = crate::consumers::config::validate(&self.consumers) {
             return Err(ConfigError::Key { key, message });
         }
+        if let Err((key, message)) = crate::proxy::validate(self) {
+            return Err(ConfigError::Key { key, message });
+        }
         Ok(())
     }
 }
@@ -367,6 +386,29 @@ mod tests {
         assert_eq!(c.client.max_channels, 7);
         assert_eq!(c.auth.token_secret, "s");
         assert_eq!(c.namespaces[0].history_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn proxies_from_env() {
+        let c = load(
+            "",
+            &[
+                (
+                    "HUBBUB_PROXIES",
+                    r#"[{ name = "app", endpoint = "http://127.0.0.1:3000/c", timeout = "2s" }]"#,
+                ),
+                ("HUBBUB_CONNECT_PROXY_NAME", "app"),
+                ("HUBBUB_RPC_NAMESPACES", r#"[{ name = "billing", rpc_proxy_name = "app" }]"#),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.proxies[0].timeout, Duration::from_secs(2));
+        assert_eq!(c.connect_proxy_name, "app");
+        assert_eq!(c.rpc_namespaces[0].name, "billing");
+        let e = load("", &[("HUBBUB_CONNECT_PROXY_NAME", "ghost")]).unwrap_err().to_string();
+        assert!(e.contains("connect_proxy_name") && e.contains("ghost"), "{e}");
+        let e = load("[[proxies]]\nname = \"a\"\nendpoint = \"grpc://x:1\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("proxies[0].endpoint"), "{e}");
     }
 
     #[test]

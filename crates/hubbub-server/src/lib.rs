@@ -12,6 +12,7 @@ mod headers;
 mod http;
 mod origin;
 mod poll;
+pub mod proxy;
 mod transport;
 mod web;
 
@@ -96,6 +97,7 @@ impl App {
             cluster: config.engine.cluster(),
         })
         .await?;
+        node.set_proxies(proxy::build(&config)?).map_err(anyhow::Error::msg)?;
         let chat = hubbub_chat::Chat::install(node.clone(), store, config.chat.clone());
         let state = Arc::new(AppState { node: node.clone(), config, poll_waiters: Default::default() });
         let router = http::router(state, hubbub_chat::rest::router(chat.clone()));
