@@ -7,6 +7,7 @@ pub mod channel;
 pub mod cluster;
 pub mod duration;
 pub mod engine;
+pub mod grant;
 pub mod hooks;
 pub mod hub;
 pub mod node;

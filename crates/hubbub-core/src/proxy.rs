@@ -12,6 +12,7 @@
 //! only calls in at the right places.
 
 use crate::auth::unix_now;
+use crate::channel::NamespaceConfig;
 use crate::hub::Connection;
 use crate::outbox::Control;
 use async_trait::async_trait;
@@ -86,6 +87,36 @@ pub struct SubscribeAnswer {
     pub info: Option<Json>,
     /// Sent to the client in the subscribe reply.
     pub data: Option<Json>,
+    /// The namespace's options changed for this subscription.
+    pub overrides: SubscribeOverride,
+}
+
+/// Options of the channel's namespace a subscribe proxy changes for one subscription
+/// (Centrifugo's `override`); `None` keeps the namespace's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscribeOverride {
+    pub presence: Option<bool>,
+    pub join_leave: Option<bool>,
+    pub force_recovery: Option<bool>,
+    pub force_positioning: Option<bool>,
+    pub force_push_join_leave: Option<bool>,
+}
+
+impl SubscribeOverride {
+    /// The namespace's options with these applied, or `None` when nothing changes (the
+    /// subscription then keeps no copy).
+    pub fn apply(&self, ns: &NamespaceConfig) -> Option<Arc<NamespaceConfig>> {
+        if *self == SubscribeOverride::default() {
+            return None;
+        }
+        let mut ns = ns.clone();
+        ns.presence = self.presence.unwrap_or(ns.presence);
+        ns.join_leave = self.join_leave.unwrap_or(ns.join_leave);
+        ns.force_recovery = self.force_recovery.unwrap_or(ns.force_recovery);
+        ns.force_positioning = self.force_positioning.unwrap_or(ns.force_positioning);
+        ns.force_push_join_leave = self.force_push_join_leave.unwrap_or(ns.force_push_join_leave);
+        Some(Arc::new(ns))
+    }
 }
 
 #[derive(Debug, Clone)]

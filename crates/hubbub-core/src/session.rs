@@ -8,6 +8,7 @@
 
 use crate::auth::{unix_now, TokenError};
 use crate::engine::{EngineError, HistoryQuery};
+use crate::grant::ConnectGrant;
 use crate::hub::Connection;
 use crate::node::Node;
 use crate::outbox::Control;
@@ -70,6 +71,8 @@ struct Subscription {
     server_side: bool,
     /// Refreshed at expiry by the namespace's sub_refresh proxy, not by the client.
     server_refresh: bool,
+    /// The namespace's options as the subscribe proxy overrode them for this subscription.
+    options: Option<Arc<crate::channel::NamespaceConfig>>,
 }
 
 /// Settings of one subscribe, whether the client asked or the server subscribes it.
@@ -85,6 +88,8 @@ struct SubscribeParams {
     max_bytes: usize,
     server_side: bool,
     server_refresh: bool,
+    /// The namespace's options with a subscribe proxy's `override` applied.
+    options: Option<Arc<crate::channel::NamespaceConfig>>,
 }
 
 /// A recovery whose missed publications did not all fit in the subscribe reply. The rest
@@ -199,6 +204,11 @@ impl Session {
         &self.conn.client
     }
 
+    /// The connection's `meta` (from its token or the connect proxy), for proxies.
+    pub fn meta(&self) -> Option<&Json> {
+        self.proxy.meta.as_ref()
+    }
+
     fn send(&self, reply: Reply) {
         self.conn.outbox.push(reply.encode());
     }
@@ -275,8 +285,8 @@ impl Session {
             Method::Ping => Ok(Outcome::Reply(ReplyBody::Ping(EmptyResult {}))),
             Method::Send(_) => Ok(Outcome::NoReply),
             Method::Rpc(req) => self.rpc(req).await,
-            Method::Refresh(req) => self.refresh(req),
-            Method::SubRefresh(req) => self.sub_refresh(req),
+            Method::Refresh(req) => self.refresh(req).await,
+            Method::SubRefresh(req) => self.sub_refresh(req).await,
             Method::Unknown => Err(ERROR_METHOD_NOT_FOUND.into()),
             Method::Pong => Ok(Outcome::NoReply),
         }
@@ -289,48 +299,71 @@ impl Session {
         }
     }
 
+    /// What the connect grants: the token's claims, or nothing for an anonymous connection
+    /// where allowed. The one place a connection's identity comes from.
+    async fn authenticate(&self, token: &str) -> Result<ConnectGrant, CommandError> {
+        if token.is_empty() {
+            if !self.node.allow_anonymous && !self.node.client.insecure {
+                return Err(ERROR_UNAUTHORIZED.into());
+            }
+            return Ok(ConnectGrant::anonymous());
+        }
+        let mut grant = match self.node.tokens.verify_connect(token).await {
+            Ok(grant) => grant,
+            Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+            Err(TokenError::Unavailable(why)) => {
+                tracing::warn!(client = %self.conn.client, %why, "connection token not verified now");
+                return Err(ERROR_INTERNAL.into());
+            }
+            Err(TokenError::Invalid(why)) => {
+                tracing::info!(client = %self.conn.client, %why, "invalid connection token");
+                return Err(CommandError::Disconnect(Disconnect::INVALID_TOKEN));
+            }
+        };
+        if self.node.client.insecure {
+            // As Centrifugo: an insecure server never expires connections.
+            grant.expire_at = None;
+        }
+        Ok(grant)
+    }
+
     async fn connect(&mut self, req: ConnectRequest) -> CommandResult {
         if self.user.is_some() {
             return Err(CommandError::Disconnect(Disconnect::BAD_REQUEST));
         }
         let mut connect_data = None;
-        let claims = if let Some(proxied) = self.proxy_connect(&req).await {
-            let (claims, data) = proxied?;
+        let grant = if let Some(proxied) = self.proxy_connect(&req).await {
+            let (grant, data) = proxied?;
             connect_data = data;
-            claims
-        } else if req.token.is_empty() {
-            if !self.node.allow_anonymous {
-                return Err(ERROR_UNAUTHORIZED.into());
-            }
-            Default::default()
+            grant
         } else {
-            match self.node.tokens.verify_connect(&req.token) {
-                Ok(c) => c,
-                Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
-                Err(TokenError::Invalid(why)) => {
-                    tracing::info!(client = %self.conn.client, %why, "invalid connection token");
-                    return Err(CommandError::Disconnect(Disconnect::INVALID_TOKEN));
-                }
-            }
+            self.authenticate(&req.token).await?
         };
-        if self.node.add_connection(&claims.sub, &self.conn).is_err() {
-            tracing::info!(client = %self.conn.client, user = %claims.sub, "connection limit of the user reached");
+        if self.node.add_connection(&grant.user, &self.conn).is_err() {
+            tracing::info!(client = %self.conn.client, user = %grant.user, "connection limit of the user reached");
             return Err(CommandError::Disconnect(Disconnect::CONNECTION_LIMIT));
         }
-        self.user = Some(claims.sub.clone());
-        self.conn_info = claims.info;
-        self.expires_at = claims.exp;
+        let mut server_side = grant.server_side_subscriptions();
+        if let Some(personal) = self.node.personal_channel(&grant.user) {
+            if !server_side.iter().any(|(c, _)| *c == personal) {
+                server_side.push((personal, Default::default()));
+            }
+        }
+        self.user = Some(grant.user);
+        self.conn_info = grant.info;
+        self.proxy.meta = grant.meta;
+        self.expires_at = grant.expire_at;
         if self.kind.emulation {
             self.node.hub.add_session(&self.session_id, &self.conn);
         }
 
-        // Server-side subscriptions come from the token; when the client reconnects it sends
+        // Server-side subscriptions come from the grant; when the client reconnects it sends
         // their positions back in `subs` so that they are recovered too.
         let mut subs = HashMap::new();
         let mut held = Vec::new();
         let mut positions = req.subs;
         let mut budget = self.answer_budget();
-        for channel in claims.channels {
+        for (channel, options) in server_side {
             if self.subs.contains_key(&channel) || self.subs.len() >= self.node.client.max_channels {
                 continue;
             }
@@ -338,12 +371,18 @@ impl Session {
                 .remove(&channel)
                 .filter(|r| r.recover)
                 .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch });
-            let params =
-                SubscribeParams { recover_from, max_bytes: budget, server_side: true, ..Default::default() };
+            let params = SubscribeParams {
+                recover_from,
+                max_bytes: budget,
+                server_side: true,
+                chan_info: options.info,
+                ..Default::default()
+            };
             match self.subscribe(&channel, params).await {
-                Ok((result, covered)) => {
+                Ok((mut result, covered)) => {
                     let carried: usize = result.publications.iter().map(|p| p.encoded_len()).sum();
                     budget = budget.saturating_sub(carried);
+                    result.data = options.data;
                     held.push((channel.clone(), covered));
                     subs.insert(channel, result);
                 }
@@ -398,18 +437,19 @@ impl Session {
             return Err(ERROR_LIMIT_EXCEEDED.into());
         }
         let user = self.user.as_deref().unwrap_or_default();
-        let (chan_info, expires_at, data, server_refresh) = match self.proxy_subscribe(&req, &name, ns).await
-        {
-            Some(answer) => {
-                let answer = answer?;
-                (answer.info, answer.expire_at, answer.data, self.server_sub_refresh(ns))
-            }
-            None => {
-                let (chan_info, expires_at) =
-                    self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token).await?;
-                (chan_info, expires_at, None, false)
-            }
-        };
+        let (chan_info, expires_at, data, server_refresh, options) =
+            match self.proxy_subscribe(&req, &name, ns).await {
+                Some(answer) => {
+                    let answer = answer?;
+                    let options = answer.overrides.apply(ns);
+                    (answer.info, answer.expire_at, answer.data, self.server_sub_refresh(ns), options)
+                }
+                None => {
+                    let (chan_info, expires_at) =
+                        self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token).await?;
+                    (chan_info, expires_at, None, false, None)
+                }
+            };
         let params = SubscribeParams {
             recover_from: req
                 .recover
@@ -422,6 +462,7 @@ impl Session {
             max_bytes: self.answer_budget(),
             server_side: false,
             server_refresh,
+            options,
         };
         let (mut result, covered) = self.subscribe(&req.channel, params).await?;
         result.data = data;
@@ -441,6 +482,7 @@ impl Session {
     ) -> Result<(SubscribeResult, u64), ProtocolError> {
         let node = self.node.clone();
         let (ns, _) = node.namespaces.resolve(channel)?;
+        let ns = params.options.as_deref().unwrap_or(ns);
         let has_stream = node.has_stream(ns);
         let recoverable = has_stream && (ns.force_recovery || params.recoverable);
         let positioned = has_stream && (ns.force_positioning || params.positioned || recoverable);
@@ -524,6 +566,7 @@ impl Session {
                 expires_at: params.expires_at,
                 server_side: params.server_side,
                 server_refresh: params.server_refresh,
+                options: params.options.clone(),
             },
         );
         let (expires, ttl) = Self::ttl(params.expires_at);
@@ -621,6 +664,7 @@ impl Session {
             }
         }
         if let Ok((ns, _)) = node.namespaces.resolve(channel) {
+            let ns = sub.options.as_deref().unwrap_or(ns);
             if ns.presence {
                 if let Err(e) = node.presence.remove(channel, &self.conn.client).await {
                     tracing::warn!(%channel, error = %e, "presence not removed");
@@ -652,7 +696,7 @@ impl Session {
             None if name.is_private() => self.subs.contains_key(&req.channel),
             None => ns.allow_publish_for_client,
         };
-        if !allowed {
+        if !allowed && !self.node.client.insecure {
             return Err(ERROR_PERMISSION_DENIED.into());
         }
         let chan_info = self.subs.get(&req.channel).and_then(|s| s.chan_info.clone());
@@ -671,7 +715,8 @@ impl Session {
         channel: &str,
         allowed_for_subscriber: bool,
     ) -> Result<(), CommandError> {
-        if allowed_for_subscriber && self.subs.contains_key(channel) {
+        // An insecure server lets anyone read any channel's presence and history.
+        if self.node.client.insecure || (allowed_for_subscriber && self.subs.contains_key(channel)) {
             Ok(())
         } else {
             Err(ERROR_PERMISSION_DENIED.into())
@@ -725,16 +770,17 @@ impl Session {
         Ok(Outcome::Reply(ReplyBody::Rpc(RpcResult { data })))
     }
 
-    fn refresh(&mut self, req: RefreshRequest) -> CommandResult {
-        let claims = match self.node.tokens.verify_connect(&req.token) {
+    async fn refresh(&mut self, req: RefreshRequest) -> CommandResult {
+        let grant = match self.node.tokens.verify_connect(&req.token).await {
             Ok(c) => c,
             Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+            Err(TokenError::Unavailable(_)) => return Err(ERROR_INTERNAL.into()),
             Err(TokenError::Invalid(_)) => return Err(CommandError::Disconnect(Disconnect::INVALID_TOKEN)),
         };
-        if Some(&claims.sub) != self.user.as_ref() {
+        if Some(&grant.user) != self.user.as_ref() {
             return Err(CommandError::Disconnect(Disconnect::INVALID_TOKEN));
         }
-        self.expires_at = claims.exp;
+        self.expires_at = if self.node.client.insecure { None } else { grant.expire_at };
         let (expires, ttl) = Self::ttl(self.expires_at);
         Ok(Outcome::Reply(ReplyBody::Refresh(RefreshResult {
             client: self.conn.client.clone(),
@@ -744,21 +790,25 @@ impl Session {
         })))
     }
 
-    fn sub_refresh(&mut self, req: SubRefreshRequest) -> CommandResult {
+    async fn sub_refresh(&mut self, req: SubRefreshRequest) -> CommandResult {
         let user = self.user.clone().unwrap_or_default();
-        let Some(sub) = self.subs.get_mut(&req.channel) else {
+        if !self.subs.contains_key(&req.channel) {
             return Err(ERROR_PERMISSION_DENIED.into());
-        };
-        let claims = match self.node.tokens.verify_subscription(&req.token) {
+        }
+        let claims = match self.node.tokens.verify_subscription(&req.token).await {
             Ok(c) => c,
             Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+            Err(TokenError::Unavailable(_)) => return Err(ERROR_INTERNAL.into()),
             Err(TokenError::Invalid(_)) => return Err(ERROR_PERMISSION_DENIED.into()),
         };
         if claims.sub != user || claims.channel != req.channel {
             return Err(ERROR_PERMISSION_DENIED.into());
         }
-        sub.expires_at = claims.exp;
-        let (expires, ttl) = Self::ttl(claims.exp);
+        let Some(sub) = self.subs.get_mut(&req.channel) else {
+            return Err(ERROR_PERMISSION_DENIED.into());
+        };
+        sub.expires_at = claims.expires_at();
+        let (expires, ttl) = Self::ttl(sub.expires_at);
         Ok(Outcome::Reply(ReplyBody::SubRefresh(SubRefreshResult { expires, ttl })))
     }
 

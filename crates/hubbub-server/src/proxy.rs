@@ -17,7 +17,7 @@ use base64::Engine as _;
 use hubbub_core::duration::serde_human;
 use hubbub_core::proxy::{
     expire_at, Caller, ConnectAnswer, ConnectCall, Proxies, Proxy, ProxyError, PublishAnswer, PublishCall,
-    RefreshAnswer, RpcAnswer, RpcCall, SubRefreshAnswer, SubscribeAnswer, SubscribeCall,
+    RefreshAnswer, RpcAnswer, RpcCall, SubRefreshAnswer, SubscribeAnswer, SubscribeCall, SubscribeOverride,
 };
 use hubbub_protocol::{Disconnect, Json, ProtocolError};
 use serde::de::DeserializeOwned;
@@ -440,6 +440,38 @@ struct SubscribeResult {
     b64info: String,
     data: Option<Json>,
     b64data: String,
+    #[serde(rename = "override")]
+    overrides: Option<OverrideBody>,
+}
+
+/// Centrifugo's `override`: each option as `{"value": bool}` (protobuf's BoolValue).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OverrideBody {
+    presence: Option<BoolValue>,
+    join_leave: Option<BoolValue>,
+    force_recovery: Option<BoolValue>,
+    force_positioning: Option<BoolValue>,
+    force_push_join_leave: Option<BoolValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct BoolValue {
+    value: bool,
+}
+
+impl From<OverrideBody> for SubscribeOverride {
+    fn from(o: OverrideBody) -> Self {
+        let v = |b: Option<BoolValue>| b.map(|b| b.value);
+        SubscribeOverride {
+            presence: v(o.presence),
+            join_leave: v(o.join_leave),
+            force_recovery: v(o.force_recovery),
+            force_positioning: v(o.force_positioning),
+            force_push_join_leave: v(o.force_push_join_leave),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -519,6 +551,7 @@ impl Proxy for HttpProxy {
             expire_at: expire_at(r.expire_at),
             info: payload(r.info, &r.b64info, "info")?,
             data: payload(r.data, &r.b64data, "data")?,
+            overrides: r.overrides.map(Into::into).unwrap_or_default(),
         })
     }
 

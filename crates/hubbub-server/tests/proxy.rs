@@ -138,6 +138,29 @@ async fn connect_proxy_decides_who_connects() {
 }
 
 #[tokio::test]
+async fn connect_proxy_on_a_unidirectional_stream() {
+    let backend = Backend::start();
+    let s = server(&backend);
+    let mut response = reqwest::Client::new()
+        .post(s.http_url("/connection/uni_http_stream"))
+        .header("Cookie", "sid=9")
+        .body(json!({ "name": "uni", "data": { "user": "erin" } }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while !text.contains('\n') {
+        let chunk =
+            tokio::time::timeout(T, response.chunk()).await.unwrap().unwrap().expect("a connect push");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let push: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let connect = &push["connect"];
+    assert_eq!(connect["data"], json!({ "welcome": true, "name": "uni", "cookie": "sid=9" }), "{push}");
+    assert!(connect["subs"].get("news").is_some(), "{push}");
+}
+
+#[tokio::test]
 async fn connect_proxy_failures_are_internal_errors() {
     let backend = Backend::start();
     let s = server(&backend);
@@ -196,6 +219,15 @@ async fn refresh_proxy_extends_then_expires() {
 }
 
 #[tokio::test]
+async fn refresh_proxy_disconnects() {
+    let backend = Backend::start();
+    let s = server(&backend);
+    let (mut c, r) = proxied(&s, json!({ "mode": "short", "user": "kicker" })).await;
+    expect_result(&r, "connect", &json!({}));
+    assert_eq!(c.expect_close(4504, Duration::from_secs(5)).await, "refresh kick");
+}
+
+#[tokio::test]
 async fn subscribe_proxy() {
     let backend = Backend::start();
     let s = server(&backend);
@@ -206,6 +238,13 @@ async fn subscribe_proxy() {
     let p = c.ok("presence", json!({ "channel": "sp:room" })).await;
     let me = p["presence"].as_object().unwrap().values().next().unwrap().clone();
     assert_eq!(me["chan_info"], json!({ "role": "reader" }), "{p}");
+    assert_eq!(r["recoverable"], true, "the namespace forces recovery: {r}");
+    // `override`: this subscription without presence and without forced recovery.
+    let r = c.subscribe("sp:plain").await;
+    assert!(r.get("recoverable").is_none(), "force_recovery overridden: {r}");
+    let p = c.ok("presence", json!({ "channel": "sp:plain" })).await;
+    assert_eq!(p["presence"], json!({}), "presence overridden: {p}");
+    c.ok("unsubscribe", json!({ "channel": "sp:plain" })).await;
     // Refusal passes through; the connection goes on.
     assert_eq!(c.err("subscribe", json!({ "channel": "sp:deny" })).await, 403);
     // Failures are error 100, within the proxy's timeout.

@@ -5,9 +5,11 @@ proxy call as Centrifugo's proxy protocol says, by path:
 
   /connect      by the connect data's "mode": ok (default; user from "user"), short (expires
                 in 1 s), error, disconnect, slow, garbage, huge
-  /refresh      first call per client: expire_at in 1 s; the next: expired
+  /refresh      first call per client: expire_at in 1 s; the next: expired; user "kicker"
+                (with the connection's meta): disconnect
   /subscribe    by the channel name: "...deny" error, "...kick" disconnect, "...short"
-                expire_at in 1 s, otherwise info + data
+                expire_at in 1 s, "...plain" overrides presence and force_recovery
+                (off), otherwise info + data
   /sub_refresh  expired
   /publish      by the channel name: "...deny" error, "...skip" skip_history, otherwise the
                 data with "text" in upper case
@@ -53,6 +55,8 @@ def answer_for(path, req, headers):
             result["expire_at"] = int(time.time()) + 1
         return {"result": result}
     if path == "/refresh":
+        if req.get("user") == "kicker" and req.get("meta") == {"tenant": 7}:
+            return {"disconnect": {"code": 4504, "reason": "refresh kick"}}
         with lock:
             n = refreshes.get(req["client"], 0) + 1
             refreshes[req["client"]] = n
@@ -68,6 +72,8 @@ def answer_for(path, req, headers):
         result = {"info": {"role": "reader"}, "data": {"motd": "hello " + req.get("user", "")}}
         if channel.endswith("short"):
             result["expire_at"] = int(time.time()) + 1
+        if channel.endswith("plain"):
+            result["override"] = {"presence": {"value": False}, "force_recovery": {"value": False}}
         return {"result": result}
     if path == "/sub_refresh":
         return {"result": {"expired": True}}

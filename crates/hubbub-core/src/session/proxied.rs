@@ -2,8 +2,9 @@
 //! only calls in where a decision is the backend's.
 
 use super::{CommandError, Session};
-use crate::auth::{unix_now, ConnectClaims};
+use crate::auth::unix_now;
 use crate::channel::{ChannelName, NamespaceConfig};
+use crate::grant::ConnectGrant;
 use crate::proxy::{
     self, Caller, ConnectCall, Deferred, OwnedCaller, ProxyError, PublishAnswer, RpcCall, SubscribeAnswer,
     SubscribeCall,
@@ -47,7 +48,7 @@ impl Session {
     pub(super) async fn proxy_connect(
         &mut self,
         req: &ConnectRequest,
-    ) -> Option<Result<(ConnectClaims, Option<Json>), CommandError>> {
+    ) -> Option<Result<(ConnectGrant, Option<Json>), CommandError>> {
         if !req.token.is_empty() {
             return None;
         }
@@ -59,16 +60,16 @@ impl Session {
             Ok(answer) => answer,
             Err(e) => return Some(Err(self.proxy_failure("connect", e))),
         };
-        self.proxy.meta = answer.meta;
         self.proxy.server_refresh = proxies.refresh.is_some();
-        let claims = ConnectClaims {
-            sub: answer.user,
-            exp: answer.expire_at,
+        let grant = ConnectGrant {
+            user: answer.user,
+            expire_at: answer.expire_at.filter(|&at| at > 0),
             info: answer.info,
             channels: answer.channels,
+            meta: answer.meta,
             ..Default::default()
         };
-        Some(Ok((claims, answer.data)))
+        Some(Ok((grant, answer.data)))
     }
 
     /// The connect reply's `expires`/`ttl`: a connection the server refreshes through the
