@@ -273,6 +273,10 @@ async fn sub_refresh_proxy_expires_the_subscription() {
     let r = c.subscribe("sp:short").await;
     assert!(r.get("expires").is_none(), "refreshed by the server, not the client: {r}");
     c.expect_close(3006, Duration::from_secs(6)).await;
+    // An expire_at already past is expired too (never a loop of refreshes).
+    let (mut c, _) = proxied(&s, json!({})).await;
+    c.subscribe("sp:pastshort").await;
+    c.expect_close(3006, Duration::from_secs(6)).await;
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ proxy call as Centrifugo's proxy protocol says, by path:
   /subscribe    by the channel name: "...deny" error, "...kick" disconnect, "...short"
                 expire_at in 1 s, "...plain" overrides presence and force_recovery
                 (off), otherwise info + data
-  /sub_refresh  expired
+  /sub_refresh  expired ("...past...": an expire_at already past)
   /publish      by the channel name: "...deny" error, "...skip" skip_history, otherwise the
                 data with "text" in upper case
   /rpc          by the method: "deny" error, "kick" disconnect, otherwise the request itself
@@ -76,6 +76,8 @@ def answer_for(path, req, headers):
             result["override"] = {"presence": {"value": False}, "force_recovery": {"value": False}}
         return {"result": result}
     if path == "/sub_refresh":
+        if "past" in req["channel"]:
+            return {"result": {"expire_at": int(time.time()) - 10}}
         return {"result": {"expired": True}}
     if path == "/publish":
         channel = req["channel"]

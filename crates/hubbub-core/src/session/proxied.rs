@@ -188,7 +188,8 @@ impl Session {
     }
 
     /// Applies a refresh's answer: a new expiry (and info), or the end of the connection
-    /// (expired: 3005; a subscription expired: 3006; the backend's own disconnect).
+    /// (expired, or an `expire_at` already past: 3005; a subscription's: 3006; the
+    /// backend's own disconnect).
     pub(super) fn apply_deferred(&mut self, deferred: Deferred) -> Result<(), Disconnect> {
         match deferred {
             Deferred::Refresh(answer) => {
@@ -196,7 +197,10 @@ impl Session {
                     return Ok(());
                 }
                 match answer {
-                    Ok(a) if a.expired => return Err(Disconnect::EXPIRED),
+                    // An expiry already past would be asked again at once, in a loop.
+                    Ok(a) if a.expired || a.expire_at.is_some_and(|t| t <= unix_now()) => {
+                        return Err(Disconnect::EXPIRED)
+                    }
                     Ok(a) => {
                         self.expires_at = a.expire_at;
                         if a.info.is_some() {
@@ -216,7 +220,9 @@ impl Session {
             Deferred::SubRefresh { channel, answer } => {
                 let Some(sub) = self.subs.get_mut(&channel) else { return Ok(()) };
                 match answer {
-                    Ok(a) if a.expired => return Err(Disconnect::SUB_EXPIRED),
+                    Ok(a) if a.expired || a.expire_at.is_some_and(|t| t <= unix_now()) => {
+                        return Err(Disconnect::SUB_EXPIRED)
+                    }
                     Ok(a) => {
                         sub.expires_at = a.expire_at;
                         if a.info.is_some() {
