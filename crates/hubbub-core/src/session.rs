@@ -612,7 +612,10 @@ impl Session {
         let allowed = match name.user_allowed(user) {
             Some(listed) => listed,
             None if name.is_private() => self.subs.contains_key(&req.channel),
-            None => ns.allow_publish_for_client,
+            None => {
+                ns.allow_publish_for_client
+                    || (ns.allow_publish_for_subscriber && self.subs.contains_key(&req.channel))
+            }
         };
         if !allowed {
             return Err(ERROR_PERMISSION_DENIED.into());
