@@ -6,6 +6,7 @@
 //   UNI=0 node run-all.mjs                # without uni.test.mjs
 //   CHAT=0 node run-all.mjs               # without the chat scenario (chat.test.mjs)
 //   README=0 node run-all.mjs             # without the README snippets (readme.test.mjs)
+//   PROXY=0 node run-all.mjs              # without the proxies (proxy.test.mjs)
 //
 // Each run is `node --test --test-concurrency=1 --test-reporter=spec <file>` with env
 // TRANSPORT set; the last line is the total over all runs.
@@ -21,6 +22,7 @@ const modes = (process.env.MODES || 'websocket,http_stream,sse,fallback')
 const runs = modes.map((mode) => ({ label: `TRANSPORT=${mode}`, env: { TRANSPORT: mode }, files: ['compat.test.mjs'] }));
 if (process.env.UNI !== '0') runs.push({ label: 'uni + bad input', env: {}, files: ['uni.test.mjs'] });
 if (process.env.CHAT !== '0') runs.push({ label: 'chat scenario', env: { TRANSPORT: 'websocket' }, files: ['chat.test.mjs'] });
+if (process.env.PROXY !== '0') runs.push({ label: 'proxies', env: {}, files: ['proxy.test.mjs'] });
 if (process.env.README !== '0') runs.push({ label: 'README snippets', env: {}, files: ['readme.test.mjs'] });
 
 function run({ label, env, files }) {

@@ -298,12 +298,15 @@ impl Chat {
     /// The user an access token (a connection JWT) belongs to.
     pub async fn authenticate(&self, access_token: &str) -> ChatResult<User> {
         use hubbub_core::auth::TokenError;
-        let claims = self.node.tokens.verify_connect(access_token).map_err(|e| match e {
+        // The chat's own tokens are HS256: verified with the secret, never by a JWKS fetch.
+        let grant = self.node.tokens.verify_connect_local(access_token).map_err(|e| match e {
             TokenError::Expired => ChatError::unauthorized("the access token expired; refresh it"),
-            TokenError::Invalid(_) => ChatError::unauthorized("invalid access token"),
+            TokenError::Invalid(_) | TokenError::Unavailable(_) => {
+                ChatError::unauthorized("invalid access token")
+            }
         })?;
         let id: i64 =
-            claims.sub.parse().map_err(|_| ChatError::unauthorized("the token is not a chat user's"))?;
+            grant.user.parse().map_err(|_| ChatError::unauthorized("the token is not a chat user's"))?;
         self.caller(id).await
     }
 }

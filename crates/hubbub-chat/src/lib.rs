@@ -217,6 +217,8 @@ pub fn room_namespace() -> NamespaceConfig {
         allow_history_for_subscriber: true,
         // The store acknowledges a message once committed; the broker keeps nothing here.
         durable_publish: false,
+        // The room's rules are the chat's own (its hooks), never a proxy's.
+        ..Default::default()
     }
 }
 

@@ -42,6 +42,14 @@ pub struct NamespaceConfig {
     /// A publish is answered only once the publication is durable (the engine's log synced:
     /// with the memory engine, its batch's fsync), not as soon as it is delivered.
     pub durable_publish: bool,
+    /// The proxy (by its name in `proxies`) asked when a client subscribes without a token:
+    /// it decides instead of `allow_subscribe_for_client` (Centrifugo's name).
+    pub subscribe_proxy_name: String,
+    /// The proxy asked when a client publishes: it decides instead of
+    /// `allow_publish_for_client`, and may replace the data.
+    pub publish_proxy_name: String,
+    /// The proxy asked when a subscription its subscribe proxy gave an `expire_at` expires.
+    pub sub_refresh_proxy_name: String,
 }
 
 impl Default for NamespaceConfig {
@@ -61,6 +69,9 @@ impl Default for NamespaceConfig {
             allow_presence_for_subscriber: true,
             allow_history_for_subscriber: true,
             durable_publish: false,
+            subscribe_proxy_name: String::new(),
+            publish_proxy_name: String::new(),
+            sub_refresh_proxy_name: String::new(),
         }
     }
 }

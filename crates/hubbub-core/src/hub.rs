@@ -94,7 +94,7 @@ pub struct Hub {
     sessions: ShardedMap<String, Arc<Connection>>,
 }
 
-/// A user already has as many connections on this node as `client.max_connections_per_user`
+/// A user already has as many connections on this node as `client.user_connection_limit`
 /// allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserConnectionLimit;

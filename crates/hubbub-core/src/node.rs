@@ -53,8 +53,29 @@ pub struct ClientConfig {
     /// Channels one connection may subscribe to.
     pub max_channels: usize,
     /// Connections one user may hold open on this node at once (0: no limit; anonymous
-    /// connections are not counted per user). One more is refused with 3504.
-    pub max_connections_per_user: usize,
+    /// connections are not counted per user). One more is refused with 3504. Node-local:
+    /// a user may hold this many on every node of a cluster. (Formerly
+    /// `max_connections_per_user`, still read.)
+    #[serde(alias = "max_connections_per_user")]
+    pub user_connection_limit: usize,
+    /// Connections this node holds at most (0: no limit); a connection request over it is
+    /// answered 503 before any upgrade, as Centrifugo does.
+    pub connection_limit: usize,
+    /// Connection requests this node accepts per second (0: no limit); the others are
+    /// answered 503.
+    pub connection_rate_limit: u32,
+    /// Connection requests one IP address may make per second (0: no limit); the others
+    /// are answered 429. The addresses are kept in a map bounded by
+    /// `connection_rate_limit_max_ips`.
+    pub connection_rate_limit_per_ip: u32,
+    /// Most addresses the per-IP limiter tracks at once; when full, an address not in it
+    /// is refused until a slot frees (slots free within a second).
+    pub connection_rate_limit_max_ips: usize,
+    /// Everything allowed: connect without a token, subscribe, publish, presence and
+    /// history on any channel. For demos and test suites only; logged at every start.
+    pub insecure: bool,
+    /// Subscribe every user to its personal channel at connect.
+    pub subscribe_to_user_personal_channel: PersonalChannel,
     /// How long an expired connection or subscription token is tolerated before the
     /// connection is closed, so that the client's refresh (sent at expiry) can arrive.
     #[serde(with = "crate::duration::serde_human")]
@@ -73,10 +94,25 @@ impl Default for ClientConfig {
             max_message_size: 65536,
             commands_per_second: 100,
             max_channels: 128,
-            max_connections_per_user: 100,
+            user_connection_limit: 100,
+            connection_limit: 0,
+            connection_rate_limit: 0,
+            connection_rate_limit_per_ip: 0,
+            connection_rate_limit_max_ips: 65536,
+            insecure: false,
+            subscribe_to_user_personal_channel: PersonalChannel::default(),
             expired_close_delay: Duration::from_secs(25),
         }
     }
+}
+
+/// `client.subscribe_to_user_personal_channel` (Centrifugo's names).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PersonalChannel {
+    pub enabled: bool,
+    /// Namespace of the personal channels (`""`: the default one).
+    pub personal_channel_namespace: String,
 }
 
 impl ClientConfig {
@@ -120,6 +156,8 @@ pub struct Node {
     rpc: RwLock<RpcRegistry>,
     hooks: Hooks,
     user_events: RwLock<Option<Arc<dyn UserEvents>>>,
+    /// The backends that decide for the node (`proxy.rs`); set once at start.
+    proxies: std::sync::OnceLock<crate::proxy::Proxies>,
     started: Instant,
     pub(crate) cluster: Cluster,
 }
@@ -253,6 +291,7 @@ impl Node {
             rpc: RwLock::new(opts.rpc),
             hooks: hooks.clone(),
             user_events: RwLock::new(None),
+            proxies: std::sync::OnceLock::new(),
             started: Instant::now(),
             cluster,
         });
@@ -281,6 +320,16 @@ impl Node {
         self.rpc.read().unwrap_or_else(|p| p.into_inner()).get(method).cloned()
     }
 
+    /// Sets the node's proxies: once, at start, before any connection (an error otherwise).
+    pub fn set_proxies(&self, proxies: crate::proxy::Proxies) -> Result<(), &'static str> {
+        self.proxies.set(proxies).map_err(|_| "the node's proxies are already set")
+    }
+
+    /// The node's proxies (none unless [`Node::set_proxies`] set them).
+    pub fn proxies(&self) -> &crate::proxy::Proxies {
+        self.proxies.get_or_init(Default::default)
+    }
+
     /// Hands the channels of `namespace` to an application's hooks.
     pub fn register_channel_hooks(&self, namespace: &str, hooks: Arc<dyn ChannelHooks>) {
         self.hooks.write().unwrap_or_else(|p| p.into_inner()).insert(namespace.to_owned(), hooks);
@@ -295,13 +344,13 @@ impl Node {
     }
 
     /// Registers a connection of `user` (refused when the user is at
-    /// `client.max_connections_per_user`); tells the application when the user comes online.
+    /// `client.user_connection_limit`); tells the application when the user comes online.
     pub fn add_connection(
         &self,
         user: &str,
         conn: &Arc<crate::hub::Connection>,
     ) -> Result<(), crate::hub::UserConnectionLimit> {
-        if self.hub.add_connection(user, conn, self.client.max_connections_per_user)? {
+        if self.hub.add_connection(user, conn, self.client.user_connection_limit)? {
             if let Some(events) = self.user_events.read().unwrap_or_else(|p| p.into_inner()).clone() {
                 events.online(user);
             }
@@ -315,6 +364,21 @@ impl Node {
                 events.offline(user);
             }
         }
+    }
+
+    /// The personal channel `user` is subscribed to at connect, when
+    /// `client.subscribe_to_user_personal_channel` is enabled: `#<user>`, or
+    /// `<namespace>:#<user>` with its `personal_channel_namespace` (as Centrifugo names it).
+    /// Anonymous connections have none.
+    pub fn personal_channel(&self, user: &str) -> Option<String> {
+        let personal = &self.client.subscribe_to_user_personal_channel;
+        if !personal.enabled || user.is_empty() {
+            return None;
+        }
+        Some(match personal.personal_channel_namespace.as_str() {
+            "" => format!("#{user}"),
+            ns => format!("{ns}:#{user}"),
+        })
     }
 
     /// Whether channels of the namespace have a stream (the broker's history, or one an
@@ -358,6 +422,20 @@ impl Node {
             self.broker.sync().await?;
         }
         Ok(position)
+    }
+
+    /// Publishes `data` to `channel` without keeping it in the channel's history (a
+    /// publish proxy's `skip_history`): delivered to current subscribers only, no offset.
+    pub async fn publish_without_history(
+        &self,
+        channel: &str,
+        data: Json,
+        info: Option<ClientInfo>,
+    ) -> ApiResult<()> {
+        self.namespaces.resolve(channel)?;
+        let publication = Publication { data, info, offset: 0, tags: None };
+        self.broker.publish(channel, publication, HistoryOptions::default()).await?;
+        Ok(())
     }
 
     pub async fn presence(&self, channel: &str) -> ApiResult<HashMap<String, ClientInfo>> {
@@ -419,14 +497,14 @@ impl Node {
         ns: &NamespaceConfig,
         token: &str,
     ) -> ApiResult<(Option<Json>, Option<u64>)> {
-        let granted = self.namespace_allows_subscribe(user, channel, name, ns, token)?;
+        let granted = self.namespace_allows_subscribe(user, channel, name, ns, token).await?;
         if let Some(hooks) = self.channel_hooks(ns) {
             hooks.authorize_subscribe(user, channel).await?;
         }
         Ok(granted)
     }
 
-    fn namespace_allows_subscribe(
+    async fn namespace_allows_subscribe(
         &self,
         user: &str,
         channel: &str,
@@ -435,19 +513,29 @@ impl Node {
         token: &str,
     ) -> ApiResult<(Option<Json>, Option<u64>)> {
         let user_limited = name.user_allowed(user);
-        if user_limited == Some(false) {
+        if user_limited == Some(false) && !self.client.insecure {
             return Err(ERROR_PERMISSION_DENIED.into());
         }
         if !token.is_empty() {
-            let claims = match self.tokens.verify_subscription(token) {
+            let claims = match self.tokens.verify_subscription(token).await {
                 Ok(c) => c,
                 Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+                Err(TokenError::Unavailable(why)) => {
+                    tracing::warn!(%channel, %why, "subscription token not verified now");
+                    return Err(ERROR_INTERNAL.into());
+                }
                 Err(TokenError::Invalid(_)) => return Err(ERROR_PERMISSION_DENIED.into()),
             };
             if claims.sub != user || claims.channel != channel {
                 return Err(ERROR_PERMISSION_DENIED.into());
             }
-            return Ok((claims.info, claims.exp));
+            let expires_at = claims.expires_at();
+            let info = claims.channel_info().map_err(|_| ProtocolError::from(ERROR_PERMISSION_DENIED))?;
+            return Ok((info, expires_at));
+        }
+        if self.client.insecure {
+            // Everything is allowed (Centrifugo's `client.insecure`, logged at start).
+            return Ok((None, None));
         }
         if name.is_private() || (user_limited.is_none() && !ns.allow_subscribe_for_client) {
             return Err(ERROR_PERMISSION_DENIED.into());

@@ -33,6 +33,8 @@ pub enum Control {
     /// The subscription to this channel missed publications (the broker lost deliveries):
     /// make the client subscribe again and recover from the stream.
     Resubscribe(String),
+    /// A proxy's answer to a refresh asked in the background (`proxy.rs`).
+    Proxied(crate::proxy::Deferred),
 }
 
 impl Control {

@@ -8,6 +8,7 @@
 
 use crate::auth::{unix_now, TokenError};
 use crate::engine::{EngineError, HistoryQuery};
+use crate::grant::ConnectGrant;
 use crate::hub::Connection;
 use crate::node::Node;
 use crate::outbox::Control;
@@ -25,6 +26,8 @@ use hubbub_protocol::{
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::{Duration, Instant};
+
+mod proxied;
 
 /// Outcome of one command: a reply body, a protocol error, or the end of the connection.
 enum Outcome {
@@ -66,6 +69,10 @@ struct Subscription {
     /// Made by the server (the connection token's `channels`, the server API): the client
     /// cannot subscribe again by itself, it gets this channel back by reconnecting.
     server_side: bool,
+    /// Refreshed at expiry by the namespace's sub_refresh proxy, not by the client.
+    server_refresh: bool,
+    /// The namespace's options as the subscribe proxy overrode them for this subscription.
+    options: Option<Arc<crate::channel::NamespaceConfig>>,
 }
 
 /// Settings of one subscribe, whether the client asked or the server subscribes it.
@@ -80,6 +87,9 @@ struct SubscribeParams {
     /// Bytes of recovered publications the reply may carry (see [`Session::answer_budget`]).
     max_bytes: usize,
     server_side: bool,
+    server_refresh: bool,
+    /// The namespace's options with a subscribe proxy's `override` applied.
+    options: Option<Arc<crate::channel::NamespaceConfig>>,
 }
 
 /// A recovery whose missed publications did not all fit in the subscribe reply. The rest
@@ -154,6 +164,8 @@ pub struct Session {
     session_id: String,
     /// Recoveries still being sent, oldest first.
     backlogs: Vec<Backlog>,
+    /// What the connection keeps for proxies (`session/proxied.rs`).
+    proxy: crate::proxy::ProxyState,
 }
 
 impl Session {
@@ -174,6 +186,7 @@ impl Session {
             awaiting_pong_since: None,
             session_id: uuid::Uuid::new_v4().to_string(),
             backlogs: Vec::new(),
+            proxy: Default::default(),
         }
     }
 
@@ -189,6 +202,11 @@ impl Session {
 
     pub fn client_id(&self) -> &str {
         &self.conn.client
+    }
+
+    /// The connection's `meta` (from its token or the connect proxy), for proxies.
+    pub fn meta(&self) -> Option<&Json> {
+        self.proxy.meta.as_ref()
     }
 
     fn send(&self, reply: Reply) {
@@ -267,8 +285,8 @@ impl Session {
             Method::Ping => Ok(Outcome::Reply(ReplyBody::Ping(EmptyResult {}))),
             Method::Send(_) => Ok(Outcome::NoReply),
             Method::Rpc(req) => self.rpc(req).await,
-            Method::Refresh(req) => self.refresh(req),
-            Method::SubRefresh(req) => self.sub_refresh(req),
+            Method::Refresh(req) => self.refresh(req).await,
+            Method::SubRefresh(req) => self.sub_refresh(req).await,
             Method::Unknown => Err(ERROR_METHOD_NOT_FOUND.into()),
             Method::Pong => Ok(Outcome::NoReply),
         }
@@ -281,43 +299,71 @@ impl Session {
         }
     }
 
+    /// What the connect grants: the token's claims, or nothing for an anonymous connection
+    /// where allowed. The one place a connection's identity comes from.
+    async fn authenticate(&self, token: &str) -> Result<ConnectGrant, CommandError> {
+        if token.is_empty() {
+            if !self.node.allow_anonymous && !self.node.client.insecure {
+                return Err(ERROR_UNAUTHORIZED.into());
+            }
+            return Ok(ConnectGrant::anonymous());
+        }
+        let mut grant = match self.node.tokens.verify_connect(token).await {
+            Ok(grant) => grant,
+            Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+            Err(TokenError::Unavailable(why)) => {
+                tracing::warn!(client = %self.conn.client, %why, "connection token not verified now");
+                return Err(ERROR_INTERNAL.into());
+            }
+            Err(TokenError::Invalid(why)) => {
+                tracing::info!(client = %self.conn.client, %why, "invalid connection token");
+                return Err(CommandError::Disconnect(Disconnect::INVALID_TOKEN));
+            }
+        };
+        if self.node.client.insecure {
+            // As Centrifugo: an insecure server never expires connections.
+            grant.expire_at = None;
+        }
+        Ok(grant)
+    }
+
     async fn connect(&mut self, req: ConnectRequest) -> CommandResult {
         if self.user.is_some() {
             return Err(CommandError::Disconnect(Disconnect::BAD_REQUEST));
         }
-        let claims = if req.token.is_empty() {
-            if !self.node.allow_anonymous {
-                return Err(ERROR_UNAUTHORIZED.into());
-            }
-            Default::default()
+        let mut connect_data = None;
+        let grant = if let Some(proxied) = self.proxy_connect(&req).await {
+            let (grant, data) = proxied?;
+            connect_data = data;
+            grant
         } else {
-            match self.node.tokens.verify_connect(&req.token) {
-                Ok(c) => c,
-                Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
-                Err(TokenError::Invalid(why)) => {
-                    tracing::info!(client = %self.conn.client, %why, "invalid connection token");
-                    return Err(CommandError::Disconnect(Disconnect::INVALID_TOKEN));
-                }
-            }
+            self.authenticate(&req.token).await?
         };
-        if self.node.add_connection(&claims.sub, &self.conn).is_err() {
-            tracing::info!(client = %self.conn.client, user = %claims.sub, "connection limit of the user reached");
+        if self.node.add_connection(&grant.user, &self.conn).is_err() {
+            tracing::info!(client = %self.conn.client, user = %grant.user, "connection limit of the user reached");
             return Err(CommandError::Disconnect(Disconnect::CONNECTION_LIMIT));
         }
-        self.user = Some(claims.sub.clone());
-        self.conn_info = claims.info;
-        self.expires_at = claims.exp;
+        let mut server_side = grant.server_side_subscriptions();
+        if let Some(personal) = self.node.personal_channel(&grant.user) {
+            if !server_side.iter().any(|(c, _)| *c == personal) {
+                server_side.push((personal, Default::default()));
+            }
+        }
+        self.user = Some(grant.user);
+        self.conn_info = grant.info;
+        self.proxy.meta = grant.meta;
+        self.expires_at = grant.expire_at;
         if self.kind.emulation {
             self.node.hub.add_session(&self.session_id, &self.conn);
         }
 
-        // Server-side subscriptions come from the token; when the client reconnects it sends
+        // Server-side subscriptions come from the grant; when the client reconnects it sends
         // their positions back in `subs` so that they are recovered too.
         let mut subs = HashMap::new();
         let mut held = Vec::new();
         let mut positions = req.subs;
         let mut budget = self.answer_budget();
-        for channel in claims.channels {
+        for (channel, options) in server_side {
             if self.subs.contains_key(&channel) || self.subs.len() >= self.node.client.max_channels {
                 continue;
             }
@@ -325,25 +371,32 @@ impl Session {
                 .remove(&channel)
                 .filter(|r| r.recover)
                 .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch });
-            let params =
-                SubscribeParams { recover_from, max_bytes: budget, server_side: true, ..Default::default() };
+            let params = SubscribeParams {
+                recover_from,
+                max_bytes: budget,
+                server_side: true,
+                chan_info: options.info,
+                ..Default::default()
+            };
             match self.subscribe(&channel, params).await {
-                Ok((result, covered)) => {
+                Ok((mut result, covered)) => {
                     let carried: usize = result.publications.iter().map(|p| p.encoded_len()).sum();
                     budget = budget.saturating_sub(carried);
+                    result.data = options.data;
                     held.push((channel.clone(), covered));
                     subs.insert(channel, result);
                 }
                 Err(e) => tracing::warn!(%channel, code = e.code, "server-side subscription failed"),
             }
         }
-        let (expires, ttl) = Self::ttl(self.expires_at);
+        let (expires, ttl) =
+            if self.client_refreshes() { Self::ttl(self.expires_at) } else { Default::default() };
         let result = ConnectResult {
             client: self.conn.client.clone(),
             version: self.node.version.clone(),
             expires,
             ttl,
-            data: None,
+            data: connect_data,
             subs,
             ping: self.node.client.ping_interval.as_secs().max(1) as u32,
             pong: !self.kind.unidirectional,
@@ -370,6 +423,7 @@ impl Session {
             Err(CommandError::Error(e)) if e.code == ERROR_UNAUTHORIZED.code => {
                 Err(Disconnect::INVALID_TOKEN)
             }
+            Err(CommandError::Error(e)) if e.code == ERROR_INTERNAL.code => Err(Disconnect::SERVER_ERROR),
             Err(CommandError::Error(_)) => Err(Disconnect::BAD_REQUEST),
         }
     }
@@ -383,8 +437,19 @@ impl Session {
             return Err(ERROR_LIMIT_EXCEEDED.into());
         }
         let user = self.user.as_deref().unwrap_or_default();
-        let (chan_info, expires_at) =
-            self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token).await?;
+        let (chan_info, expires_at, data, server_refresh, options) =
+            match self.proxy_subscribe(&req, &name, ns).await {
+                Some(answer) => {
+                    let answer = answer?;
+                    let options = answer.overrides.apply(ns);
+                    (answer.info, answer.expire_at, answer.data, self.server_sub_refresh(ns), options)
+                }
+                None => {
+                    let (chan_info, expires_at) =
+                        self.node.authorize_subscribe(user, &req.channel, &name, ns, &req.token).await?;
+                    (chan_info, expires_at, None, false, None)
+                }
+            };
         let params = SubscribeParams {
             recover_from: req
                 .recover
@@ -396,8 +461,14 @@ impl Session {
             expires_at,
             max_bytes: self.answer_budget(),
             server_side: false,
+            server_refresh,
+            options,
         };
-        let (result, covered) = self.subscribe(&req.channel, params).await?;
+        let (mut result, covered) = self.subscribe(&req.channel, params).await?;
+        result.data = data;
+        if server_refresh {
+            (result.expires, result.ttl) = (false, 0);
+        }
         Ok(Outcome::ReplyThenRelease(ReplyBody::Subscribe(result), vec![(req.channel, covered)]))
     }
 
@@ -411,6 +482,7 @@ impl Session {
     ) -> Result<(SubscribeResult, u64), ProtocolError> {
         let node = self.node.clone();
         let (ns, _) = node.namespaces.resolve(channel)?;
+        let ns = params.options.as_deref().unwrap_or(ns);
         let has_stream = node.has_stream(ns);
         let recoverable = has_stream && (ns.force_recovery || params.recoverable);
         let positioned = has_stream && (ns.force_positioning || params.positioned || recoverable);
@@ -493,6 +565,8 @@ impl Session {
                 chan_info: params.chan_info,
                 expires_at: params.expires_at,
                 server_side: params.server_side,
+                server_refresh: params.server_refresh,
+                options: params.options.clone(),
             },
         );
         let (expires, ttl) = Self::ttl(params.expires_at);
@@ -590,6 +664,7 @@ impl Session {
             }
         }
         if let Ok((ns, _)) = node.namespaces.resolve(channel) {
+            let ns = sub.options.as_deref().unwrap_or(ns);
             if ns.presence {
                 if let Err(e) = node.presence.remove(channel, &self.conn.client).await {
                     tracing::warn!(%channel, error = %e, "presence not removed");
@@ -607,9 +682,16 @@ impl Session {
 
     async fn publish(&mut self, req: PublishRequest) -> CommandResult {
         let (ns, name) = self.node.namespaces.resolve(&req.channel).map_err(ProtocolError::from)?;
-        let Some(data) = req.data else { return Err(ERROR_BAD_REQUEST.into()) };
+        let Some(mut data) = req.data else { return Err(ERROR_BAD_REQUEST.into()) };
+        let mut skip_history = false;
+        if let Some(answer) = self.proxy_publish(&req.channel, &data, &name, ns).await {
+            let answer = answer?;
+            data = answer.data.unwrap_or(data);
+            skip_history = answer.skip_history;
+        }
         let user = self.user.as_deref().unwrap_or_default();
         let allowed = match name.user_allowed(user) {
+            _ if !ns.publish_proxy_name.is_empty() => true,
             Some(listed) => listed,
             None if name.is_private() => self.subs.contains_key(&req.channel),
             None => {
@@ -617,12 +699,16 @@ impl Session {
                     || (ns.allow_publish_for_subscriber && self.subs.contains_key(&req.channel))
             }
         };
-        if !allowed {
+        if !allowed && !self.node.client.insecure {
             return Err(ERROR_PERMISSION_DENIED.into());
         }
         let chan_info = self.subs.get(&req.channel).and_then(|s| s.chan_info.clone());
         let info = self.client_info(chan_info);
-        self.node.publish(&req.channel, data, Some(info)).await?;
+        if skip_history {
+            self.node.publish_without_history(&req.channel, data, Some(info)).await?;
+        } else {
+            self.node.publish(&req.channel, data, Some(info)).await?;
+        }
         Ok(Outcome::Reply(ReplyBody::Publish(EmptyResult {})))
     }
 
@@ -632,7 +718,8 @@ impl Session {
         channel: &str,
         allowed_for_subscriber: bool,
     ) -> Result<(), CommandError> {
-        if allowed_for_subscriber && self.subs.contains_key(channel) {
+        // An insecure server lets anyone read any channel's presence and history.
+        if self.node.client.insecure || (allowed_for_subscriber && self.subs.contains_key(channel)) {
             Ok(())
         } else {
             Err(ERROR_PERMISSION_DENIED.into())
@@ -678,23 +765,25 @@ impl Session {
 
     async fn rpc(&mut self, req: RpcRequest) -> CommandResult {
         let Some(handler) = self.node.rpc_handler(&req.method) else {
-            return Err(ERROR_METHOD_NOT_FOUND.into());
+            let data = self.proxy_rpc(req).await?;
+            return Ok(Outcome::Reply(ReplyBody::Rpc(RpcResult { data })));
         };
         let caller = Caller { user: self.user.clone().unwrap_or_default(), client: self.conn.client.clone() };
         let data = handler.call(&caller, req.data).await?;
         Ok(Outcome::Reply(ReplyBody::Rpc(RpcResult { data })))
     }
 
-    fn refresh(&mut self, req: RefreshRequest) -> CommandResult {
-        let claims = match self.node.tokens.verify_connect(&req.token) {
+    async fn refresh(&mut self, req: RefreshRequest) -> CommandResult {
+        let grant = match self.node.tokens.verify_connect(&req.token).await {
             Ok(c) => c,
             Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+            Err(TokenError::Unavailable(_)) => return Err(ERROR_INTERNAL.into()),
             Err(TokenError::Invalid(_)) => return Err(CommandError::Disconnect(Disconnect::INVALID_TOKEN)),
         };
-        if Some(&claims.sub) != self.user.as_ref() {
+        if Some(&grant.user) != self.user.as_ref() {
             return Err(CommandError::Disconnect(Disconnect::INVALID_TOKEN));
         }
-        self.expires_at = claims.exp;
+        self.expires_at = if self.node.client.insecure { None } else { grant.expire_at };
         let (expires, ttl) = Self::ttl(self.expires_at);
         Ok(Outcome::Reply(ReplyBody::Refresh(RefreshResult {
             client: self.conn.client.clone(),
@@ -704,21 +793,25 @@ impl Session {
         })))
     }
 
-    fn sub_refresh(&mut self, req: SubRefreshRequest) -> CommandResult {
+    async fn sub_refresh(&mut self, req: SubRefreshRequest) -> CommandResult {
         let user = self.user.clone().unwrap_or_default();
-        let Some(sub) = self.subs.get_mut(&req.channel) else {
+        if !self.subs.contains_key(&req.channel) {
             return Err(ERROR_PERMISSION_DENIED.into());
-        };
-        let claims = match self.node.tokens.verify_subscription(&req.token) {
+        }
+        let claims = match self.node.tokens.verify_subscription(&req.token).await {
             Ok(c) => c,
             Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
+            Err(TokenError::Unavailable(_)) => return Err(ERROR_INTERNAL.into()),
             Err(TokenError::Invalid(_)) => return Err(ERROR_PERMISSION_DENIED.into()),
         };
         if claims.sub != user || claims.channel != req.channel {
             return Err(ERROR_PERMISSION_DENIED.into());
         }
-        sub.expires_at = claims.exp;
-        let (expires, ttl) = Self::ttl(claims.exp);
+        let Some(sub) = self.subs.get_mut(&req.channel) else {
+            return Err(ERROR_PERMISSION_DENIED.into());
+        };
+        sub.expires_at = claims.expires_at();
+        let (expires, ttl) = Self::ttl(sub.expires_at);
         Ok(Outcome::Reply(ReplyBody::SubRefresh(SubRefreshResult { expires, ttl })))
     }
 
@@ -726,6 +819,7 @@ impl Session {
     pub async fn handle_control(&mut self, control: Control) -> Result<(), Disconnect> {
         match control {
             Control::Disconnect(d) => Err(d),
+            Control::Proxied(answer) => self.apply_deferred(answer),
             Control::Commands(frame) => self.handle_frame(&frame).await,
             Control::Subscribe(channel) => {
                 if self.user.is_none() || self.subs.contains_key(&channel) {
@@ -810,6 +904,7 @@ impl Session {
         };
         let earliest_expiry =
             self.expires_at.into_iter().chain(self.subs.values().filter_map(|s| s.expires_at)).min();
+        let protocol = protocol.min(self.proxy_refresh_due().unwrap_or(protocol));
         match earliest_expiry {
             Some(exp) => {
                 let until_expiry = Duration::from_secs(exp.saturating_sub(unix_now()));
@@ -833,6 +928,7 @@ impl Session {
             return Err(Disconnect::STALE);
         }
         if self.user.is_some() {
+            self.start_proxy_refreshes();
             // Expired tokens get a grace period for the refresh the client sends at expiry.
             let delay = self.node.client.expired_close_delay.as_secs_f64();
             let overdue = |exp: &u64| {

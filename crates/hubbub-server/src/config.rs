@@ -34,6 +34,17 @@ pub struct Config {
     pub store: StoreConfig,
     /// Channel namespaces; the one named "" is the default namespace.
     pub namespaces: Vec<NamespaceConfig>,
+    /// Backends that decide for the server, by name (Centrifugo's named proxies; see
+    /// `src/proxy.rs` and docs/PROTOCOL.md).
+    pub proxies: Vec<crate::proxy::ProxyConfig>,
+    /// The proxy asked when a client connects without a token.
+    pub connect_proxy_name: String,
+    /// The proxy asked when a connection the connect proxy made expires.
+    pub refresh_proxy_name: String,
+    /// The proxy of RPC methods without a namespace that no application registered.
+    pub rpc_proxy_name: String,
+    /// The proxies of RPC methods `ns:method`, by namespace.
+    pub rpc_namespaces: Vec<crate::proxy::RpcNamespaceConfig>,
 }
 
 impl Default for Config {
@@ -50,20 +61,61 @@ impl Default for Config {
             engine: EngineConfig::default(),
             store: StoreConfig::default(),
             namespaces: vec![NamespaceConfig::default()],
+            proxies: Vec::new(),
+            connect_proxy_name: String::new(),
+            refresh_proxy_name: String::new(),
+            rpc_proxy_name: String::new(),
+            rpc_namespaces: Vec::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// How clients are authenticated. Centrifugo's `client.token.*` keys live here:
+/// `hmac_secret_key` is `token_secret`, the others keep their names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HS256 secret of connection and subscription tokens. Empty: one is generated at
-    /// start (tokens then do not survive a restart).
+    /// HMAC secret of HS256/384/512 connection and subscription tokens (and of the chat's
+    /// access tokens). Empty: one is generated into `data_dir` at the first start.
     pub token_secret: String,
     /// Key of the server HTTP API. Empty: one is generated at start.
     pub api_key: String,
     /// Accept connections without a token (as user "").
     pub allow_anonymous: bool,
+    /// Public key of RS256/384/512 and PS* tokens: PEM text, or the path of a PEM file.
+    pub rsa_public_key: String,
+    /// Public key of ES256 (P-256) or ES384 (P-384) tokens: PEM text, or a file's path.
+    pub ecdsa_public_key: String,
+    /// JWKS URL (http or https): RS*/ES* tokens with a `kid` are checked with that key of
+    /// the set, fetched and cached.
+    pub jwks_public_endpoint: String,
+    /// Keys of the set older than this are fetched again.
+    #[serde(with = "serde_human")]
+    pub jwks_cache_ttl: Duration,
+    /// The least time between two fetches of the set, however many tokens name unknown keys.
+    #[serde(with = "serde_human")]
+    pub jwks_refetch_interval: Duration,
+    /// When set, every token must name this audience (`aud`).
+    pub audience: String,
+    /// When set, every token must name this issuer (`iss`).
+    pub issuer: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_secret: String::new(),
+            api_key: String::new(),
+            allow_anonymous: false,
+            rsa_public_key: String::new(),
+            ecdsa_public_key: String::new(),
+            jwks_public_endpoint: String::new(),
+            jwks_cache_ttl: Duration::from_secs(3600),
+            jwks_refetch_interval: Duration::from_secs(10),
+            audience: String::new(),
+            issuer: String::new(),
+        }
+    }
 }
 
 /// HTTP-level settings shared by the HTTP transports.
@@ -129,6 +181,10 @@ pub const NON_CONFIG_ENV_VARS: &[&str] = &[
     "HUBBUB_TEST_NATS_URL",
     "HUBBUB_TEST_POSTGRES_URL",
 ];
+
+/// Keys renamed to Centrifugo's names, whose old `HUBBUB_*` variables still work (the file
+/// reads the old names through serde aliases).
+const RENAMED_ENV: &[(&str, &str)] = &[("client_max_connections_per_user", "client_user_connection_limit")];
 
 impl Config {
     /// Reads the file (if any), applies `HUBBUB_*` overrides from `env`, and validates.
@@ -268,6 +324,32 @@ impl Config {
         if let Err(message) = hubbub_core::channel::Namespaces::new(&self.namespaces) {
             return bad("namespaces", &message);
         }
+        if self.auth.jwks_refetch_interval < Duration::from_secs(1) {
+            return bad(
+                "auth.jwks_refetch_interval",
+                "must be at least 1s (it bounds the fetches a flood of made-up key ids causes)",
+            );
+        }
+        if self.auth.jwks_cache_ttl < self.auth.jwks_refetch_interval {
+            return bad("auth.jwks_cache_ttl", "must be at least auth.jwks_refetch_interval");
+        }
+        crate::tokens::validate(&self.auth)?;
+        let personal = &self.client.subscribe_to_user_personal_channel;
+        if personal.enabled
+            && !personal.personal_channel_namespace.is_empty()
+            && !self.namespaces.iter().any(|ns| ns.name == personal.personal_channel_namespace)
+        {
+            return bad(
+                "client.subscribe_to_user_personal_channel.personal_channel_namespace",
+                "names no namespace of `namespaces`",
+            );
+        }
+        if self.client.connection_rate_limit_per_ip > 0 && self.client.connection_rate_limit_max_ips == 0 {
+            return bad("client.connection_rate_limit_max_ips", "must be above 0");
+        }
+        if let Err((key, message)) = crate::proxy::validate(self) {
+            return Err(ConfigError::Key { key, message });
+        }
         Ok(())
     }
 }
@@ -287,7 +369,10 @@ fn apply_env(
         if NON_CONFIG_ENV_VARS.contains(&var.as_str()) {
             continue;
         }
-        let name = name.to_ascii_lowercase();
+        let mut name = name.to_ascii_lowercase();
+        if let Some((_, new)) = RENAMED_ENV.iter().find(|(old, _)| *old == name) {
+            name = (*new).to_owned();
+        }
         let value = parse_env_value(&raw);
         if defaults.contains_key(&name) {
             table.insert(name, value);
@@ -363,6 +448,29 @@ mod tests {
     }
 
     #[test]
+    fn proxies_from_env() {
+        let c = load(
+            "",
+            &[
+                (
+                    "HUBBUB_PROXIES",
+                    r#"[{ name = "app", endpoint = "http://127.0.0.1:3000/c", timeout = "2s" }]"#,
+                ),
+                ("HUBBUB_CONNECT_PROXY_NAME", "app"),
+                ("HUBBUB_RPC_NAMESPACES", r#"[{ name = "billing", rpc_proxy_name = "app" }]"#),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.proxies[0].timeout, Duration::from_secs(2));
+        assert_eq!(c.connect_proxy_name, "app");
+        assert_eq!(c.rpc_namespaces[0].name, "billing");
+        let e = load("", &[("HUBBUB_CONNECT_PROXY_NAME", "ghost")]).unwrap_err().to_string();
+        assert!(e.contains("connect_proxy_name") && e.contains("ghost"), "{e}");
+        let e = load("[[proxies]]\nname = \"a\"\nendpoint = \"grpc://x:1\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("proxies[0].endpoint"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = load("[client]\nping_intervall = \"10s\"\n", &[]).unwrap_err().to_string();
         assert!(e.contains("client") && e.contains("ping_intervall"), "{e}");
@@ -391,5 +499,26 @@ mod tests {
         );
         let e = load("", &[("HUBBUB_NOTHING_LIKE_ANY_KEY_AT_ALL", "1")]).unwrap_err().to_string();
         assert!(e.contains("HUBBUB_NOTHING_LIKE_ANY_KEY_AT_ALL") && !e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn renamed_keys_still_work_and_auth_keys_are_checked() {
+        let c = load("[client]\nmax_connections_per_user = 3\n", &[]).unwrap();
+        assert_eq!(c.client.user_connection_limit, 3);
+        let c = load("", &[("HUBBUB_CLIENT_MAX_CONNECTIONS_PER_USER", "4")]).unwrap();
+        assert_eq!(c.client.user_connection_limit, 4);
+        let c = load("", &[("HUBBUB_CLIENT_USER_CONNECTION_LIMIT", "5")]).unwrap();
+        assert_eq!(c.client.user_connection_limit, 5);
+        let e = load(
+            "[auth]\nrsa_public_key = \"-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("auth.rsa_public_key"), "{e}");
+        let e = load("[client.subscribe_to_user_personal_channel]\nenabled = true\npersonal_channel_namespace = \"nope\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("personal_channel_namespace"), "{e}");
     }
 }

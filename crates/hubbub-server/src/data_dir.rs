@@ -141,7 +141,7 @@ pub fn read_secrets(data_dir: &Path) -> Result<Option<Secrets>, DataDirError> {
 }
 
 /// 256 random bits, hex.
-fn generate() -> String {
+pub fn generate() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 

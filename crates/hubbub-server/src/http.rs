@@ -9,14 +9,18 @@ use std::sync::Arc;
 
 /// The server's routes plus the application's (`app`), all behind the origin check.
 pub fn router(state: Arc<AppState>, app: Router) -> Router {
-    let core = Router::new()
-        .route("/health", get(health))
+    // New connections pass the node's and the address's limits first (limits.rs).
+    let connections = Router::new()
         .route("/connection/websocket", get(websocket::bidirectional))
         .route("/connection/uni_websocket", get(websocket::unidirectional))
         .route("/connection/http_stream", post(stream::http_stream))
         .route("/connection/sse", get(stream::sse_get).post(stream::sse_post))
         .route("/connection/uni_http_stream", post(stream::uni_http_stream))
         .route("/connection/uni_sse", get(stream::uni_sse))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::limits::guard));
+    let core = Router::new()
+        .route("/health", get(health))
+        .merge(connections)
         .route("/emulation", post(emulation::handle))
         .route("/api/poll", get(poll::poll))
         .route("/api/{method}", post(api::handle))

@@ -9,14 +9,16 @@ mod emulation;
 pub mod engines;
 mod headers;
 mod http;
+mod limits;
 mod origin;
 mod poll;
+pub mod proxy;
+pub mod tokens;
 mod transport;
 mod web;
 
 use anyhow::Context;
 use config::Config;
-use hubbub_core::auth::Tokens;
 use hubbub_core::channel::Namespaces;
 use hubbub_core::engine::memory::MemoryBroker;
 use hubbub_core::rpc::{Echo, RpcRegistry};
@@ -42,6 +44,8 @@ pub struct AppState {
     pub config: Config,
     /// Waiting long polls per token subject (`http.poll_max_waiters_per_user`).
     pub poll_waiters: poll::Waiters,
+    /// Connections per node, connection requests per second per node and per address.
+    limits: limits::Limits,
 }
 
 /// What a running server is made of, built from its configuration and its store: the
@@ -81,13 +85,20 @@ impl App {
         }
         let mut rpc = RpcRegistry::new();
         rpc.register("echo", Echo);
+        let tokens = tokens::build(&config.auth)?;
+        if let Some(jwks) = tokens.jwks() {
+            tokens::start_jwks_refresh(jwks.clone(), config.auth.jwks_cache_ttl);
+        }
+        if config.client.insecure {
+            tracing::warn!("client.insecure is on: anyone may connect without a token and subscribe, publish, read presence and history on every channel; never in production");
+        }
         let engine = engines::connect_engine(&config.engine, data_dir, &namespaces).await?;
         let node = Node::start(NodeOptions {
             name,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             client: config.client.clone(),
             namespaces: Namespaces::new(&namespaces).map_err(anyhow::Error::msg)?,
-            tokens: Tokens::new(&config.auth.token_secret),
+            tokens,
             allow_anonymous: config.auth.allow_anonymous,
             broker: engine.broker,
             presence: engine.presence,
@@ -95,8 +106,11 @@ impl App {
             cluster: config.engine.cluster(),
         })
         .await?;
+        node.set_proxies(proxy::build(&config)?).map_err(anyhow::Error::msg)?;
         let chat = hubbub_chat::Chat::install(node.clone(), store, config.chat.clone());
-        let state = Arc::new(AppState { node: node.clone(), config, poll_waiters: Default::default() });
+        let limits = limits::Limits::new(&config.client);
+        let state =
+            Arc::new(AppState { node: node.clone(), config, poll_waiters: Default::default(), limits });
         let router = http::router(state, hubbub_chat::rest::router(chat.clone()));
         Ok(App { router, node, chat, memory: engine.memory })
     }

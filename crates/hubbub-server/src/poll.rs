@@ -124,9 +124,13 @@ pub async fn poll(
     let Some(token) = bearer(&headers) else {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, ERROR_UNAUTHORIZED));
     };
-    let claims = match node.tokens.verify_connect(token) {
+    let claims = match node.tokens.verify_connect(token).await {
         Ok(c) => c,
         Err(TokenError::Expired) => return Err(ApiError::new(StatusCode::UNAUTHORIZED, ERROR_TOKEN_EXPIRED)),
+        Err(TokenError::Unavailable(why)) => {
+            tracing::warn!(%why, "poll token not verified now");
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ERROR_INTERNAL));
+        }
         Err(TokenError::Invalid(_)) => {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, ERROR_UNAUTHORIZED))
         }
@@ -150,7 +154,7 @@ pub async fn poll(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, ERROR_NOT_AVAILABLE));
     }
     let forbidden = |e| ApiError::new(StatusCode::FORBIDDEN, e);
-    node.authorize_subscribe(&claims.sub, &channel, &name, ns, "").await.map_err(forbidden)?;
+    node.authorize_subscribe(&claims.user, &channel, &name, ns, "").await.map_err(forbidden)?;
     let engine = |e: EngineError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ProtocolError::from(e));
 
     let position_only = HistoryQuery { limit: Some(0), ..Default::default() };
@@ -172,8 +176,8 @@ pub async fn poll(
     let max_waiters = state.config.http.poll_max_waiters_per_user;
     let _place = match wait {
         0 => None,
-        _ => Some(state.poll_waiters.enter(&claims.sub, max_waiters).ok_or_else(|| {
-            tracing::info!(user = %claims.sub, "too many waiting long polls");
+        _ => Some(state.poll_waiters.enter(&claims.user, max_waiters).ok_or_else(|| {
+            tracing::info!(user = %claims.user, "too many waiting long polls");
             let error = ProtocolError {
                 message: format!(
                     "too many waiting polls: at most {max_waiters} per user (http.poll_max_waiters_per_user)"

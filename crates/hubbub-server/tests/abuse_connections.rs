@@ -1,6 +1,6 @@
 //! One token holder opening connection after connection: each is small, but without a
 //! bound a single user holds as many as the process has file descriptors, each with its
-//! session, outbox and hub entries. `client.max_connections_per_user` bounds them; the
+//! session, outbox and hub entries. `client.user_connection_limit` (formerly `max_connections_per_user`, still read) bounds them; the
 //! next one is refused with 3504 and the user's other connections, and everyone else's,
 //! keep working. A closed connection frees its place.
 
@@ -10,7 +10,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn one_user_cannot_open_more_than_the_configured_connections() {
-    let srv = Server::builder().client("max_connections_per_user", "5").start();
+    let srv = Server::builder().client("user_connection_limit", "5").start();
     let mut held = Vec::new();
     for _ in 0..5 {
         held.push(srv.user("mallory").await);

@@ -94,3 +94,83 @@ async fn slow_consumer_closes_3008() {
     api.publish("other", json!({"ok": 1})).await;
     fine.expect_push("other", "pub").await;
 }
+
+/// A WebSocket handshake to the server: `Ok` with the open connection, or the HTTP status
+/// and body it was refused with.
+async fn handshake(
+    srv: &Server,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    (u16, String),
+> {
+    match tokio_tungstenite::connect_async(srv.ws_url()).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body =
+                response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            Err((response.status().as_u16(), body))
+        }
+        Err(e) => panic!("handshake failed: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn connections_per_node_are_bounded_with_503() {
+    let srv = Server::builder().client("connection_limit", "3").start();
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(srv.user(&i.to_string()).await);
+    }
+    for _ in 0..5 {
+        let Err((status, body)) = handshake(&srv).await else { panic!("a fourth connection is accepted") };
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("\"code\":106"), "{body}");
+    }
+    // The streaming transports are connections too.
+    let response = http_client()
+        .post(srv.http_url("/connection/http_stream"))
+        .body(json!({"token": token("9")}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    held.pop().unwrap().close_now().await;
+    let again = eventually(T, || async { handshake(&srv).await.ok() }).await;
+    assert!(again.is_some(), "a freed place is not given back");
+    for c in &mut held {
+        c.ok("rpc", json!({"method": "echo", "data": 1})).await;
+    }
+}
+
+#[tokio::test]
+async fn connection_attempts_per_ip_are_bounded_with_429() {
+    let srv = Server::builder().client("connection_rate_limit_per_ip", "4").start();
+    // Wait for a fresh second of the limiter's window to start with this burst.
+    let mut refused = None;
+    for attempt in 0..12 {
+        if let Err((status, body)) = handshake(&srv).await {
+            refused = Some((attempt, status, body));
+            break;
+        }
+    }
+    let (attempt, status, body) = refused.expect("a burst from one address is refused");
+    assert!((4..=8).contains(&attempt), "refused at attempt {attempt}");
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("\"code\":111"), "{body}");
+    // A second later the address may connect again, and works.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(handshake(&srv).await.is_ok());
+    let mut c = srv.user("1").await;
+    c.ok("rpc", json!({"method": "echo", "data": 1})).await;
+}
+
+#[tokio::test]
+async fn connection_attempts_per_node_are_bounded_with_503() {
+    let srv = Server::builder().client("connection_rate_limit", "3").start();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(handshake(&srv).await.err().map(|(status, _)| status));
+    }
+    assert!(statuses.contains(&Some(503)), "{statuses:?}");
+    assert!(statuses[..3].iter().all(Option::is_none), "{statuses:?}");
+}

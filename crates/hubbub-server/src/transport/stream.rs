@@ -245,10 +245,17 @@ impl FromRequest<Arc<AppState>> for LimitedBody {
 }
 
 /// Starts a bidirectional emulation session whose first frame is `connect`.
-fn start_emulation(state: &AppState, name: &'static str, format: Format, connect: String) -> Response {
+fn start_emulation(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &'static str,
+    format: Format,
+    connect: String,
+) -> Response {
     let (tx, rx) = mpsc::channel(BODY_CHANNEL);
     let kind = TransportKind { name, emulation: true, unidirectional: false };
-    let session = Session::new(state.node.clone(), kind);
+    let mut session = Session::new(state.node.clone(), kind);
+    session.set_forwarded_headers(crate::proxy::kept_headers(&state.node, headers));
     let transport = StreamTransport { tx, format, unidirectional: false, positions: None };
     tokio::spawn(drive(session, transport, Some(connect)));
     stream_response(
@@ -264,32 +271,36 @@ fn utf8(body: BodyBytes) -> Result<String, ApiError> {
 
 pub async fn http_stream(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
-    Ok(start_emulation(&state, "http_stream", Format::Lines, utf8(body)?))
+    Ok(start_emulation(&state, &headers, "http_stream", Format::Lines, utf8(body)?))
 }
 
 pub async fn sse_get(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Some(connect) = query.get("cf_connect") else {
         return Err(ApiError::bad_request("bad request: cf_connect query parameter is required".into()));
     };
     too_big(&state, connect.as_bytes())?;
-    Ok(start_emulation(&state, "sse", Format::Events, connect.clone()))
+    Ok(start_emulation(&state, &headers, "sse", Format::Events, connect.clone()))
 }
 
 pub async fn sse_post(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
-    Ok(start_emulation(&state, "sse", Format::Events, utf8(body)?))
+    Ok(start_emulation(&state, &headers, "sse", Format::Events, utf8(body)?))
 }
 
 /// Starts a unidirectional session: connect at once, then stream pushes.
 async fn start_unidirectional(
     state: &AppState,
+    headers: &HeaderMap,
     name: &'static str,
     format: Format,
     request: ConnectRequest,
@@ -299,6 +310,7 @@ async fn start_unidirectional(
     let positions = (format == Format::Events).then(Positions::default);
     let transport = StreamTransport { tx, format, unidirectional: true, positions };
     let mut session = Session::new(state.node.clone(), kind);
+    session.set_forwarded_headers(crate::proxy::kept_headers(&state.node, headers));
     let content_type =
         if format == Format::Events { "text/event-stream; charset=utf-8" } else { "application/json" };
     let response = stream_response(rx, content_type);
@@ -320,10 +332,11 @@ fn parse_connect_request(text: &str) -> Result<ConnectRequest, ApiError> {
 
 pub async fn uni_http_stream(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
     let request = parse_connect_request(&utf8(body)?)?;
-    Ok(start_unidirectional(&state, "uni_http_stream", Format::Lines, request).await)
+    Ok(start_unidirectional(&state, &headers, "uni_http_stream", Format::Lines, request).await)
 }
 
 pub async fn uni_sse(
@@ -348,7 +361,7 @@ pub async fn uni_sse(
             });
         }
     }
-    Ok(start_unidirectional(&state, "uni_sse", Format::Events, request).await)
+    Ok(start_unidirectional(&state, &headers, "uni_sse", Format::Events, request).await)
 }
 
 #[cfg(test)]

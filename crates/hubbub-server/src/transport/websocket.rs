@@ -6,6 +6,7 @@ use super::handshake::{Socket, WebSocketUpgrade};
 use super::{drive, unwrap_push, Inbound, Transport};
 use crate::AppState;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -37,16 +38,27 @@ fn config(node: &Node) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
-pub async fn bidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+pub async fn bidirectional(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let node = state.node.clone();
+    let kept = crate::proxy::kept_headers(&node, &headers);
     ws.on_upgrade(config(&node), move |socket| async move {
-        let session = Session::new(node, TransportKind::WEBSOCKET);
+        let mut session = Session::new(node, TransportKind::WEBSOCKET);
+        session.set_forwarded_headers(kept);
         drive(session, WsTransport { socket, unidirectional: false }, None).await
     })
 }
 
-pub async fn unidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+pub async fn unidirectional(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let node = state.node.clone();
+    let kept = crate::proxy::kept_headers(&node, &headers);
     ws.on_upgrade(config(&node), move |socket| async move {
         let mut transport = WsTransport { socket, unidirectional: true };
         // The first message is the connect request. A client that sends none within
@@ -70,6 +82,7 @@ pub async fn unidirectional(State(state): State<Arc<AppState>>, ws: WebSocketUpg
             return;
         };
         let mut session = Session::new(node, UNI_WEBSOCKET);
+        session.set_forwarded_headers(kept);
         if let Err(d) = session.connect_unidirectional(request).await {
             transport.close(d).await;
             session.close().await;

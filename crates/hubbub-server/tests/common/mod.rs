@@ -656,6 +656,21 @@ impl Client {
         Client::from_ws(ws)
     }
 
+    /// Open a connection whose upgrade request carries extra headers.
+    pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().expect("websocket url");
+        for (name, value) in headers {
+            let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            request.headers_mut().insert(name, value.parse().unwrap());
+        }
+        let (ws, _resp) = tokio::time::timeout(T, tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap_or_else(|_| panic!("websocket connect to {url} timed out"))
+            .unwrap_or_else(|e| panic!("websocket connect to {url} failed: {e}"));
+        Client::from_ws(ws)
+    }
+
     /// Open a connection whose TCP receive buffer is tiny (for slow-consumer tests).
     pub async fn open_small_rcvbuf(addr: &str, url: &str, rcvbuf: u32) -> Client {
         let sa: std::net::SocketAddr = addr.parse().expect("addr");
