@@ -13,6 +13,8 @@ echo "== cargo build"
 cargo build --workspace --all-targets
 
 echo "== cargo test"
+# tests/tokens.rs and tests/cli.rs make their RSA and EC keys with the openssl CLI.
+scripts/apt-install.sh openssl openssl
 cargo test --workspace
 
 echo "== centrifuge-python's own test suite (its PyPI sdist's tests/), JSON and protobuf"
