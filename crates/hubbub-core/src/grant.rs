@@ -123,7 +123,7 @@ mod tests {
         assert_eq!(subs[0].0, "a");
         assert!(subs[0].1.data.is_none());
         assert_eq!(subs[1].0, "b");
-        assert_eq!(subs[1].1.data.as_ref().unwrap().get(), r#"{"welcome":1}"#);
+        assert_eq!(subs[1].1.data.as_ref().unwrap().as_json().unwrap(), r#"{"welcome":1}"#);
         let presence = subs[1].1.r#override.as_ref().unwrap().presence;
         assert_eq!(presence, Some(BoolValue { value: false }));
         assert!(serde_json::from_str::<SubscribeOptions>(r#"{"nope":1}"#).is_err());
