@@ -415,7 +415,18 @@ impl Node {
         data: Json,
         info: Option<ClientInfo>,
     ) -> ApiResult<StreamPosition> {
-        self.publish_publication(channel, Publication { data, info, offset: 0, tags: None }, false).await
+        self.publish_tagged(channel, data, info, None).await
+    }
+
+    /// [`Node::publish`] with the publication's tags (kept in history with it).
+    pub async fn publish_tagged(
+        &self,
+        channel: &str,
+        data: Json,
+        info: Option<ClientInfo>,
+        tags: Option<HashMap<String, String>>,
+    ) -> ApiResult<StreamPosition> {
+        self.publish_publication(channel, Publication { data, info, offset: 0, tags }, false).await
     }
 
     /// Publishes a publication made by the caller (tags, info) to `channel`, kept in the

@@ -16,7 +16,7 @@ use hubbub_protocol::codes::*;
 use hubbub_protocol::ProtocolError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// A failed API call: the HTTP status and the protocol error in the body.
@@ -219,4 +219,59 @@ fn legacy_command(
         message: format!("bad request: {e}"),
         temporary: false,
     })
+}
+
+/// What [`execute`] answers: the method's result as JSON (`Publish` is kept for callers that
+/// match on it; it is not produced).
+pub enum ApiAnswer {
+    Publish(Value),
+    Json(Value),
+}
+
+impl ApiError {
+    /// The protocol error of the answer.
+    pub fn error(&self) -> &ProtocolError {
+        &self.error
+    }
+}
+
+/// Runs one server API method on a JSON body, as `POST /api/<method>` does after the key
+/// check: the async consumers' way in. The same operations (`hubbub_core::api`); the
+/// idempotency keys of these calls are not shared with the HTTP API's (the consumers keep
+/// their own exactly-once record).
+pub async fn execute(
+    node: &Arc<hubbub_core::Node>,
+    method: &str,
+    body: &[u8],
+) -> Result<ApiAnswer, ApiError> {
+    if !Command::METHODS.contains(&method) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, ERROR_METHOD_NOT_FOUND));
+    }
+    let api = hubbub_core::api::ServerApi::new(node.clone(), Default::default());
+    let params =
+        std::str::from_utf8(body).map_err(|_| ApiError::bad_request("bad request: not UTF-8".into()))?;
+    let params = if params.trim().is_empty() { "{}" } else { params };
+    let command: Command = parse(format!("{{{}:{params}}}", json!(method)).as_bytes())?;
+    let reply = serde_json::to_value(api.command(command).await)
+        .map_err(|_| ApiError::from(ProtocolError::from(ERROR_INTERNAL)))?;
+    match reply {
+        Value::Object(map) => match map.into_iter().next() {
+            Some((kind, value)) if kind == "error" => {
+                let error: ProtocolError = ProtocolError {
+                    code: value["code"].as_u64().unwrap_or(100) as u32,
+                    message: value["message"].as_str().unwrap_or_default().to_owned(),
+                    temporary: value["temporary"].as_bool().unwrap_or(false),
+                };
+                let status = if error.code == ERROR_BAD_REQUEST.code {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::OK
+                };
+                Err(ApiError::new(status, error))
+            }
+            Some((_, value)) => Ok(ApiAnswer::Json(value)),
+            None => Err(ApiError::from(ProtocolError::from(ERROR_INTERNAL))),
+        },
+        _ => Err(ApiError::from(ProtocolError::from(ERROR_INTERNAL))),
+    }
 }

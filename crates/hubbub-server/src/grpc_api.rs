@@ -67,7 +67,7 @@ fn json_bytes(field: &str, bytes: Vec<u8>) -> Result<Option<Json>, ApiError> {
 }
 
 fn bytes_of(json: Option<Json>) -> Vec<u8> {
-    json.map(|j| j.get().as_bytes().to_vec()).unwrap_or_default()
+    json.map(|j| j.as_bytes().to_vec()).unwrap_or_default()
 }
 
 /// Refuses a field Hubbub does not support when the request sets it.
@@ -306,7 +306,7 @@ fn client_info(info: ClientInfo) -> proto::ClientInfo {
 
 fn publication(p: Publication) -> proto::Publication {
     proto::Publication {
-        data: p.data.get().as_bytes().to_vec(),
+        data: p.data.as_bytes().to_vec(),
         info: p.info.map(client_info),
         offset: p.offset,
         tags: p.tags.unwrap_or_default(),

@@ -26,7 +26,7 @@ impl Session {
         Caller {
             client: &self.conn.client,
             transport: self.kind.name,
-            protocol: "json",
+            protocol: self.conn.protocol.name(),
             user: self.user.as_deref().unwrap_or_default(),
             meta: self.proxy.meta.as_ref(),
             headers: &self.proxy.headers,
@@ -37,6 +37,7 @@ impl Session {
         OwnedCaller {
             client: self.conn.client.clone(),
             transport: self.kind.name,
+            protocol: self.conn.protocol.name(),
             user: self.user.clone().unwrap_or_default(),
             meta: self.proxy.meta.clone(),
             headers: self.proxy.headers.to_vec(),
