@@ -375,6 +375,7 @@ impl Session {
                 recover_from,
                 max_bytes: budget,
                 server_side: true,
+                options: self.overridden_options(&channel, options.r#override.as_ref()),
                 chan_info: options.info,
                 ..Default::default()
             };

@@ -66,10 +66,31 @@ impl Session {
             expire_at: answer.expire_at.filter(|&at| at > 0),
             info: answer.info,
             channels: answer.channels,
+            subs: answer.subs,
             meta: answer.meta,
-            ..Default::default()
         };
         Some(Ok((grant, answer.data)))
+    }
+
+    /// The namespace's options of `channel` with a server-side subscription's `override`
+    /// (the `subs` of a token or of the connect proxy's answer) applied; `None` when nothing
+    /// changes.
+    pub(super) fn overridden_options(
+        &self,
+        channel: &str,
+        o: Option<&crate::grant::SubscribeOverride>,
+    ) -> Option<std::sync::Arc<NamespaceConfig>> {
+        let o = o?;
+        let (ns, _) = self.node.namespaces.resolve(channel).ok()?;
+        let v = |b: Option<crate::grant::BoolValue>| b.map(|b| b.value);
+        let overrides = proxy::SubscribeOverride {
+            presence: v(o.presence),
+            join_leave: v(o.join_leave),
+            force_recovery: v(o.force_recovery),
+            force_positioning: v(o.force_positioning),
+            force_push_join_leave: v(o.force_push_join_leave),
+        };
+        overrides.apply(ns)
     }
 
     /// The connect reply's `expires`/`ttl`: a connection the server refreshes through the
