@@ -11,6 +11,8 @@ echo "== cargo build"
 cargo build --workspace --all-targets
 
 echo "== cargo test"
+# tests/tokens.rs and tests/cli.rs make their RSA and EC keys with the openssl CLI.
+scripts/apt-install.sh openssl openssl
 cargo test --workspace
 
 echo "== centrifuge-js compatibility suite, and the README snippets (tests/js/readme.test.mjs)"

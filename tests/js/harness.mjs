@@ -15,6 +15,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test as nodeTest } from 'node:test';
 import { Centrifuge } from 'centrifuge';
+import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
 import WebSocket from 'ws';
 import { EventSource } from 'eventsource';
 
@@ -697,9 +698,10 @@ export class Ctx {
 
   /**
    * New Centrifuge client. Options: `user` (makes a connection token unless `token`
-   * is given), `tokenOpts`, `server`, `label`, plus any Centrifuge option.
+   * is given), `tokenOpts`, `server`, `label`, `protobuf` (the SDK's protobuf build: binary
+   * frames, payloads as Uint8Array), plus any Centrifuge option.
    */
-  client({ user, tokenOpts, server, label, transport, ...options } = {}) {
+  client({ user, tokenOpts, server, label, transport, protobuf, ...options } = {}) {
     const srv = server || this.server;
     const frames = [];
     const sockets = [];
@@ -714,7 +716,7 @@ export class Ctx {
     if (user !== undefined && opts.token === undefined && opts.getToken === undefined) {
       opts.token = connToken(user, tokenOpts);
     }
-    const centrifuge = new Centrifuge(endpoint, opts);
+    const centrifuge = new (protobuf ? CentrifugeProtobuf : Centrifuge)(endpoint, opts);
     const name = label || `client${this.clients.length + 1}${user !== undefined ? `(${user})` : ''}`;
     const events = new EventLog(centrifuge, CLIENT_EVENTS, name);
     const c = { centrifuge, events, frames, sockets, name, subs: [] };

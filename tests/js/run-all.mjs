@@ -4,6 +4,7 @@
 //   node run-all.mjs                      # websocket, http_stream, sse, fallback + uni
 //   MODES=sse,fallback node run-all.mjs   # only these transports (+ uni)
 //   UNI=0 node run-all.mjs                # without uni.test.mjs
+//   PROTOBUF=0 node run-all.mjs           # without protobuf.test.mjs (run on websocket and http_stream)
 //   CHAT=0 node run-all.mjs               # without the chat scenario (chat.test.mjs)
 //   README=0 node run-all.mjs             # without the README snippets (readme.test.mjs)
 //   PROXY=0 node run-all.mjs              # without the proxies (proxy.test.mjs)
@@ -20,6 +21,12 @@ const modes = (process.env.MODES || 'websocket,http_stream,sse,fallback')
   .split(',').map((m) => m.trim()).filter(Boolean);
 
 const runs = modes.map((mode) => ({ label: `TRANSPORT=${mode}`, env: { TRANSPORT: mode }, files: ['compat.test.mjs'] }));
+// centrifuge-js's protobuf build on the transports it offers protobuf on (not SSE).
+if (process.env.PROTOBUF !== '0') {
+  for (const mode of modes.filter((m) => m === 'websocket' || m === 'http_stream')) {
+    runs.push({ label: `protobuf TRANSPORT=${mode}`, env: { TRANSPORT: mode }, files: ['protobuf.test.mjs'] });
+  }
+}
 if (process.env.UNI !== '0') runs.push({ label: 'uni + bad input', env: {}, files: ['uni.test.mjs'] });
 if (process.env.CHAT !== '0') runs.push({ label: 'chat scenario', env: { TRANSPORT: 'websocket' }, files: ['chat.test.mjs'] });
 if (process.env.PROXY !== '0') runs.push({ label: 'proxies', env: {}, files: ['proxy.test.mjs'] });

@@ -176,7 +176,7 @@ impl Sequencer {
                     self.drain(&room, &mut state);
                 }
                 _ => {
-                    let bytes = publication.data.get().len();
+                    let bytes = publication.data.len();
                     if state.pending.len() < PENDING_MAX && state.pending_bytes + bytes <= PENDING_MAX_BYTES {
                         state.pending_bytes += bytes;
                         state.pending.insert(seq, publication);
@@ -254,7 +254,7 @@ impl Sequencer {
                 break;
             }
             let publication = entry.remove();
-            state.pending_bytes -= publication.data.get().len();
+            state.pending_bytes -= publication.data.len();
             if seq == last + 1 {
                 self.deliver(room, state, publication);
                 last = seq;

@@ -35,7 +35,12 @@ where
             .chat
             .upgrade()
             .ok_or_else(|| ChatError::new(crate::error::Kind::Internal, "chat stopped"))?;
-        let raw = data.as_ref().map_or("{}", |d| d.get());
+        let raw = match &data {
+            None => "{}",
+            Some(d) => d.as_json().ok_or_else(|| {
+                ChatError::bad_request("bad request: the chat's RPC methods take JSON data")
+            })?,
+        };
         let request: Req =
             serde_json::from_str(raw).map_err(|e| ChatError::bad_request(format!("bad request: {e}")))?;
         let id: i64 = caller.user.parse().map_err(|_| ChatError::unauthorized("not a chat user"))?;

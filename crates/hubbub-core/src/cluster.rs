@@ -125,7 +125,13 @@ pub enum Message {
     EmulationRequest {
         id: u64,
         session: String,
+        /// The commands, when they are UTF-8 (JSON sessions; also protobuf frames that
+        /// happen to be).
+        #[serde(default)]
         commands: String,
+        /// Otherwise the commands in base64 (protobuf sessions).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        commands_b64: String,
     },
     EmulationReply {
         id: u64,
@@ -647,7 +653,7 @@ impl Node {
     }
 
     /// Queues commands posted for an emulation session of this node.
-    pub fn deliver_emulation(&self, session: &str, commands: String) -> EmulationOutcome {
+    pub fn deliver_emulation(&self, session: &str, commands: Bytes) -> EmulationOutcome {
         let Some(conn) = self.hub.session(session) else {
             tracing::info!(%session, "emulation request for an unknown session");
             return EmulationOutcome::UnknownSession;
@@ -664,7 +670,7 @@ impl Node {
     /// Delivers commands posted to `/emulation` to the session, on whichever node holds it
     /// (`node`, from the session's connect reply; empty: this one). Returns once the
     /// session's node accepted them.
-    pub async fn emulation(&self, node: &str, session: &str, commands: String) -> Result<(), EmulationError> {
+    pub async fn emulation(&self, node: &str, session: &str, commands: Bytes) -> Result<(), EmulationError> {
         let outcome = if node.is_empty() || node == self.id {
             self.deliver_emulation(session, commands)
         } else {
@@ -673,7 +679,16 @@ impl Node {
                 return Err(EmulationError::UnknownSession);
             }
             let mut request = self.open_request().map_err(EmulationError::Unavailable)?;
-            let message = Message::EmulationRequest { id: request.id, session: session.to_owned(), commands };
+            let (commands, commands_b64) = match std::str::from_utf8(&commands) {
+                Ok(text) => (text.to_owned(), String::new()),
+                Err(_) => (String::new(), hubbub_protocol::payload::to_base64(&commands)),
+            };
+            let message = Message::EmulationRequest {
+                id: request.id,
+                session: session.to_owned(),
+                commands,
+                commands_b64,
+            };
             self.send(Some(node), message).await.map_err(EmulationError::Unavailable)?;
             let wait = self.cluster.reply_wait();
             let deadline = tokio::time::Instant::now() + wait;
@@ -758,7 +773,18 @@ impl Node {
                 let (channels, truncated) = self.local_channels(&pattern);
                 self.send_detached(Some(&from), Message::ChannelsReply { id, channels, truncated });
             }
-            Message::EmulationRequest { id, session, commands } => {
+            Message::EmulationRequest { id, session, commands, commands_b64 } => {
+                let commands = if commands_b64.is_empty() {
+                    Bytes::from(commands)
+                } else {
+                    match hubbub_protocol::payload::from_base64(&commands_b64) {
+                        Ok(bytes) => Bytes::from(bytes),
+                        Err(e) => {
+                            tracing::warn!(%from, error = %e, "emulation request with bad base64: dropped");
+                            return;
+                        }
+                    }
+                };
                 let outcome = self.deliver_emulation(&session, commands);
                 self.send_detached(Some(&from), Message::EmulationReply { id, outcome });
             }
@@ -893,7 +919,18 @@ mod tests {
             }),
             Message::ChannelsRequest { id: 7, pattern: "chat:*".into() },
             Message::ChannelsReply { id: 7, channels: vec![("chat:1".into(), 2)], truncated: false },
-            Message::EmulationRequest { id: 8, session: "s".into(), commands: "{\"id\":1}".into() },
+            Message::EmulationRequest {
+                id: 8,
+                session: "s".into(),
+                commands: "{\"id\":1}".into(),
+                commands_b64: String::new(),
+            },
+            Message::EmulationRequest {
+                id: 9,
+                session: "s".into(),
+                commands: String::new(),
+                commands_b64: hubbub_protocol::payload::to_base64(&[0x0a, 0xff]),
+            },
             Message::EmulationReply {
                 id: 8,
                 outcome: EmulationOutcome::Closed { code: 3008, reason: "slow".into() },

@@ -66,6 +66,21 @@ pub struct SubscribeOptions {
     pub r#override: Option<SubscribeOverride>,
 }
 
+impl SubscribeOptions {
+    /// The `override` as the session applies it (the same as a subscribe proxy's).
+    pub fn overrides(&self) -> crate::proxy::SubscribeOverride {
+        let o = self.r#override.clone().unwrap_or_default();
+        let v = |b: Option<BoolValue>| b.map(|b| b.value);
+        crate::proxy::SubscribeOverride {
+            presence: v(o.presence),
+            join_leave: v(o.join_leave),
+            force_recovery: v(o.force_recovery),
+            force_positioning: v(o.force_positioning),
+            force_push_join_leave: v(o.force_push_join_leave),
+        }
+    }
+}
+
 /// Namespace options a server-side subscription may override, each `{"value": bool}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -108,7 +123,7 @@ mod tests {
         assert_eq!(subs[0].0, "a");
         assert!(subs[0].1.data.is_none());
         assert_eq!(subs[1].0, "b");
-        assert_eq!(subs[1].1.data.as_ref().unwrap().get(), r#"{"welcome":1}"#);
+        assert_eq!(subs[1].1.data.as_ref().unwrap().as_json().unwrap(), r#"{"welcome":1}"#);
         let presence = subs[1].1.r#override.as_ref().unwrap().presence;
         assert_eq!(presence, Some(BoolValue { value: false }));
         assert!(serde_json::from_str::<SubscribeOptions>(r#"{"nope":1}"#).is_err());

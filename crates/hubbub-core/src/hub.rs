@@ -1,13 +1,14 @@
 //! The node-local index of who listens to what: channel → subscribed connections, and
 //! user → connections. Fan-out lives here: a publication is encoded once per channel and
-//! the same bytes are queued for every subscriber.
+//! protocol (JSON, protobuf: only those its subscribers here speak) and the same bytes are
+//! queued for every subscriber of that protocol.
 
 use crate::outbox::{Control, Outbox};
 use crate::sharded::ShardedMap;
 use bytes::Bytes;
-use hubbub_protocol::{ClientInfo, Publication, Push, PushBody, Reply};
+use hubbub_protocol::{ClientInfo, Protocol, Publication, Push, PushBody, Reply};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The part of a connection that the rest of the node may touch: its ids and its queue.
@@ -17,16 +18,24 @@ pub struct Connection {
     /// The protocol's client id (a UUID), unique across nodes.
     pub client: String,
     pub outbox: Outbox,
+    /// The encoding of everything queued on `outbox`.
+    pub protocol: Protocol,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
 impl Connection {
+    /// A JSON connection.
     pub fn new(queue_max_bytes: usize) -> Arc<Self> {
+        Self::with_protocol(queue_max_bytes, Protocol::Json)
+    }
+
+    pub fn with_protocol(queue_max_bytes: usize, protocol: Protocol) -> Arc<Self> {
         Arc::new(Connection {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             client: uuid::Uuid::new_v4().to_string(),
             outbox: Outbox::new(queue_max_bytes),
+            protocol,
         })
     }
 }
@@ -76,6 +85,52 @@ pub struct SubscriberPosition {
 struct ChannelSubscribers {
     generation: u64,
     subs: Mutex<HashMap<u64, Subscriber>>,
+    /// How many of `subs` speak each protocol (changed under `subs`' lock, read before
+    /// taking it): a broadcast encodes, before it locks, only for the protocols present.
+    by_protocol: ProtocolCounts,
+}
+
+#[derive(Default)]
+struct ProtocolCounts {
+    json: AtomicUsize,
+    protobuf: AtomicUsize,
+}
+
+impl ProtocolCounts {
+    fn of(&self, protocol: Protocol) -> &AtomicUsize {
+        match protocol {
+            Protocol::Json => &self.json,
+            Protocol::Protobuf => &self.protobuf,
+        }
+    }
+}
+
+/// A push's frames, encoded at most once per protocol: up front for the protocols the
+/// channel's subscribers speak, and on first use for one that joined meanwhile.
+struct Frames<'a> {
+    reply: &'a Reply,
+    json: Option<Bytes>,
+    protobuf: Option<Bytes>,
+}
+
+impl<'a> Frames<'a> {
+    fn new(reply: &'a Reply, counts: &ProtocolCounts) -> Self {
+        let mut frames = Frames { reply, json: None, protobuf: None };
+        for protocol in [Protocol::Json, Protocol::Protobuf] {
+            if counts.of(protocol).load(Ordering::Relaxed) > 0 {
+                frames.get(protocol);
+            }
+        }
+        frames
+    }
+
+    fn get(&mut self, protocol: Protocol) -> &Bytes {
+        let slot = match protocol {
+            Protocol::Json => &mut self.json,
+            Protocol::Protobuf => &mut self.protobuf,
+        };
+        slot.get_or_insert_with(|| self.reply.encode_as(protocol))
+    }
 }
 
 type Subscribers = Arc<ChannelSubscribers>;
@@ -200,9 +255,11 @@ impl Hub {
             Arc::new(ChannelSubscribers {
                 generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
                 subs: Mutex::default(),
+                by_protocol: ProtocolCounts::default(),
             })
         });
-        lock(subs).insert(
+        let mut guard = lock(subs);
+        let replaced = guard.insert(
             conn.key,
             Subscriber {
                 conn: conn.clone(),
@@ -213,6 +270,9 @@ impl Hub {
                 position: hold.then(Position::default),
             },
         );
+        if replaced.is_none() {
+            subs.by_protocol.of(conn.protocol).fetch_add(1, Ordering::Relaxed);
+        }
         first
     }
 
@@ -283,9 +343,8 @@ impl Hub {
         let mut shard = self.channels.shard(channel);
         let Some(subs) = shard.get(channel) else { return false };
         let mut guard = lock(subs);
-        if guard.remove(&conn.key).is_none() {
-            return false;
-        }
+        let Some(removed) = guard.remove(&conn.key) else { return false };
+        subs.by_protocol.of(removed.conn.protocol).fetch_sub(1, Ordering::Relaxed);
         let empty = guard.is_empty();
         drop(guard);
         if empty {
@@ -307,18 +366,22 @@ impl Hub {
         self.channels.shard(channel).get(channel).map(|c| c.generation)
     }
 
-    /// Encodes a push once, if the channel has subscribers here, and queues the same bytes
-    /// for each of them (only for those that want join/leave events, when
-    /// `join_leave_only`). Returns how many got it.
+    /// Encodes a push once per protocol, if the channel has subscribers here, and queues the
+    /// same bytes for each of them (only for those that want join/leave events, when
+    /// `join_leave_only`). Returns how many got it. A channel whose subscribers all speak
+    /// JSON encodes JSON once before locking, as it always did; protobuf is encoded only
+    /// when a protobuf subscriber is there.
     fn broadcast(&self, channel: &str, body: PushBody, offset: u64, join_leave_only: bool) -> usize {
-        let Some(subs) = self.subscribers(channel) else { return 0 };
-        let frame = Reply::push(Push { channel: channel.to_owned(), body }).encode();
-        let mut subs = lock(&subs);
+        let Some(channel_subs) = self.subscribers(channel) else { return 0 };
+        let reply = Reply::push(Push { channel: channel.to_owned(), body });
+        let mut frames = Frames::new(&reply, &channel_subs.by_protocol);
+        let mut subs = lock(&channel_subs);
         let mut delivered = 0;
         for sub in subs.values_mut() {
             if join_leave_only && !sub.join_leave {
                 continue;
             }
+            let frame = frames.get(sub.conn.protocol);
             match &mut sub.held {
                 Some(held) => {
                     if sub.conn.outbox.is_closed() {

@@ -25,8 +25,9 @@ pub enum Control {
     /// Unsubscribe the session on the server's behalf.
     Unsubscribe(String),
     /// Commands for the session that arrived outside its own connection (`POST /emulation`).
-    /// Counted in the queue's bytes until the connection task takes them.
-    Commands(String),
+    /// A frame in the session's protocol; counted in the queue's bytes until the connection
+    /// task takes it.
+    Commands(Bytes),
     /// The server API's `refresh`: the connection expires at `expire_at` (Unix seconds;
     /// `None`: never), or, with `expired`, now.
     Refresh { expired: bool, expire_at: Option<u64> },
@@ -313,22 +314,22 @@ mod tests {
     #[test]
     fn posted_commands_count_toward_the_bound() {
         let q = Outbox::new(10);
-        assert!(q.try_control(Control::Commands("123456".into())).is_ok());
+        assert!(q.try_control(Control::Commands(Bytes::from_static(b"123456"))).is_ok());
         // Taken back out and put back: still counted once.
         let mut frames = vec![];
         assert!(q.drain_leading_frames(&mut frames));
         assert!(q.push(Bytes::from_static(b"1234")));
-        assert_eq!(q.try_control(Control::Commands("1".into())), Err(Disconnect::SLOW));
-        assert_eq!(q.try_control(Control::Commands("1".into())), Err(Disconnect::SLOW));
+        assert_eq!(q.try_control(Control::Commands(Bytes::from_static(b"1"))), Err(Disconnect::SLOW));
+        assert_eq!(q.try_control(Control::Commands(Bytes::from_static(b"1"))), Err(Disconnect::SLOW));
         assert!(matches!(q.drain_frames(&mut frames), Some(Control::Disconnect(d)) if d == Disconnect::SLOW));
         // Taken out for good: the bytes are free again.
         let q = Outbox::new(10);
-        assert!(q.try_control(Control::Commands("123456789".into())).is_ok());
+        assert!(q.try_control(Control::Commands(Bytes::from_static(b"123456789"))).is_ok());
         assert!(matches!(q.drain_frames(&mut frames), Some(Control::Commands(_))));
-        assert!(q.try_control(Control::Commands("123456789".into())).is_ok());
+        assert!(q.try_control(Control::Commands(Bytes::from_static(b"123456789"))).is_ok());
         // A disconnect is what later callers are told.
         q.control(Control::Disconnect(Disconnect::SHUTDOWN));
-        assert_eq!(q.try_control(Control::Commands("1".into())), Err(Disconnect::SHUTDOWN));
+        assert_eq!(q.try_control(Control::Commands(Bytes::from_static(b"1"))), Err(Disconnect::SHUTDOWN));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct Caller<'a> {
     pub client: &'a str,
     /// The transport's name ("websocket", "sse", ...).
     pub transport: &'a str,
-    /// "json" (the only protocol spoken so far).
+    /// The connection's protocol: "json" or "protobuf".
     pub protocol: &'a str,
     /// Empty for connect and for anonymous connections.
     pub user: &'a str,
@@ -280,6 +280,7 @@ pub(crate) fn spawn_refresh(
 pub(crate) struct OwnedCaller {
     pub client: String,
     pub transport: &'static str,
+    pub protocol: &'static str,
     pub user: String,
     pub meta: Option<Json>,
     pub headers: Vec<(Box<str>, Box<str>)>,
@@ -290,7 +291,7 @@ impl OwnedCaller {
         Caller {
             client: &self.client,
             transport: self.transport,
-            protocol: "json",
+            protocol: self.protocol,
             user: &self.user,
             meta: self.meta.as_ref(),
             headers: &self.headers,

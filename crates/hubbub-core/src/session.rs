@@ -13,16 +13,13 @@ use crate::hub::Connection;
 use crate::node::Node;
 use crate::outbox::Control;
 use crate::rpc::Caller;
-use bytes::Bytes;
 use hubbub_protocol::codes::*;
 use hubbub_protocol::command::{
     ChannelRequest, ConnectRequest, HistoryRequest, PublishRequest, RefreshRequest, RpcRequest,
     SubRefreshRequest, SubscribeRequest,
 };
 use hubbub_protocol::reply::*;
-use hubbub_protocol::{
-    decode_frame, ClientInfo, Disconnect, Json, Method, ProtocolError, Reply, StreamPosition,
-};
+use hubbub_protocol::{ClientInfo, Disconnect, Json, Method, Protocol, ProtocolError, Reply, StreamPosition};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::{Duration, Instant};
@@ -169,8 +166,15 @@ pub struct Session {
 }
 
 impl Session {
+    /// A JSON session.
     pub fn new(node: Arc<Node>, kind: TransportKind) -> Self {
-        let conn = Connection::new(node.client.queue_max_bytes);
+        Self::with_protocol(node, kind, Protocol::Json)
+    }
+
+    /// A session speaking `protocol`: its commands are decoded, and everything queued for
+    /// it encoded, in that protocol.
+    pub fn with_protocol(node: Arc<Node>, kind: TransportKind, protocol: Protocol) -> Self {
+        let conn = Connection::with_protocol(node.client.queue_max_bytes, protocol);
         let rate = RateLimit::new(node.client.commands_per_second);
         let next_ping = Instant::now() + node.client.ping_interval;
         Session {
@@ -204,13 +208,17 @@ impl Session {
         &self.conn.client
     }
 
+    pub fn protocol(&self) -> Protocol {
+        self.conn.protocol
+    }
+
     /// The connection's `meta` (from its token or the connect proxy), for proxies.
     pub fn meta(&self) -> Option<&Json> {
         self.proxy.meta.as_ref()
     }
 
     fn send(&self, reply: Reply) {
-        self.conn.outbox.push(reply.encode());
+        self.conn.outbox.push(reply.encode_as(self.conn.protocol));
     }
 
     fn client_info(&self, chan_info: Option<Json>) -> ClientInfo {
@@ -222,12 +230,13 @@ impl Session {
         }
     }
 
-    /// Handles one frame of newline-separated commands.
-    pub async fn handle_frame(&mut self, frame: &str) -> Result<(), Disconnect> {
-        let commands = match decode_frame(frame) {
+    /// Handles one frame of commands in the session's protocol (JSON: newline-separated;
+    /// protobuf: length-delimited).
+    pub async fn handle_frame(&mut self, frame: impl AsRef<[u8]>) -> Result<(), Disconnect> {
+        let commands = match self.conn.protocol.decode_frame(frame.as_ref()) {
             Ok(c) => c,
             Err(e) => {
-                tracing::info!(client = %self.conn.client, transport = self.kind.name, error = %e, "bad frame");
+                tracing::info!(client = %self.conn.client, transport = self.kind.name, protocol = self.conn.protocol.name(), error = %e, "bad frame");
                 return Err(Disconnect::BAD_REQUEST);
             }
         };
@@ -371,12 +380,16 @@ impl Session {
                 .remove(&channel)
                 .filter(|r| r.recover)
                 .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch });
+            let overridden = match self.node.namespaces.resolve(&channel) {
+                Ok((ns, _)) => options.overrides().apply(ns),
+                Err(_) => None,
+            };
             let params = SubscribeParams {
                 recover_from,
                 max_bytes: budget,
                 server_side: true,
-                options: self.overridden_options(&channel, options.r#override.as_ref()),
                 chan_info: options.info,
+                options: overridden,
                 ..Default::default()
             };
             match self.subscribe(&channel, params).await {
@@ -818,7 +831,7 @@ impl Session {
         match control {
             Control::Disconnect(d) => Err(d),
             Control::Proxied(answer) => self.apply_deferred(answer),
-            Control::Commands(frame) => self.handle_frame(&frame).await,
+            Control::Commands(frame) => self.handle_frame(frame).await,
             Control::Subscribe(channel) => {
                 if self.user.is_none() || self.subs.contains_key(&channel) {
                     return Ok(());
@@ -944,7 +957,7 @@ impl Session {
         if now >= self.next_ping {
             self.next_ping = now + self.node.client.ping_interval;
             if self.user.is_some() && self.awaiting_pong_since.is_none() {
-                self.conn.outbox.push(Bytes::from_static(b"{}"));
+                self.conn.outbox.push(self.conn.protocol.ping());
                 if !self.kind.unidirectional {
                     self.awaiting_pong_since = Some(now);
                 }

@@ -23,7 +23,11 @@ struct Seen {
 
 impl BrokerEvents for Seen {
     fn on_publication(&self, channel: &str, p: Publication) {
-        self.publications.lock().unwrap().push((channel.to_owned(), p.offset, p.data.get().to_owned()));
+        self.publications.lock().unwrap().push((
+            channel.to_owned(),
+            p.offset,
+            p.data.as_json().unwrap().to_owned(),
+        ));
     }
     fn on_join(&self, channel: &str, info: ClientInfo) {
         self.joins.lock().unwrap().push((channel.to_owned(), info.client));

@@ -1,4 +1,5 @@
-//! Commands sent by clients, and the decoder for a frame of newline-separated commands.
+//! Commands sent by clients, and the JSON decoder for a frame of newline-separated commands
+//! (the protobuf decoder, [`crate::protobuf::decode_frame`], gives the same [`Command`]s).
 
 use crate::Json;
 use serde::Deserialize;
@@ -163,6 +164,10 @@ pub enum DecodeError {
     SeveralMethods,
     #[error("command without id for a method that needs a reply")]
     MissingId,
+    #[error("malformed protobuf command: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("JSON frame is not UTF-8")]
+    NotUtf8,
 }
 
 impl TryFrom<WireCommand> for Command {
@@ -206,19 +211,28 @@ impl TryFrom<WireCommand> for Command {
         if let Some(r) = w.sub_refresh {
             methods.push(Method::SubRefresh(r))
         }
+        Command::from_methods(w.id, methods)
+    }
+}
+
+impl Command {
+    /// The command from the methods a decoded command set, with the rules both codecs
+    /// share: at most one method; none is a pong without an id, or an unknown method with
+    /// one; every method but `send` (and the pong) needs an id for its reply.
+    pub(crate) fn from_methods(id: u32, mut methods: Vec<Method>) -> Result<Command, DecodeError> {
         if methods.len() > 1 {
             return Err(DecodeError::SeveralMethods);
         }
         let method = match methods.pop() {
             Some(m) => m,
-            None if w.id == 0 => Method::Pong,
+            None if id == 0 => Method::Pong,
             None => Method::Unknown,
         };
         let needs_id = !matches!(method, Method::Pong | Method::Send(_));
-        if needs_id && w.id == 0 {
+        if needs_id && id == 0 {
             return Err(DecodeError::MissingId);
         }
-        Ok(Command { id: w.id, method })
+        Ok(Command { id, method })
     }
 }
 
@@ -255,7 +269,7 @@ mod tests {
     fn keeps_data_raw() {
         let cmds = decode_frame(r#"{"id":5,"publish":{"channel":"c","data":{"a": [1, 2]}}}"#).unwrap();
         let Method::Publish(p) = &cmds[0].method else { panic!("not publish") };
-        assert_eq!(p.data.as_ref().unwrap().get(), r#"{"a": [1, 2]}"#);
+        assert_eq!(p.data.as_ref().unwrap().as_json().unwrap(), r#"{"a": [1, 2]}"#);
     }
 
     #[test]

@@ -25,19 +25,26 @@ pub struct StreamPosition {
 }
 
 /// Who is connected: presence entries and the publisher of a client-side publication.
+///
+/// Its payloads are written as [`crate::payload`] describes (a binary one as base64 with a
+/// `_binary` flag); it deserializes through [`wire::ClientInfo`], which reads that back.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "wire::ClientInfo")]
 pub struct ClientInfo {
     pub user: String,
     pub client: String,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[serde(flatten, serialize_with = "crate::payload::fields::conn_info")]
     pub conn_info: Option<Json>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[serde(flatten, serialize_with = "crate::payload::fields::chan_info")]
     pub chan_info: Option<Json>,
 }
 
-/// One message in a channel.
+/// One message in a channel. Serialized as the client protocol's JSON publication, which is
+/// also the form the engines store; deserializes through [`wire::Publication`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "wire::Publication")]
 pub struct Publication {
+    #[serde(flatten, serialize_with = "crate::payload::fields::data")]
     pub data: Json,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub info: Option<ClientInfo>,
@@ -45,6 +52,71 @@ pub struct Publication {
     pub offset: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tags: Option<HashMap<String, String>>,
+}
+
+/// The JSON forms of [`ClientInfo`] and [`Publication`] as read back (from an engine's
+/// storage, or from another node): their payloads with the flags that mark binary ones. A
+/// field added to either type is added here too (the conversions name every field).
+mod wire {
+    use crate::payload::read_field;
+    use crate::Json;
+    use serde::Deserialize;
+    use std::collections::HashMap;
+
+    #[derive(Deserialize)]
+    pub struct ClientInfo {
+        user: String,
+        client: String,
+        #[serde(default)]
+        conn_info: Option<Json>,
+        #[serde(default)]
+        conn_info_binary: bool,
+        #[serde(default)]
+        chan_info: Option<Json>,
+        #[serde(default)]
+        chan_info_binary: bool,
+    }
+
+    /// A binary info whose base64 is damaged is dropped rather than failing the whole
+    /// record: it is informational, and the rest (a presence entry, a publication) matters.
+    impl From<ClientInfo> for super::ClientInfo {
+        fn from(w: ClientInfo) -> Self {
+            let read =
+                |p: Option<Json>, binary| p.and_then(|p| read_field::<serde_json::Error>(p, binary).ok());
+            super::ClientInfo {
+                user: w.user,
+                client: w.client,
+                conn_info: read(w.conn_info, w.conn_info_binary),
+                chan_info: read(w.chan_info, w.chan_info_binary),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub struct Publication {
+        data: Json,
+        #[serde(default)]
+        data_binary: bool,
+        #[serde(default)]
+        info: Option<super::ClientInfo>,
+        #[serde(default)]
+        offset: u64,
+        #[serde(default)]
+        tags: Option<HashMap<String, String>>,
+    }
+
+    impl TryFrom<Publication> for super::Publication {
+        type Error = serde_json::Error;
+
+        fn try_from(w: Publication) -> Result<Self, serde_json::Error> {
+            Ok(super::Publication {
+                data: read_field(w.data, w.data_binary)?,
+                info: w.info,
+                offset: w.offset,
+                tags: w.tags,
+            })
+        }
+    }
 }
 
 /// Length of a value's JSON encoding, counted without building it: answers are bounded in
@@ -115,6 +187,15 @@ impl Reply {
         Reply { id: 0, body: ReplyBody::Push(push) }
     }
 
+    /// Encodes the reply in the connection's protocol: a JSON object (no trailing newline),
+    /// or a length-delimited protobuf message.
+    pub fn encode_as(&self, protocol: crate::Protocol) -> Bytes {
+        match protocol {
+            crate::Protocol::Json => self.encode(),
+            crate::Protocol::Protobuf => crate::protobuf::encode_reply(self),
+        }
+    }
+
     /// Encodes the reply as one JSON object (no trailing newline).
     pub fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(self.size_hint());
@@ -129,7 +210,7 @@ impl Reply {
         const ENVELOPE: usize = 128;
         match &self.body {
             ReplyBody::Push(Push { channel, body: PushBody::Publication(p) }) => {
-                ENVELOPE + channel.len() + p.data.get().len() + if p.info.is_some() { ENVELOPE } else { 0 }
+                ENVELOPE + channel.len() + p.data.len() + if p.info.is_some() { ENVELOPE } else { 0 }
             }
             _ => ENVELOPE,
         }
@@ -303,6 +384,35 @@ pub fn encode_frame<M: AsRef<[u8]>>(messages: &[M]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// What the engines store comes back as it was: JSON byte-for-byte, binary as bytes.
+    #[test]
+    fn publications_round_trip_through_their_json() {
+        for data in [crate::json_from_str(r#"{"a": 1}"#).unwrap(), crate::Payload::from_bytes(&[0, 255])] {
+            let p = Publication {
+                data: data.clone(),
+                info: Some(ClientInfo {
+                    user: "u".into(),
+                    client: "c".into(),
+                    conn_info: Some(crate::Payload::from_bytes(&[7, 0])),
+                    chan_info: None,
+                }),
+                offset: 3,
+                tags: Some(HashMap::from([("k".to_owned(), "v".to_owned())])),
+            };
+            let json = serde_json::to_string(&p).unwrap();
+            let back: Publication = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.data, data);
+            assert_eq!(back.offset, 3);
+            let info = back.info.unwrap();
+            assert_eq!(info.conn_info, Some(crate::Payload::from_bytes(&[7, 0])));
+            assert_eq!(info.chan_info, None);
+            assert_eq!(back.tags.unwrap()["k"], "v");
+            assert_eq!(json_len(&p), json.len());
+        }
+        let damaged = r#"{"data":"!!","data_binary":true}"#;
+        assert!(serde_json::from_str::<Publication>(damaged).is_err());
+    }
+
     #[test]
     fn encodes_reply_and_push_shapes() {
         let r = Reply::new(3, ReplyBody::Publish(EmptyResult {}));
@@ -317,6 +427,25 @@ mod tests {
             }),
         });
         assert_eq!(&p.encode()[..], br#"{"push":{"channel":"news","pub":{"data":{"x":1},"offset":7}}}"#);
+        let info = ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: Some(crate::Payload::from_bytes(&[1])),
+            chan_info: Some(crate::json_from_str("[1]").unwrap()),
+        };
+        let p = Reply::push(Push {
+            channel: "b".into(),
+            body: PushBody::Publication(Publication {
+                data: crate::Payload::from_bytes(&[0, 1, 2]),
+                info: Some(info),
+                offset: 0,
+                tags: None,
+            }),
+        });
+        assert_eq!(
+            std::str::from_utf8(&p.encode()).unwrap(),
+            r#"{"push":{"channel":"b","pub":{"data":"AAEC","data_binary":true,"info":{"user":"u","client":"c","conn_info":"AQ==","conn_info_binary":true,"chan_info":[1]}}}}"#
+        );
         let e = Reply::error(9, crate::codes::ERROR_TOO_MANY_REQUESTS);
         assert_eq!(
             &e.encode()[..],

@@ -109,7 +109,7 @@ mod tests {
         assert!(!json.contains("offset"), "{json}");
         let Frame::Publication(back) = decode(&publication_frame(42, &json)).unwrap() else { panic!() };
         assert_eq!(back.offset, 42);
-        assert_eq!(back.data.get(), r#"{"a":[1,2]}"#);
+        assert_eq!(back.data.as_json().unwrap(), r#"{"a":[1,2]}"#);
         assert_eq!(back.info.unwrap().user, "u");
         let Frame::Leave(info) = decode(&leave_frame(&p.info.clone().unwrap())).unwrap() else { panic!() };
         assert_eq!(info.client, "c");

@@ -52,7 +52,11 @@ impl Collect {
 
 impl BrokerEvents for Collect {
     fn on_publication(&self, channel: &str, p: Publication) {
-        let e = Event::Publication { channel: channel.into(), offset: p.offset, data: p.data.get().into() };
+        let e = Event::Publication {
+            channel: channel.into(),
+            offset: p.offset,
+            data: p.data.as_json().unwrap().into(),
+        };
         self.0.lock().unwrap().push(e);
     }
     fn on_join(&self, channel: &str, info: ClientInfo) {
@@ -304,7 +308,7 @@ async fn history_survives_every_node() {
     let page = c.engine.history("c", HistoryQuery::default(), H).await.unwrap();
     assert_eq!(page.position, last);
     assert_eq!(offsets(&page.publications), vec![1, 2]);
-    assert_eq!(page.publications[1].data.get(), "2");
+    assert_eq!(page.publications[1].data.as_json().unwrap(), "2");
     let next = c.engine.publish("c", publication("3"), H).await.unwrap();
     assert_eq!(next, StreamPosition { offset: 3, epoch: last.epoch });
 }
@@ -354,7 +358,7 @@ async fn presence_across_nodes_and_a_dead_nodes_entries_expire() {
     let all = b.engine.presence("p").await.unwrap();
     assert_eq!(all.len(), 3);
     assert_eq!(all["a1"].user, "u1");
-    assert_eq!(all["a1"].conn_info.as_ref().unwrap().get(), r#"{"n":1}"#);
+    assert_eq!(all["a1"].conn_info.as_ref().unwrap().as_json().unwrap(), r#"{"n":1}"#);
     assert_eq!(a.engine.stats("p").await.unwrap(), PresenceStats { num_clients: 3, num_users: 2 });
     a.engine.remove("p", "a2").await.unwrap();
     assert_eq!(b.engine.stats("p").await.unwrap(), PresenceStats { num_clients: 2, num_users: 1 });

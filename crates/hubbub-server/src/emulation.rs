@@ -1,5 +1,7 @@
 //! `POST /emulation`: commands for a bidirectional-emulation session (http_stream, sse),
 //! routed by the session id from its connect reply. Replies go out on the session's stream.
+//! The body is JSON (`{"session","node","data"}`), or for a protobuf session an
+//! `application/octet-stream` EmulationRequest whose `data` holds length-delimited Commands.
 //!
 //! Posted commands wait in the session's outbox until its connection task takes them, and
 //! count toward its byte budget (`client.queue_max_bytes`) like the replies they cause: a
@@ -13,10 +15,11 @@
 //! them); a node that does not answer within about a heartbeat gives 504.
 
 use crate::api::ApiError;
-use crate::transport::stream::LimitedBody;
+use crate::transport::stream::{is_binary, LimitedBody};
 use crate::AppState;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
 use hubbub_core::cluster::EmulationError;
 use hubbub_protocol::codes::{ERROR_INTERNAL, ERROR_LIMIT_EXCEEDED, ERROR_NOT_AVAILABLE};
 use hubbub_protocol::{Disconnect, ProtocolError};
@@ -60,11 +63,9 @@ fn closed_session(disconnect: Disconnect) -> ApiError {
     ApiError::new(StatusCode::GONE, error)
 }
 
-pub async fn handle(
-    State(state): State<Arc<AppState>>,
-    LimitedBody(body): LimitedBody,
-) -> Result<StatusCode, ApiError> {
-    let request: EmulationRequest = serde_json::from_slice(&body)
+/// The session, its node and the commands of a JSON emulation request.
+fn json_request(body: &[u8]) -> Result<(String, String, Bytes), ApiError> {
+    let request: EmulationRequest = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("bad request: malformed emulation request: {e}")))?;
     let raw = request.data.get();
     let commands = if raw.starts_with('"') {
@@ -72,7 +73,24 @@ pub async fn handle(
     } else {
         raw.to_owned()
     };
-    match state.node.emulation(&request.node, &request.session, commands).await {
+    Ok((request.session, request.node, Bytes::from(commands)))
+}
+
+/// The same from a protobuf EmulationRequest.
+fn protobuf_request(body: &[u8]) -> Result<(String, String, Bytes), ApiError> {
+    let request = hubbub_protocol::protobuf::decode_emulation_request(body)
+        .map_err(|e| ApiError::bad_request(format!("bad request: malformed emulation request: {e}")))?;
+    Ok((request.session, request.node, request.data))
+}
+
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> Result<StatusCode, ApiError> {
+    let (session, node, commands) =
+        if is_binary(&headers) { protobuf_request(&body)? } else { json_request(&body)? };
+    match state.node.emulation(&node, &session, commands).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(EmulationError::UnknownSession) => Err(unknown_session()),
         Err(EmulationError::Closed(disconnect)) => Err(closed_session(disconnect)),

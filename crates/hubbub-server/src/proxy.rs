@@ -22,7 +22,6 @@ use hubbub_core::proxy::{
 use hubbub_protocol::{Disconnect, Json, ProtocolError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,7 +233,7 @@ struct Common<'a> {
     #[serde(skip_serializing_if = "str::is_empty")]
     user: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    meta: Option<&'a RawValue>,
+    meta: Option<&'a Json>,
 }
 
 #[derive(Serialize)]
@@ -249,7 +248,7 @@ struct Request<'a, T: Serialize> {
 #[derive(Serialize, Default)]
 struct Payload<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a RawValue>,
+    data: Option<&'a Json>,
     #[serde(skip_serializing_if = "Option::is_none")]
     b64data: Option<String>,
 }
@@ -286,18 +285,16 @@ fn payload(json: Option<Json>, b64: &str, field: &str) -> Result<Option<Json>, P
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| ProxyError::Failed(format!("b64{field} is not base64: {e}")))?;
-    let json: Box<RawValue> = serde_json::from_slice(&bytes).map_err(|_| {
-        ProxyError::Failed(format!("b64{field} is not JSON (binary payloads are not supported yet)"))
-    })?;
-    Ok(Some(json.into()))
+    Ok(Some(hubbub_protocol::Payload::from_bytes(&bytes)))
 }
 
 impl HttpProxy {
     fn payload<'a>(&self, data: Option<&'a Json>) -> Payload<'a> {
         match data {
-            Some(d) if self.binary => Payload {
+            // A binary payload (a protobuf client's bytes) has no JSON form: always base64.
+            Some(d) if self.binary || d.is_binary() => Payload {
                 data: None,
-                b64data: Some(base64::engine::general_purpose::STANDARD.encode(d.get())),
+                b64data: Some(base64::engine::general_purpose::STANDARD.encode(d.as_bytes())),
             },
             Some(d) => Payload { data: Some(d), b64data: None },
             None => Payload::default(),
@@ -317,7 +314,7 @@ impl HttpProxy {
             protocol: from.protocol,
             encoding: if self.binary { "binary" } else { "json" },
             user: from.user,
-            meta: from.meta.filter(|_| self.include_meta).map(|m| &**m),
+            meta: from.meta.filter(|_| self.include_meta),
         };
         let body = serde_json::to_vec(&Request { common, call })
             .map_err(|e| ProxyError::Failed(format!("cannot encode the {kind} request: {e}")))?;

@@ -330,6 +330,14 @@ async fn claims_grant_info_channels_subs_meta_and_expiry() {
     assert!(!presence.contains("secret_tenant"), "meta is never sent to clients: {presence}");
     assert!(!reply.to_string().contains("secret_tenant"), "{reply}");
 
+    // A `subs` override: this subscription keeps out of the channel's presence.
+    let mut quiet = srv.ws().await;
+    quiet
+        .connect(&jwt(json!({"sub": "11", "subs": {"feed": {"override": {"presence": {"value": false}}}}})))
+        .await;
+    let presence = other.ok("presence", json!({"channel": "feed"})).await.to_string();
+    assert!(presence.contains("Nine") && !presence.contains("\"11\""), "{presence}");
+
     // expire_at 0: the connection never expires, whatever `exp` says.
     let mut c = srv.ws().await;
     let reply = c.connect(&jwt(json!({"sub": "9", "exp": now() + 30, "expire_at": 0}))).await;

@@ -173,8 +173,7 @@ fn expiry(exp: Option<u64>, expire_at: Option<u64>) -> Option<u64> {
     }
 }
 
-/// `info`, or else `b64info` decoded. Payloads are JSON here, so binary info must decode
-/// to JSON text.
+/// `info`, or else `b64info` decoded (binary info stays binary).
 fn info_of(info: Option<Json>, b64info: Option<&str>) -> Result<Option<Json>, TokenError> {
     match (info, b64info) {
         (Some(info), _) => Ok(Some(info)),
@@ -183,13 +182,13 @@ fn info_of(info: Option<Json>, b64info: Option<&str>) -> Result<Option<Json>, To
     }
 }
 
-/// Base64 (standard alphabet, as Centrifugo's `b64*` fields) holding JSON text.
+/// Base64 (standard alphabet, as Centrifugo's `b64*` fields): a payload, JSON when the
+/// bytes are a JSON text, binary otherwise (see `hubbub_protocol::payload`).
 pub fn decode_b64_json(b64: &str) -> Result<Json, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|_| "b64 field is not base64".to_string())?;
-    let text = String::from_utf8(bytes).map_err(|_| "b64 field is not UTF-8 JSON".to_string())?;
-    hubbub_protocol::json_from_str(&text).map_err(|_| "b64 field is not JSON".to_string())
+    Ok(hubbub_protocol::Payload::from_bytes(&bytes))
 }
 
 impl ConnectClaims {
@@ -490,10 +489,10 @@ mod claim_tests {
         }));
         let grant = t.verify_connect_local(&token).unwrap();
         assert_eq!(grant.expire_at, None, "expire_at 0: the connection never expires");
-        assert_eq!(grant.info.unwrap().get(), r#"{"name":"Ann"}"#);
-        assert_eq!(grant.meta.unwrap().get(), r#"{"tenant":3}"#);
-        assert_eq!(grant.subs["feed"].data.as_ref().unwrap().get(), r#"{"hi":1}"#);
-        assert_eq!(grant.subs["feed"].info.as_ref().unwrap().get(), r#"{"x":1}"#);
+        assert_eq!(grant.info.unwrap().as_json().unwrap(), r#"{"name":"Ann"}"#);
+        assert_eq!(grant.meta.unwrap().as_json().unwrap(), r#"{"tenant":3}"#);
+        assert_eq!(grant.subs["feed"].data.as_ref().unwrap().as_json().unwrap(), r#"{"hi":1}"#);
+        assert_eq!(grant.subs["feed"].info.as_ref().unwrap().as_json().unwrap(), r#"{"x":1}"#);
         let later = unix_now() + 500;
         let token = t.sign(&serde_json::json!({"sub": "7", "exp": unix_now() + 60, "expire_at": later}));
         assert_eq!(t.verify_connect_local(&token).unwrap().expire_at, Some(later));

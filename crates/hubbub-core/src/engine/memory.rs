@@ -77,10 +77,10 @@ fn publication_bytes(p: &Publication) -> usize {
     let info = p.info.as_ref().map_or(0, |i| {
         i.user.len()
             + i.client.len()
-            + i.conn_info.as_ref().map_or(0, |j| j.get().len())
-            + i.chan_info.as_ref().map_or(0, |j| j.get().len())
+            + i.conn_info.as_ref().map_or(0, |j| j.len())
+            + i.chan_info.as_ref().map_or(0, |j| j.len())
     });
-    PUBLICATION_OVERHEAD + p.data.get().len() + info
+    PUBLICATION_OVERHEAD + p.data.len() + info
 }
 
 struct Stream {
@@ -930,7 +930,7 @@ mod tests {
         let broker = opened(dir.path(), MemoryEngineConfig::default()).await;
         let page = broker.history("a", since(&seen_at_2), h).await.unwrap();
         assert_eq!((offsets(&page), &page.position), (vec![3, 4, 5], &a));
-        assert_eq!(page.publications[2].data.get(), "5");
+        assert_eq!(page.publications[2].data.as_json().unwrap(), "5");
         assert_eq!(offsets(&broker.history("b", since(&b), h).await.unwrap()), Vec::<u64>::new());
         let c = broker.history("c", HistoryQuery::default(), h).await.unwrap();
         assert_eq!((c.publications.len(), c.position.offset), (0, 1), "removed history came back");
@@ -1099,7 +1099,8 @@ mod tests {
         let mut all = Vec::new();
         for c in channels {
             let page = broker.history(&c, HistoryQuery::default(), h).await.unwrap();
-            let items = page.publications.iter().map(|p| (p.offset, p.data.get().to_owned())).collect();
+            let items =
+                page.publications.iter().map(|p| (p.offset, p.data.as_json().unwrap().to_owned())).collect();
             all.push((c, page.position, items));
         }
         all

@@ -26,7 +26,7 @@ impl Session {
         Caller {
             client: &self.conn.client,
             transport: self.kind.name,
-            protocol: "json",
+            protocol: self.conn.protocol.name(),
             user: self.user.as_deref().unwrap_or_default(),
             meta: self.proxy.meta.as_ref(),
             headers: &self.proxy.headers,
@@ -37,6 +37,7 @@ impl Session {
         OwnedCaller {
             client: self.conn.client.clone(),
             transport: self.kind.name,
+            protocol: self.conn.protocol.name(),
             user: self.user.clone().unwrap_or_default(),
             meta: self.proxy.meta.clone(),
             headers: self.proxy.headers.to_vec(),
@@ -70,27 +71,6 @@ impl Session {
             meta: answer.meta,
         };
         Some(Ok((grant, answer.data)))
-    }
-
-    /// The namespace's options of `channel` with a server-side subscription's `override`
-    /// (the `subs` of a token or of the connect proxy's answer) applied; `None` when nothing
-    /// changes.
-    pub(super) fn overridden_options(
-        &self,
-        channel: &str,
-        o: Option<&crate::grant::SubscribeOverride>,
-    ) -> Option<std::sync::Arc<NamespaceConfig>> {
-        let o = o?;
-        let (ns, _) = self.node.namespaces.resolve(channel).ok()?;
-        let v = |b: Option<crate::grant::BoolValue>| b.map(|b| b.value);
-        let overrides = proxy::SubscribeOverride {
-            presence: v(o.presence),
-            join_leave: v(o.join_leave),
-            force_recovery: v(o.force_recovery),
-            force_positioning: v(o.force_positioning),
-            force_push_join_leave: v(o.force_push_join_leave),
-        };
-        overrides.apply(ns)
     }
 
     /// The connect reply's `expires`/`ttl`: a connection the server refreshes through the

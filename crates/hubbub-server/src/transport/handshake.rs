@@ -14,7 +14,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hubbub_protocol::codes::ERROR_BAD_REQUEST;
-use hubbub_protocol::ProtocolError;
+use hubbub_protocol::{Protocol, ProtocolError};
 use std::future::Future;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -28,6 +28,35 @@ pub type Socket = WebSocketStream<TcpStream>;
 pub struct WebSocketUpgrade {
     accept_key: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
+    /// The protocol the client asked for (see [`choose_protocol`]).
+    pub protocol: Protocol,
+    /// The subprotocol agreed, echoed in the answer.
+    subprotocol: Option<&'static str>,
+}
+
+/// The WebSocket subprotocols of the client protocol (centrifuge-js asks for the protobuf
+/// one in protobuf mode).
+const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
+const JSON_SUBPROTOCOL: &str = "centrifuge-json";
+
+/// The protocol a WebSocket client asks for: the `centrifuge-protobuf` (or
+/// `centrifuge-json`) subprotocol, or else the `cf_protocol` query parameter (`json`, the
+/// default, or `protobuf`), as Centrifugo reads them.
+fn choose_protocol(parts: &Parts) -> Result<(Protocol, Option<&'static str>), Refused> {
+    let offered = |name| has_token(&parts.headers, header::SEC_WEBSOCKET_PROTOCOL, name);
+    if offered(PROTOBUF_SUBPROTOCOL) {
+        return Ok((Protocol::Protobuf, Some(PROTOBUF_SUBPROTOCOL)));
+    }
+    if offered(JSON_SUBPROTOCOL) {
+        return Ok((Protocol::Json, Some(JSON_SUBPROTOCOL)));
+    }
+    let query = parts.uri.query().unwrap_or_default();
+    let value = query.split('&').find_map(|pair| pair.strip_prefix("cf_protocol="));
+    match value {
+        None | Some("json") => Ok((Protocol::Json, None)),
+        Some("protobuf") => Ok((Protocol::Protobuf, None)),
+        Some(other) => Err(Refused::Protocol(other.chars().take(32).collect())),
+    }
 }
 
 /// Why a request cannot be upgraded: answered with an HTTP status and a JSON error body.
@@ -43,6 +72,8 @@ pub enum Refused {
     NoKey,
     #[error("this connection cannot be upgraded")]
     NotUpgradable,
+    #[error("unknown cf_protocol {0:?}: json or protobuf")]
+    Protocol(String),
 }
 
 impl IntoResponse for Refused {
@@ -50,7 +81,7 @@ impl IntoResponse for Refused {
         let status = match self {
             Refused::NotGet => StatusCode::METHOD_NOT_ALLOWED,
             Refused::NotUpgrade | Refused::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
-            Refused::Version | Refused::NoKey => StatusCode::BAD_REQUEST,
+            Refused::Version | Refused::NoKey | Refused::Protocol(_) => StatusCode::BAD_REQUEST,
         };
         let error = ProtocolError { message: self.to_string(), ..ERROR_BAD_REQUEST.into() };
         let mut response = ApiError::new(status, error).into_response();
@@ -93,16 +124,17 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
         let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or(Refused::NoKey)?;
         let accept_key =
             HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| Refused::NoKey)?;
+        let (protocol, subprotocol) = choose_protocol(parts)?;
         let on_upgrade =
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>().ok_or(Refused::NotUpgradable)?;
-        Ok(WebSocketUpgrade { accept_key, on_upgrade })
+        Ok(WebSocketUpgrade { accept_key, on_upgrade, protocol, subprotocol })
     }
 }
 
 impl WebSocketUpgrade {
     /// Answers `101 Switching Protocols` and, once hyper hands the connection over, runs
-    /// `session` on it. No subprotocol and no extension is agreed: the JSON protocol needs
-    /// neither.
+    /// `session` on it. The subprotocol agreed is the client protocol's, when the client
+    /// offered one; no extension is agreed.
     pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, session: F) -> Response
     where
         F: FnOnce(Socket) -> Fut + Send + 'static,
@@ -143,6 +175,9 @@ impl WebSocketUpgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, self.accept_key);
+        if let Some(subprotocol) = self.subprotocol {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(subprotocol));
+        }
         response
     }
 }

@@ -14,15 +14,15 @@ use bytes::Bytes;
 use hubbub_core::hub::Connection;
 use hubbub_core::outbox::Control;
 use hubbub_core::Session;
-use hubbub_protocol::Disconnect;
+use hubbub_protocol::{Disconnect, Protocol};
 use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
 /// What the client did.
 pub enum Inbound {
-    /// A frame of commands.
-    Frame(String),
+    /// A frame of commands, in the session's protocol.
+    Frame(Bytes),
     /// The client is gone or closed the connection: nothing more can be written.
     Gone,
     /// The client broke the rules of the transport: close with this code.
@@ -45,14 +45,14 @@ pub trait Transport: Send {
 /// Runs a session over a transport until either side ends it, then cleans up the session.
 /// `first_frame` is a frame that came with the request that opened the connection (the
 /// connect command of the HTTP-streaming transports).
-pub async fn drive<T: Transport>(mut session: Session, transport: T, first_frame: Option<String>) {
+pub async fn drive<T: Transport>(mut session: Session, transport: T, first_frame: Option<Bytes>) {
     let conn = session.connection().clone();
     let mut transport = Timed { transport, limit: session.node().client.write_timeout };
     let mut frames = Vec::new();
     // The futures of command handling are large (kilobytes) and rarely alive: boxing them
     // keeps them out of this loop's state, which every idle connection holds for its life.
     let refused = match first_frame {
-        Some(frame) => Box::pin(session.handle_frame(&frame)).await.err(),
+        Some(frame) => Box::pin(session.handle_frame(frame)).await.err(),
         None => None,
     };
     // One timer for the connection's life, moved only when the session's deadline moves,
@@ -67,7 +67,7 @@ pub async fn drive<T: Transport>(mut session: Session, transport: T, first_frame
             let step = tokio::select! {
                 _ = conn.outbox.ready() => flush(&mut session, &mut transport, &conn, &mut frames).await,
                 inbound = transport.read() => match inbound {
-                    Inbound::Frame(text) => command(&mut session, &mut transport, &conn, &mut frames, &text).await,
+                    Inbound::Frame(frame) => command(&mut session, &mut transport, &conn, &mut frames, frame).await,
                     Inbound::Gone => Err(None),
                     Inbound::Violation(d) => Err(Some(d)),
                 },
@@ -149,9 +149,9 @@ async fn command<T: Transport>(
     transport: &mut Timed<T>,
     conn: &Connection,
     frames: &mut Vec<Bytes>,
-    text: &str,
+    frame: Bytes,
 ) -> Result<bool, Option<Disconnect>> {
-    let mut handling = Box::pin(session.handle_frame(text));
+    let mut handling = Box::pin(session.handle_frame(frame));
     let mut instruction_next = false;
     // A command is never dropped half-done (it may have changed shared state, such as a
     // subscriber being set up in the hub): when the peer goes away meanwhile, it still runs
@@ -198,8 +198,8 @@ async fn flush<T: Transport>(
             None => return Ok(changed),
             Some(Control::Disconnect(d)) => return Err(Some(d)),
             // Commands of an emulation session: handled like a frame read from the client.
-            Some(Control::Commands(text)) => {
-                Box::pin(command(session, transport, conn, frames, &text)).await?;
+            Some(Control::Commands(frame)) => {
+                Box::pin(command(session, transport, conn, frames, frame)).await?;
             }
             Some(control) => Box::pin(session.handle_control(control)).await.map_err(Some)?,
         }
@@ -219,7 +219,7 @@ pub fn unwrap_push(frame: &Bytes) -> Bytes {
 }
 
 /// The disconnect push that stream transports send where WebSocket sends a close frame.
-pub fn disconnect_push(d: &Disconnect) -> Bytes {
+pub fn disconnect_push(d: &Disconnect, protocol: Protocol) -> Bytes {
     hubbub_protocol::Reply::push(hubbub_protocol::Push {
         channel: String::new(),
         body: hubbub_protocol::PushBody::Disconnect {
@@ -228,7 +228,7 @@ pub fn disconnect_push(d: &Disconnect) -> Bytes {
             reconnect: d.reconnect(),
         },
     })
-    .encode()
+    .encode_as(protocol)
 }
 
 #[cfg(test)]
@@ -241,14 +241,14 @@ mod tests {
         assert_eq!(&unwrap_push(&push)[..], br#"{"channel":"c","pub":{"data":1}}"#);
         let ping = Bytes::from_static(b"{}");
         assert_eq!(&unwrap_push(&ping)[..], b"{}");
-        let d = disconnect_push(&Disconnect::SHUTDOWN);
+        let d = disconnect_push(&Disconnect::SHUTDOWN, Protocol::Json);
         assert_eq!(&d[..], br#"{"push":{"disconnect":{"code":3001,"reason":"shutdown","reconnect":true}}}"#);
     }
 
     /// A transport over in-process channels: what the driver writes, one frame at a time.
     struct Pipe {
         written: tokio::sync::mpsc::UnboundedSender<Bytes>,
-        inbound: tokio::sync::mpsc::UnboundedReceiver<String>,
+        inbound: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
     }
 
     impl Transport for Pipe {
@@ -312,11 +312,11 @@ mod tests {
             String::from_utf8(frame.to_vec()).unwrap()
         };
 
-        to_server.send(r#"{"id":1,"connect":{}}"#.into()).unwrap();
+        to_server.send(Bytes::from_static(br#"{"id":1,"connect":{}}"#)).unwrap();
         assert!(next().await.starts_with(r#"{"id":1,"connect""#));
-        to_server.send(r#"{"id":2,"subscribe":{"channel":"news"}}"#.into()).unwrap();
+        to_server.send(Bytes::from_static(br#"{"id":2,"subscribe":{"channel":"news"}}"#)).unwrap();
         assert!(next().await.starts_with(r#"{"id":2,"subscribe""#));
-        let rpc = r#"{"id":3,"rpc":{"method":"wait"}}"#.to_owned();
+        let rpc = Bytes::from_static(br#"{"id":3,"rpc":{"method":"wait"}}"#);
         if rpc_as_emulation_commands {
             conn.outbox.control(hubbub_core::outbox::Control::Commands(rpc));
         } else {

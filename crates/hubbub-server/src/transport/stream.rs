@@ -2,7 +2,11 @@
 //!
 //! * `POST /connection/http_stream` and `GET|POST /connection/sse`: bidirectional emulation
 //!   for centrifuge-js. The request carries the connect command; later commands arrive by
-//!   `POST /emulation` and reach the session through its outbox.
+//!   `POST /emulation` and reach the session through its outbox. HTTP streaming speaks
+//!   protobuf when the request's body is `application/octet-stream` (what centrifuge-js
+//!   sends in protobuf mode): length-delimited Commands in, length-delimited Replies out.
+//!   SSE is JSON only (centrifuge-js does not offer protobuf over it: an `EventSource`
+//!   carries text).
 //! * `POST /connection/uni_http_stream` and `GET /connection/uni_sse`: unidirectional, for
 //!   clients without an SDK. uni_sse marks events with the stream positions reached, so that
 //!   a reconnecting `EventSource` resumes from `Last-Event-ID` with no gap or duplicate.
@@ -24,7 +28,7 @@ use futures_util::StreamExt;
 use hubbub_core::session::TransportKind;
 use hubbub_core::Session;
 use hubbub_protocol::command::{ConnectRequest, SubscribeRequest};
-use hubbub_protocol::Disconnect;
+use hubbub_protocol::{Disconnect, Protocol};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -40,6 +44,36 @@ enum Format {
     Lines,
     /// One `data:` event per message.
     Events,
+    /// Protobuf: the length-delimited messages, one after the other.
+    Delimited,
+}
+
+impl Format {
+    fn protocol(self) -> Protocol {
+        match self {
+            Format::Lines | Format::Events => Protocol::Json,
+            Format::Delimited => Protocol::Protobuf,
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Lines => "application/json",
+            Format::Events => "text/event-stream; charset=utf-8",
+            Format::Delimited => OCTET_STREAM,
+        }
+    }
+}
+
+const OCTET_STREAM: &str = "application/octet-stream";
+
+/// Whether a request's body is binary (`application/octet-stream`): centrifuge-js's
+/// protobuf mode.
+pub(crate) fn is_binary(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with(OCTET_STREAM))
 }
 
 struct StreamTransport {
@@ -58,6 +92,7 @@ impl StreamTransport {
                 out.put_slice(&message);
                 out.put_u8(b'\n');
             }
+            Format::Delimited => out.put_slice(&message),
             Format::Events if self.unidirectional && &message[..] == b"{}" => {
                 // Unidirectional pings are SSE comments: EventSource ignores them, proxies
                 // see traffic.
@@ -97,7 +132,7 @@ impl Transport for StreamTransport {
     }
 
     async fn close(mut self, disconnect: Disconnect) {
-        let _ = self.write(&mut vec![disconnect_push(&disconnect)]).await;
+        let _ = self.write(&mut vec![disconnect_push(&disconnect, self.format.protocol())]).await;
     }
 }
 
@@ -250,18 +285,15 @@ fn start_emulation(
     headers: &HeaderMap,
     name: &'static str,
     format: Format,
-    connect: String,
+    connect: Bytes,
 ) -> Response {
     let (tx, rx) = mpsc::channel(BODY_CHANNEL);
     let kind = TransportKind { name, emulation: true, unidirectional: false };
-    let mut session = Session::new(state.node.clone(), kind);
+    let mut session = Session::with_protocol(state.node.clone(), kind, format.protocol());
     session.set_forwarded_headers(crate::proxy::kept_headers(&state.node, headers));
     let transport = StreamTransport { tx, format, unidirectional: false, positions: None };
     tokio::spawn(drive(session, transport, Some(connect)));
-    stream_response(
-        rx,
-        if format == Format::Events { "text/event-stream; charset=utf-8" } else { "application/json" },
-    )
+    stream_response(rx, format.content_type())
 }
 
 fn utf8(body: BodyBytes) -> Result<String, ApiError> {
@@ -274,7 +306,10 @@ pub async fn http_stream(
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
-    Ok(start_emulation(&state, &headers, "http_stream", Format::Lines, utf8(body)?))
+    if is_binary(&headers) {
+        return Ok(start_emulation(&state, &headers, "http_stream", Format::Delimited, body));
+    }
+    Ok(start_emulation(&state, &headers, "http_stream", Format::Lines, utf8(body)?.into()))
 }
 
 pub async fn sse_get(
@@ -286,7 +321,7 @@ pub async fn sse_get(
         return Err(ApiError::bad_request("bad request: cf_connect query parameter is required".into()));
     };
     too_big(&state, connect.as_bytes())?;
-    Ok(start_emulation(&state, &headers, "sse", Format::Events, connect.clone()))
+    Ok(start_emulation(&state, &headers, "sse", Format::Events, Bytes::from(connect.clone())))
 }
 
 pub async fn sse_post(
@@ -294,7 +329,7 @@ pub async fn sse_post(
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
-    Ok(start_emulation(&state, &headers, "sse", Format::Events, utf8(body)?))
+    Ok(start_emulation(&state, &headers, "sse", Format::Events, utf8(body)?.into()))
 }
 
 /// Starts a unidirectional session: connect at once, then stream pushes.

@@ -1,5 +1,6 @@
 //! WebSocket transports: `/connection/websocket` (bidirectional: commands in, replies and
-//! pushes out, newline-batched) and `/connection/uni_websocket` (the client sends one connect
+//! pushes out; JSON in text messages, newline-batched, or protobuf in binary messages,
+//! length-delimited) and `/connection/uni_websocket` (JSON only: the client sends one connect
 //! request, then only receives bare pushes).
 
 use super::handshake::{Socket, WebSocketUpgrade};
@@ -13,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use hubbub_core::session::TransportKind;
 use hubbub_core::{Node, Session};
 use hubbub_protocol::command::ConnectRequest;
-use hubbub_protocol::Disconnect;
+use hubbub_protocol::{Disconnect, Protocol};
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -45,10 +46,11 @@ pub async fn bidirectional(
 ) -> Response {
     let node = state.node.clone();
     let kept = crate::proxy::kept_headers(&node, &headers);
+    let protocol = ws.protocol;
     ws.on_upgrade(config(&node), move |socket| async move {
-        let mut session = Session::new(node, TransportKind::WEBSOCKET);
+        let mut session = Session::with_protocol(node, TransportKind::WEBSOCKET, protocol);
         session.set_forwarded_headers(kept);
-        drive(session, WsTransport { socket, unidirectional: false }, None).await
+        drive(session, WsTransport { socket, unidirectional: false, protocol }, None).await
     })
 }
 
@@ -57,10 +59,20 @@ pub async fn unidirectional(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if ws.protocol != Protocol::Json {
+        let error = hubbub_protocol::ProtocolError {
+            message: "uni_websocket speaks JSON only".into(),
+            ..hubbub_protocol::codes::ERROR_BAD_REQUEST.into()
+        };
+        return axum::response::IntoResponse::into_response(crate::api::ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            error,
+        ));
+    }
     let node = state.node.clone();
     let kept = crate::proxy::kept_headers(&node, &headers);
     ws.on_upgrade(config(&node), move |socket| async move {
-        let mut transport = WsTransport { socket, unidirectional: true };
+        let mut transport = WsTransport { socket, unidirectional: true, protocol: Protocol::Json };
         // The first message is the connect request. A client that sends none within
         // `client.ping_interval` is stale, as a bidirectional one without `connect` is.
         let first = tokio::time::timeout(node.client.ping_interval, transport.socket.next()).await;
@@ -127,9 +139,19 @@ struct WsTransport {
     socket: Socket,
     /// Bare pushes, one per message, instead of newline-batched replies.
     unidirectional: bool,
+    /// JSON in text messages, or protobuf in binary ones.
+    protocol: Protocol,
 }
 
 impl WsTransport {
+    /// Sends one message of the connection's protocol.
+    async fn send(&mut self, bytes: Bytes) -> Result<(), ()> {
+        match self.protocol {
+            Protocol::Json => self.send_text(bytes).await,
+            Protocol::Protobuf => self.socket.send(Message::Binary(bytes)).await.map_err(|_| ()),
+        }
+    }
+
     async fn send_text(&mut self, bytes: Bytes) -> Result<(), ()> {
         let Ok(text) = Utf8Bytes::try_from(bytes) else {
             tracing::error!("non-UTF-8 frame queued: dropped");
@@ -151,12 +173,12 @@ impl Transport for WsTransport {
             0 => return Ok(()),
             1 => frames.pop().expect("one frame"),
             _ => {
-                let joined = hubbub_protocol::encode_frame(frames);
+                let joined = self.protocol.join_frames(frames);
                 frames.clear();
                 Bytes::from(joined)
             }
         };
-        self.send_text(batch).await
+        self.send(batch).await
     }
 
     async fn read(&mut self) -> Inbound {
@@ -166,9 +188,17 @@ impl Transport for WsTransport {
                     tracing::debug!(len = text.len(), "uni_websocket: ignoring a client message");
                     continue;
                 }
-                Some(Ok(Message::Text(text))) => Inbound::Frame(text.as_str().to_owned()),
-                Some(Ok(Message::Binary(_))) => {
-                    tracing::info!("binary frame on the JSON protocol");
+                Some(Ok(Message::Text(text))) if self.protocol == Protocol::Json => {
+                    Inbound::Frame(text.into())
+                }
+                Some(Ok(Message::Binary(bytes))) if self.protocol == Protocol::Protobuf => {
+                    Inbound::Frame(bytes)
+                }
+                Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+                    tracing::info!(
+                        protocol = self.protocol.name(),
+                        "text frame on protobuf or binary frame on JSON"
+                    );
                     Inbound::Violation(Disconnect::BAD_REQUEST)
                 }
                 // Pings are answered by the WebSocket library; raw frames only exist on writes.
@@ -186,7 +216,7 @@ impl Transport for WsTransport {
 
     async fn close(mut self, disconnect: Disconnect) {
         if self.unidirectional {
-            let push = unwrap_push(&super::disconnect_push(&disconnect));
+            let push = unwrap_push(&super::disconnect_push(&disconnect, Protocol::Json));
             let _ = self.send_text(push).await;
         }
         let frame = CloseFrame {
