@@ -415,8 +415,19 @@ impl Node {
         data: Json,
         info: Option<ClientInfo>,
     ) -> ApiResult<StreamPosition> {
+        self.publish_tagged(channel, data, info, None).await
+    }
+
+    /// [`Node::publish`] with the publication's tags (kept in history with it).
+    pub async fn publish_tagged(
+        &self,
+        channel: &str,
+        data: Json,
+        info: Option<ClientInfo>,
+        tags: Option<HashMap<String, String>>,
+    ) -> ApiResult<StreamPosition> {
         let (ns, _) = self.namespaces.resolve(channel)?;
-        let publication = Publication { data, info, offset: 0, tags: None };
+        let publication = Publication { data, info, offset: 0, tags };
         let position = self.broker.publish(channel, publication, history_options(ns)).await?;
         if ns.durable_publish && ns.history_enabled() {
             self.broker.sync().await?;

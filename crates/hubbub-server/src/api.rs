@@ -85,12 +85,18 @@ fn require(field: &str, value: &str) -> Result<(), ApiError> {
 struct PublishRequest {
     channel: String,
     data: Json,
+    /// Delivered with the publication and kept in history (the async consumers mark what
+    /// they publish with one: see `consumers`).
+    #[serde(default)]
+    tags: Option<HashMap<String, String>>,
 }
 
 #[derive(Deserialize)]
 struct BroadcastRequest {
     channels: Vec<String>,
     data: Json,
+    #[serde(default)]
+    tags: Option<HashMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -158,8 +164,30 @@ struct Answer<T> {
     result: T,
 }
 
+/// What a method answers: the hot `publish` keeps its type (serialized without a JSON tree).
+pub enum ApiAnswer {
+    Publish(PublishResult),
+    Json(Value),
+}
+
+impl IntoResponse for ApiAnswer {
+    fn into_response(self) -> Response {
+        match self {
+            ApiAnswer::Publish(result) => axum::Json(Answer { result }).into_response(),
+            ApiAnswer::Json(result) => axum::Json(Answer { result }).into_response(),
+        }
+    }
+}
+
+impl ApiError {
+    /// The protocol error of the answer.
+    pub fn error(&self) -> &ProtocolError {
+        &self.error
+    }
+}
+
 #[derive(Serialize)]
-struct PublishResult {
+pub struct PublishResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     offset: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -197,20 +225,26 @@ pub async fn handle(
     let body = body.map_err(|e| {
         ApiError::bad_request(format!("bad request: {}", e.body_text())).with_status(e.status())
     })?;
-    let node = &state.node;
-    let result: Value = match method.as_str() {
+    Ok(execute(&state.node, &method, &body).await?.into_response())
+}
+
+/// Runs one server API method on a JSON body: what `POST /api/<method>` does after the key
+/// check, and what the async consumers do with each entry.
+pub async fn execute(node: &hubbub_core::Node, method: &str, body: &[u8]) -> Result<ApiAnswer, ApiError> {
+    let result: Value = match method {
         "publish" => {
-            let req: PublishRequest = parse(&body)?;
+            let req: PublishRequest = parse(body)?;
             require("channel", &req.channel)?;
-            let result = PublishResult::from(node.publish(&req.channel, req.data, None).await?);
+            let position = node.publish_tagged(&req.channel, req.data, None, req.tags).await?;
             // The hot method: serialized straight from its type, without a JSON tree.
-            return Ok(axum::Json(Answer { result }).into_response());
+            return Ok(ApiAnswer::Publish(PublishResult::from(position)));
         }
         "broadcast" => {
-            let req: BroadcastRequest = parse(&body)?;
+            let req: BroadcastRequest = parse(body)?;
             let mut responses = Vec::with_capacity(req.channels.len());
             for channel in &req.channels {
-                responses.push(match node.publish(channel, req.data.clone(), None).await {
+                let tags = req.tags.clone();
+                responses.push(match node.publish_tagged(channel, req.data.clone(), None, tags).await {
                     Ok(position) => json!({ "result": PublishResult::from(position) }),
                     Err(error) => json!({ "error": error }),
                 });
@@ -219,26 +253,26 @@ pub async fn handle(
         }
         // The user's connections may be on any node: these commands go to all of them.
         "subscribe" => {
-            let UserChannelRequest { user, channel, client } = parse(&body)?;
+            let UserChannelRequest { user, channel, client } = parse(body)?;
             require("user", &user)?;
             node.user_command(UserCommand::Subscribe { user, channel, client }).await?;
             json!({})
         }
         "unsubscribe" => {
-            let UserChannelRequest { user, channel, client } = parse(&body)?;
+            let UserChannelRequest { user, channel, client } = parse(body)?;
             require("user", &user)?;
             node.user_command(UserCommand::Unsubscribe { user, channel, client }).await?;
             json!({})
         }
         "refresh" => {
-            let RefreshRequest { user, client, expired, expire_at } = parse(&body)?;
+            let RefreshRequest { user, client, expired, expire_at } = parse(body)?;
             require("user", &user)?;
             let expire_at = expire_at.filter(|&at| at > 0);
             node.user_command(UserCommand::Refresh { user, client, expired, expire_at }).await?;
             json!({})
         }
         "disconnect" => {
-            let req: DisconnectRequest = parse(&body)?;
+            let req: DisconnectRequest = parse(body)?;
             require("user", &req.user)?;
             let (code, reason) = match req.disconnect {
                 Some(d) if (3000..5000).contains(&d.code) => (d.code, d.reason),
@@ -254,25 +288,25 @@ pub async fn handle(
             json!({})
         }
         "presence" => {
-            let req: ChannelRequest = parse(&body)?;
+            let req: ChannelRequest = parse(body)?;
             json!({ "presence": node.presence(&req.channel).await? })
         }
         "presence_stats" => {
-            let req: ChannelRequest = parse(&body)?;
+            let req: ChannelRequest = parse(body)?;
             let stats = node.presence_stats(&req.channel).await?;
             json!({ "num_clients": stats.num_clients, "num_users": stats.num_users })
         }
         "history" => {
-            let req: HistoryRequest = parse(&body)?;
+            let req: HistoryRequest = parse(body)?;
             history_json(node.history(&req.channel, req.limit, req.since, req.reverse).await?)
         }
         "history_remove" => {
-            let req: ChannelRequest = parse(&body)?;
+            let req: ChannelRequest = parse(body)?;
             node.remove_history(&req.channel).await?;
             json!({})
         }
         "channels" => {
-            let req: ChannelsRequest = parse(&body)?;
+            let req: ChannelsRequest = parse(body)?;
             let answer = node.cluster_channels(&req.pattern).await?;
             let channels: HashMap<String, Value> =
                 answer.channels.into_iter().map(|(name, n)| (name, json!({ "num_clients": n }))).collect();
@@ -286,10 +320,10 @@ pub async fn handle(
             result
         }
         "info" => {
-            parse::<serde::de::IgnoredAny>(&body)?;
+            parse::<serde::de::IgnoredAny>(body)?;
             json!({ "nodes": node.cluster_info() })
         }
         _ => return Err(ApiError::new(StatusCode::NOT_FOUND, ERROR_METHOD_NOT_FOUND)),
     };
-    Ok(axum::Json(Answer { result }).into_response())
+    Ok(ApiAnswer::Json(result))
 }

@@ -34,6 +34,9 @@ pub struct Config {
     pub store: StoreConfig,
     /// Channel namespaces; the one named "" is the default namespace.
     pub namespaces: Vec<NamespaceConfig>,
+    /// Asynchronous consumers: outbox tables and streams whose entries are server API
+    /// commands, executed once each (`crate::consumers`).
+    pub consumers: Vec<crate::consumers::ConsumerConfig>,
     /// Backends that decide for the server, by name (Centrifugo's named proxies; see
     /// `src/proxy.rs` and docs/PROTOCOL.md).
     pub proxies: Vec<crate::proxy::ProxyConfig>,
@@ -61,6 +64,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             store: StoreConfig::default(),
             namespaces: vec![NamespaceConfig::default()],
+            consumers: Vec::new(),
             proxies: Vec::new(),
             connect_proxy_name: String::new(),
             refresh_proxy_name: String::new(),
@@ -324,6 +328,9 @@ impl Config {
         if let Err(message) = hubbub_core::channel::Namespaces::new(&self.namespaces) {
             return bad("namespaces", &message);
         }
+        if let Err((key, message)) = crate::consumers::config::validate(&self.consumers) {
+            return Err(ConfigError::Key { key, message });
+        }
         if self.auth.jwks_refetch_interval < Duration::from_secs(1) {
             return bad(
                 "auth.jwks_refetch_interval",
@@ -497,6 +504,39 @@ mod tests {
             e.contains("HUBBUB_CLIENT_PING_INTERVALL") && e.contains("HUBBUB_CLIENT_PING_INTERVAL?"),
             "{e}"
         );
+        let pg =
+            "[[consumers]]\nname = \"o\"\ntype = \"postgresql\"\nenabled = true\n[consumers.postgresql]\n";
+        let e = load(&format!("{pg}dsn = \"mysql://x\"\noutbox_table_name = \"outbox\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("consumers[0].postgresql.dsn"), "{e}");
+        let e = load(&format!("{pg}dsn = \"postgres://h/d\"\noutbox_table_name = \"x; drop\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("consumers[0].postgresql.outbox_table_name"), "{e}");
+        let e = load(
+            &format!("{pg}dsn = \"postgres://h/d\"\noutbox_table_name = \"o\"\nnum_partitions = 0\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("consumers[0].postgresql.num_partitions"), "{e}");
+        let e = load(&format!("{pg}dsn = \"postgres://h/d\"\noutbox_table_name = \"o\"\npartition_poll_intervall = \"1s\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("consumers[0].postgresql") && e.contains("partition_poll_intervall"), "{e}");
+        let e = load("[[consumers]]\nname = \"o\"\ntype = \"kafka\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("consumers[0].type"), "{e}");
+        let js = "[[consumers]]\nname = \"j\"\ntype = \"nats_jetstream\"\n[consumers.nats_jetstream]\n";
+        let e = load(&format!("{js}stream_name = \"S\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("consumers[0].nats_jetstream.durable_consumer_name"), "{e}");
+        let c = load(
+            &format!("{js}stream_name = \"S\"\ndurable_consumer_name = \"d\"\n"),
+            &[("HUBBUB_CONSUMERS", "[{name = \"o\", type = \"postgresql\", postgresql = {dsn = \"postgres://h/d\", outbox_table_name = \"o\"}}]")],
+        )
+        .unwrap();
+        assert_eq!(c.consumers.len(), 1, "the environment replaces the list");
+        assert_eq!(c.consumers[0].postgresql.partition_select_limit, 100);
         let e = load("", &[("HUBBUB_NOTHING_LIKE_ANY_KEY_AT_ALL", "1")]).unwrap_err().to_string();
         assert!(e.contains("HUBBUB_NOTHING_LIKE_ANY_KEY_AT_ALL") && !e.contains("did you mean"), "{e}");
     }

@@ -4,6 +4,7 @@
 mod accept;
 pub mod api;
 pub mod config;
+pub mod consumers;
 pub mod data_dir;
 mod emulation;
 pub mod engines;
@@ -129,6 +130,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
 
     let name = if config.node_name.is_empty() { addr.to_string() } else { config.node_name.clone() };
     let grace = config.shutdown_grace;
+    let consumer_configs = config.consumers.clone();
     let App { router: app, node, memory, .. } =
         App::build_in(config, name, store.clone(), Some(data_dir.path())).await?;
     let sweeper = tokio::spawn({
@@ -142,6 +144,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
             }
         }
     });
+    let consumers = consumers::start(&consumer_configs, node.clone()).await?;
     // Listen for signals before saying we listen: a SIGTERM sent right after the line must
     // shut down gracefully, not kill the process with the default action.
     let stop_signal = shutdown_signal()?;
@@ -158,6 +161,9 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     stop_signal.await;
     tracing::info!(?grace, "shutting down: no new connections, telling clients to reconnect");
     let _ = stop_tx.send(true);
+    // Nothing more is consumed: what is claimed and not yet done is found again at the next
+    // start (ARCHITECTURE.md, "Async consumers").
+    drop(consumers);
     node.shutdown();
     let deadline = tokio::time::Instant::now() + grace;
     let drained = async {
