@@ -211,6 +211,7 @@ pub fn room_namespace() -> NamespaceConfig {
         force_recovery: true,
         force_positioning: true,
         allow_publish_for_client: false,
+        allow_publish_for_subscriber: false,
         allow_subscribe_for_client: true,
         allow_presence_for_subscriber: true,
         allow_history_for_subscriber: true,

@@ -31,7 +31,11 @@ pub struct NamespaceConfig {
     pub force_recovery: bool,
     /// Every subscription is positioned (the client learns the stream position).
     pub force_positioning: bool,
+    /// Any client may publish (without being subscribed).
     pub allow_publish_for_client: bool,
+    /// A client subscribed to the channel may publish to it (Centrifugo's option of the
+    /// same name; it changes nothing where `allow_publish_for_client` already allows).
+    pub allow_publish_for_subscriber: bool,
     pub allow_subscribe_for_client: bool,
     pub allow_presence_for_subscriber: bool,
     pub allow_history_for_subscriber: bool,
@@ -97,6 +101,7 @@ impl Default for NamespaceConfig {
             force_recovery: true,
             force_positioning: false,
             allow_publish_for_client: true,
+            allow_publish_for_subscriber: false,
             allow_subscribe_for_client: true,
             allow_presence_for_subscriber: true,
             allow_history_for_subscriber: true,

@@ -2,6 +2,7 @@
 //! engine traits and the in-memory engine. Transports (in `hubbub-server`) only move bytes
 //! between sockets and a [`session::Session`].
 
+pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod cluster;

@@ -432,10 +432,34 @@ impl Node {
         data: Json,
         info: Option<ClientInfo>,
     ) -> ApiResult<StreamPosition> {
+        self.publish_tagged(channel, data, info, None).await
+    }
+
+    /// [`Node::publish`] with the publication's tags (kept in history with it).
+    pub async fn publish_tagged(
+        &self,
+        channel: &str,
+        data: Json,
+        info: Option<ClientInfo>,
+        tags: Option<HashMap<String, String>>,
+    ) -> ApiResult<StreamPosition> {
+        self.publish_publication(channel, Publication { data, info, offset: 0, tags }, false).await
+    }
+
+    /// Publishes a publication made by the caller (tags, info) to `channel`, kept in the
+    /// namespace's history unless `skip_history` (then it has no offset). The server API's
+    /// publish (`crate::api`).
+    pub async fn publish_publication(
+        &self,
+        channel: &str,
+        publication: Publication,
+        skip_history: bool,
+    ) -> ApiResult<StreamPosition> {
         let (ns, _) = self.namespaces.resolve(channel)?;
-        let publication = Publication { data, info, offset: 0, tags: None };
-        let position = self.broker.publish(channel, publication, history_options(ns)).await?;
-        if ns.durable_publish && ns.history_enabled() {
+        let history = crate::api::publish_history(ns, skip_history);
+        let kept = history.enabled();
+        let position = self.broker.publish(channel, publication, history).await?;
+        if ns.durable_publish && kept {
             self.broker.sync().await?;
         }
         Ok(position)

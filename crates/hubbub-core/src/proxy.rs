@@ -60,6 +60,9 @@ pub struct ConnectAnswer {
     pub data: Option<Json>,
     /// Server-side subscriptions made at connect.
     pub channels: Vec<String>,
+    /// Server-side subscriptions with options (`info`, `data`, `override`; `b64*` already
+    /// decoded into `info` and `data`).
+    pub subs: std::collections::BTreeMap<String, crate::grant::SubscribeOptions>,
     /// Kept with the connection and sent back with later proxy calls (when the proxy
     /// includes it); never shown to clients.
     pub meta: Option<Json>,

@@ -871,7 +871,10 @@ impl Session {
             _ if !ns.publish_proxy_name.is_empty() => true,
             Some(listed) => listed,
             None if name.is_private() => self.subs.contains_key(&req.channel),
-            None => ns.allow_publish_for_client,
+            None => {
+                ns.allow_publish_for_client
+                    || (ns.allow_publish_for_subscriber && self.subs.contains_key(&req.channel))
+            }
         };
         if !allowed && !self.node.client.insecure {
             return Err(ERROR_PERMISSION_DENIED.into());

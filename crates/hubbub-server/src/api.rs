@@ -1,7 +1,9 @@
 //! The server HTTP API, Centrifugo-compatible: `POST /api/<method>` with a JSON body and the
 //! API key in `X-API-Key` (or `Authorization: apikey KEY`). Answers `{"result":{..}}` or
 //! `{"error":{"code","message"}}`: 401 for a bad key, 400 for a bad body, 404 for an unknown
-//! method, and 200 with an error body for what the method itself refuses.
+//! method, and 200 with an error body for what the method itself refuses. An unknown field
+//! in a request is a 400 naming it. The methods themselves are `hubbub_core::api`'s
+//! operations, shared with the gRPC API.
 
 use crate::AppState;
 use axum::body::Bytes;
@@ -9,14 +11,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hubbub_core::cluster::UserCommand;
-use hubbub_core::engine::HistoryPage;
+use hubbub_core::api::{ApiError as OpError, BatchRequest, Command};
 use hubbub_protocol::codes::*;
-use hubbub_protocol::{Disconnect, Json, ProtocolError, StreamPosition};
+use hubbub_protocol::ProtocolError;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A failed API call: the HTTP status and the protocol error in the body.
@@ -65,7 +65,7 @@ fn authorized(headers: &HeaderMap, key: &str) -> bool {
     given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -74,82 +74,13 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad request: {e}")))
 }
 
-fn require(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.is_empty() {
-        return Err(ApiError::bad_request(format!("bad request: `{field}` is required")));
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::BadRequest(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_protocol()),
+            OpError::Refused(e) => ApiError::from(e),
+        }
     }
-    Ok(())
-}
-
-#[derive(Deserialize)]
-struct PublishRequest {
-    channel: String,
-    data: Json,
-}
-
-#[derive(Deserialize)]
-struct BroadcastRequest {
-    channels: Vec<String>,
-    data: Json,
-}
-
-#[derive(Deserialize)]
-struct ChannelRequest {
-    channel: String,
-}
-
-#[derive(Deserialize)]
-struct UserChannelRequest {
-    user: String,
-    channel: String,
-    #[serde(default)]
-    client: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct DisconnectSpec {
-    code: u16,
-    #[serde(default)]
-    reason: String,
-}
-
-#[derive(Deserialize)]
-struct DisconnectRequest {
-    user: String,
-    #[serde(default)]
-    client: Option<String>,
-    #[serde(default)]
-    disconnect: Option<DisconnectSpec>,
-}
-
-#[derive(Deserialize)]
-struct RefreshRequest {
-    user: String,
-    #[serde(default)]
-    client: Option<String>,
-    /// Expire the connection now.
-    #[serde(default)]
-    expired: bool,
-    /// Unix seconds when the connection expires; absent or 0: never.
-    #[serde(default)]
-    expire_at: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct HistoryRequest {
-    channel: String,
-    #[serde(default)]
-    limit: i32,
-    #[serde(default)]
-    since: Option<StreamPosition>,
-    #[serde(default)]
-    reverse: bool,
-}
-
-#[derive(Deserialize, Default)]
-struct ChannelsRequest {
-    #[serde(default)]
-    pattern: String,
 }
 
 /// A successful answer: `{"result": ...}`.
@@ -158,30 +89,15 @@ struct Answer<T> {
     result: T,
 }
 
-#[derive(Serialize)]
-struct PublishResult {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    offset: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    epoch: Option<String>,
-}
-
-impl From<StreamPosition> for PublishResult {
-    fn from(p: StreamPosition) -> Self {
-        if p.epoch.is_empty() {
-            PublishResult { offset: None, epoch: None }
-        } else {
-            PublishResult { offset: Some(p.offset), epoch: Some(p.epoch) }
-        }
-    }
-}
-
-fn history_json(page: HistoryPage) -> Value {
-    json!({
-        "publications": page.publications,
-        "offset": page.position.offset,
-        "epoch": page.position.epoch,
-    })
+/// Decodes the request, runs the operation, encodes its result as `{"result": ..}`.
+async fn run<Req, Res, Fut>(body: &[u8], op: impl FnOnce(Req) -> Fut) -> Result<Response, ApiError>
+where
+    Req: DeserializeOwned,
+    Res: Serialize,
+    Fut: std::future::Future<Output = Result<Res, OpError>>,
+{
+    let result = op(parse(body)?).await?;
+    Ok(axum::Json(Answer { result }).into_response())
 }
 
 pub async fn handle(
@@ -197,99 +113,165 @@ pub async fn handle(
     let body = body.map_err(|e| {
         ApiError::bad_request(format!("bad request: {}", e.body_text())).with_status(e.status())
     })?;
-    let node = &state.node;
-    let result: Value = match method.as_str() {
-        "publish" => {
-            let req: PublishRequest = parse(&body)?;
-            require("channel", &req.channel)?;
-            let result = PublishResult::from(node.publish(&req.channel, req.data, None).await?);
-            // The hot method: serialized straight from its type, without a JSON tree.
-            return Ok(axum::Json(Answer { result }).into_response());
-        }
-        "broadcast" => {
-            let req: BroadcastRequest = parse(&body)?;
-            let mut responses = Vec::with_capacity(req.channels.len());
-            for channel in &req.channels {
-                responses.push(match node.publish(channel, req.data.clone(), None).await {
-                    Ok(position) => json!({ "result": PublishResult::from(position) }),
-                    Err(error) => json!({ "error": error }),
-                });
-            }
-            json!({ "responses": responses })
-        }
+    let api = &state.api;
+    match method.as_str() {
+        "publish" => run(&body, |r| api.publish(r)).await,
+        "broadcast" => run(&body, |r| api.broadcast(r)).await,
         // The user's connections may be on any node: these commands go to all of them.
-        "subscribe" => {
-            let UserChannelRequest { user, channel, client } = parse(&body)?;
-            require("user", &user)?;
-            node.user_command(UserCommand::Subscribe { user, channel, client }).await?;
-            json!({})
+        "subscribe" => run(&body, |r| api.subscribe(r)).await,
+        "unsubscribe" => run(&body, |r| api.unsubscribe(r)).await,
+        "disconnect" => run(&body, |r| api.disconnect(r)).await,
+        "refresh" => run(&body, |r| api.refresh(r)).await,
+        "presence" => run(&body, |r| api.presence(r)).await,
+        "presence_stats" => run(&body, |r| api.presence_stats(r)).await,
+        "history" => run(&body, |r| api.history(r)).await,
+        "history_remove" => run(&body, |r| api.history_remove(r)).await,
+        "channels" => run(&body, |r| api.channels(r)).await,
+        "info" => run(&body, |r| api.info(r)).await,
+        "rpc" => run(&body, |r| api.rpc(r)).await,
+        // As in Centrifugo: `{"replies": [..]}`, not wrapped in `result`.
+        "batch" => {
+            let batch: BatchRequest = parse(&body)?;
+            Ok(axum::Json(api.batch(batch).await?).into_response())
         }
-        "unsubscribe" => {
-            let UserChannelRequest { user, channel, client } = parse(&body)?;
-            require("user", &user)?;
-            node.user_command(UserCommand::Unsubscribe { user, channel, client }).await?;
-            json!({})
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, ERROR_METHOD_NOT_FOUND)),
+    }
+}
+
+/// One line of the legacy API (`POST /api`, Centrifugo before v5 and clients that still use
+/// it, such as cent.js's `pipeline`): `{"method": "publish", "params": {..}}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LegacyCommand {
+    #[serde(default)]
+    id: u32,
+    method: String,
+    #[serde(default)]
+    params: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// `POST /api` with newline-separated commands, answered with one line per command in
+/// order: `{"result": ..}` or `{"error": ..}` (with the command's `id` when it had one). The
+/// same operations as `/api/<method>`, at most `api.batch_max_commands` per request. Lines
+/// are joined by `\n` with none after the last (cent.js parses every piece between them).
+pub async fn handle_legacy(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !authorized(&headers, &state.config.auth.api_key) {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, ERROR_UNAUTHORIZED));
+    }
+    let body = body.map_err(|e| {
+        ApiError::bad_request(format!("bad request: {}", e.body_text())).with_status(e.status())
+    })?;
+    let lines: Vec<&[u8]> =
+        body.split(|&b| b == b'\n').filter(|line| !line.iter().all(u8::is_ascii_whitespace)).collect();
+    let max = state.api.config().batch_max_commands;
+    if lines.len() > max {
+        return Err(ApiError::bad_request(format!(
+            "bad request: {} commands, more than `api.batch_max_commands` ({max})",
+            lines.len()
+        )));
+    }
+    if lines.is_empty() {
+        return Err(ApiError::bad_request("bad request: no command".into()));
+    }
+    let commands: Vec<LegacyCommand> = lines.into_iter().map(parse).collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for LegacyCommand { id, method, params } in commands {
+        let reply = match legacy_command(&method, params.as_deref()) {
+            Ok(command) => match serde_json::to_value(state.api.command(command).await) {
+                Ok(serde_json::Value::Object(map)) => map.into_iter().next(),
+                _ => None,
+            },
+            Err(error) => Some(("error".to_owned(), json!(error))),
+        };
+        let (kind, value) =
+            reply.unwrap_or_else(|| ("error".to_owned(), json!(ProtocolError::from(ERROR_INTERNAL))));
+        let key = if kind == "error" { "error" } else { "result" };
+        if !out.is_empty() {
+            out.push(b'\n');
         }
-        "refresh" => {
-            let RefreshRequest { user, client, expired, expire_at } = parse(&body)?;
-            require("user", &user)?;
-            let expire_at = expire_at.filter(|&at| at > 0);
-            node.user_command(UserCommand::Refresh { user, client, expired, expire_at }).await?;
-            json!({})
+        let mut line = serde_json::Map::new();
+        if id != 0 {
+            line.insert("id".into(), json!(id));
         }
-        "disconnect" => {
-            let req: DisconnectRequest = parse(&body)?;
-            require("user", &req.user)?;
-            let (code, reason) = match req.disconnect {
-                Some(d) if (3000..5000).contains(&d.code) => (d.code, d.reason),
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "bad request: disconnect.code must be in 3000..4999".into(),
-                    ))
-                }
-                None => (Disconnect::FORCE_NO_RECONNECT.code, Disconnect::FORCE_NO_RECONNECT.reason.into()),
-            };
-            node.user_command(UserCommand::Disconnect { user: req.user, client: req.client, code, reason })
-                .await?;
-            json!({})
-        }
-        "presence" => {
-            let req: ChannelRequest = parse(&body)?;
-            json!({ "presence": node.presence(&req.channel).await? })
-        }
-        "presence_stats" => {
-            let req: ChannelRequest = parse(&body)?;
-            let stats = node.presence_stats(&req.channel).await?;
-            json!({ "num_clients": stats.num_clients, "num_users": stats.num_users })
-        }
-        "history" => {
-            let req: HistoryRequest = parse(&body)?;
-            history_json(node.history(&req.channel, req.limit, req.since, req.reverse).await?)
-        }
-        "history_remove" => {
-            let req: ChannelRequest = parse(&body)?;
-            node.remove_history(&req.channel).await?;
-            json!({})
-        }
-        "channels" => {
-            let req: ChannelsRequest = parse(&body)?;
-            let answer = node.cluster_channels(&req.pattern).await?;
-            let channels: HashMap<String, Value> =
-                answer.channels.into_iter().map(|(name, n)| (name, json!({ "num_clients": n }))).collect();
-            let mut result = json!({ "channels": channels });
-            if answer.truncated {
-                result["truncated"] = json!(true);
+        line.insert(key.into(), value);
+        serde_json::to_writer(&mut out, &line)
+            .map_err(|_| ApiError::from(ProtocolError::from(ERROR_INTERNAL)))?;
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+/// A legacy command as one of the API's commands: unknown methods are 104, bad params 107.
+fn legacy_command(
+    method: &str,
+    params: Option<&serde_json::value::RawValue>,
+) -> Result<Command, ProtocolError> {
+    if !Command::METHODS.contains(&method) {
+        return Err(ERROR_METHOD_NOT_FOUND.into());
+    }
+    let params = params.map(|p| p.get()).unwrap_or("{}");
+    let text = format!("{{{}:{params}}}", json!(method));
+    serde_json::from_str(&text).map_err(|e| ProtocolError {
+        code: ERROR_BAD_REQUEST.code,
+        message: format!("bad request: {e}"),
+        temporary: false,
+    })
+}
+
+/// What [`execute`] answers: the method's result as JSON (`Publish` is kept for callers that
+/// match on it; it is not produced).
+pub enum ApiAnswer {
+    Publish(Value),
+    Json(Value),
+}
+
+impl ApiError {
+    /// The protocol error of the answer.
+    pub fn error(&self) -> &ProtocolError {
+        &self.error
+    }
+}
+
+/// Runs one server API method on a JSON body, as `POST /api/<method>` does after the key
+/// check: the async consumers' way in. The same operations (`hubbub_core::api`); the
+/// idempotency keys of these calls are not shared with the HTTP API's (the consumers keep
+/// their own exactly-once record).
+pub async fn execute(
+    node: &Arc<hubbub_core::Node>,
+    method: &str,
+    body: &[u8],
+) -> Result<ApiAnswer, ApiError> {
+    if !Command::METHODS.contains(&method) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, ERROR_METHOD_NOT_FOUND));
+    }
+    let api = hubbub_core::api::ServerApi::new(node.clone(), Default::default());
+    let params =
+        std::str::from_utf8(body).map_err(|_| ApiError::bad_request("bad request: not UTF-8".into()))?;
+    let params = if params.trim().is_empty() { "{}" } else { params };
+    let command: Command = parse(format!("{{{}:{params}}}", json!(method)).as_bytes())?;
+    let reply = serde_json::to_value(api.command(command).await)
+        .map_err(|_| ApiError::from(ProtocolError::from(ERROR_INTERNAL)))?;
+    match reply {
+        Value::Object(map) => match map.into_iter().next() {
+            Some((kind, value)) if kind == "error" => {
+                let error: ProtocolError = ProtocolError {
+                    code: value["code"].as_u64().unwrap_or(100) as u32,
+                    message: value["message"].as_str().unwrap_or_default().to_owned(),
+                    temporary: value["temporary"].as_bool().unwrap_or(false),
+                };
+                let status = if error.code == ERROR_BAD_REQUEST.code {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::OK
+                };
+                Err(ApiError::new(status, error))
             }
-            if answer.missing_nodes > 0 {
-                result["missing_nodes"] = json!(answer.missing_nodes);
-            }
-            result
-        }
-        "info" => {
-            parse::<serde::de::IgnoredAny>(&body)?;
-            json!({ "nodes": node.cluster_info() })
-        }
-        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, ERROR_METHOD_NOT_FOUND)),
-    };
-    Ok(axum::Json(Answer { result }).into_response())
+            Some((_, value)) => Ok(ApiAnswer::Json(value)),
+            None => Err(ApiError::from(ProtocolError::from(ERROR_INTERNAL))),
+        },
+        _ => Err(ApiError::from(ProtocolError::from(ERROR_INTERNAL))),
+    }
 }

@@ -27,6 +27,10 @@ pub struct Config {
     pub auth: AuthConfig,
     pub client: ClientConfig,
     pub http: HttpConfig,
+    /// The server API's bounds (batch size, idempotency keys).
+    pub api: hubbub_core::api::ApiConfig,
+    /// The gRPC server API, on its own listener.
+    pub grpc_api: GrpcApiConfig,
     pub chat: hubbub_chat::ChatConfig,
     /// How nodes reach each other (the engine) and the bounds of what it keeps.
     pub engine: EngineConfig,
@@ -34,6 +38,9 @@ pub struct Config {
     pub store: StoreConfig,
     /// Channel namespaces; the one named "" is the default namespace.
     pub namespaces: Vec<NamespaceConfig>,
+    /// Asynchronous consumers: outbox tables and streams whose entries are server API
+    /// commands, executed once each (`crate::consumers`).
+    pub consumers: Vec<crate::consumers::ConsumerConfig>,
     /// Backends that decide for the server, by name (Centrifugo's named proxies; see
     /// `src/proxy.rs` and docs/PROTOCOL.md).
     pub proxies: Vec<crate::proxy::ProxyConfig>,
@@ -57,10 +64,13 @@ impl Default for Config {
             auth: AuthConfig::default(),
             client: ClientConfig::default(),
             http: HttpConfig::default(),
+            api: Default::default(),
+            grpc_api: GrpcApiConfig::default(),
             chat: hubbub_chat::ChatConfig::default(),
             engine: EngineConfig::default(),
             store: StoreConfig::default(),
             namespaces: vec![NamespaceConfig::default()],
+            consumers: Vec::new(),
             proxies: Vec::new(),
             connect_proxy_name: String::new(),
             refresh_proxy_name: String::new(),
@@ -148,6 +158,34 @@ impl Default for HttpConfig {
             max_request_body: 65536,
             poll_max_waiters_per_user: 16,
             body_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The gRPC server API (Centrifugo's `grpc_api*` keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcApiConfig {
+    /// Serve it (off by default, as in Centrifugo).
+    pub enabled: bool,
+    /// The address to listen on (an IP address).
+    pub address: String,
+    /// The port; 0 picks a free one (printed at start).
+    pub port: u16,
+    /// The key clients send as metadata `authorization: apikey KEY`; empty: `auth.api_key`.
+    pub key: String,
+    /// Largest request accepted, in bytes (like the HTTP API's body limit).
+    pub max_request_bytes: usize,
+}
+
+impl Default for GrpcApiConfig {
+    fn default() -> Self {
+        GrpcApiConfig {
+            enabled: false,
+            address: "127.0.0.1".into(),
+            port: 10000,
+            key: String::new(),
+            max_request_bytes: 2 << 20,
         }
     }
 }
@@ -321,8 +359,29 @@ impl Config {
         {
             return bad("http.allowed_origins", &message);
         }
+        if self.api.batch_max_commands == 0 {
+            return bad("api.batch_max_commands", "must be at least 1");
+        }
+        if self.api.idempotency_ttl.is_zero() {
+            return bad("api.idempotency_ttl", "must be above 0");
+        }
+        if self.api.idempotency_max_keys == 0 {
+            return bad("api.idempotency_max_keys", "must be at least 1");
+        }
+        if self.api.idempotency_max_bytes < 1024 {
+            return bad("api.idempotency_max_bytes", "must be at least 1024 bytes");
+        }
+        if self.grpc_api.address.parse::<std::net::IpAddr>().is_err() {
+            return bad("grpc_api.address", "expected an IP address like \"127.0.0.1\"");
+        }
+        if self.grpc_api.max_request_bytes < 1024 {
+            return bad("grpc_api.max_request_bytes", "must be at least 1024 bytes");
+        }
         if let Err(message) = hubbub_core::channel::Namespaces::new(&self.namespaces) {
             return bad("namespaces", &message);
+        }
+        if let Err((key, message)) = crate::consumers::config::validate(&self.consumers) {
+            return Err(ConfigError::Key { key, message });
         }
         if self.auth.jwks_refetch_interval < Duration::from_secs(1) {
             return bad(
@@ -497,6 +556,39 @@ mod tests {
             e.contains("HUBBUB_CLIENT_PING_INTERVALL") && e.contains("HUBBUB_CLIENT_PING_INTERVAL?"),
             "{e}"
         );
+        let pg =
+            "[[consumers]]\nname = \"o\"\ntype = \"postgresql\"\nenabled = true\n[consumers.postgresql]\n";
+        let e = load(&format!("{pg}dsn = \"mysql://x\"\noutbox_table_name = \"outbox\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("consumers[0].postgresql.dsn"), "{e}");
+        let e = load(&format!("{pg}dsn = \"postgres://h/d\"\noutbox_table_name = \"x; drop\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("consumers[0].postgresql.outbox_table_name"), "{e}");
+        let e = load(
+            &format!("{pg}dsn = \"postgres://h/d\"\noutbox_table_name = \"o\"\nnum_partitions = 0\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("consumers[0].postgresql.num_partitions"), "{e}");
+        let e = load(&format!("{pg}dsn = \"postgres://h/d\"\noutbox_table_name = \"o\"\npartition_poll_intervall = \"1s\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("consumers[0].postgresql") && e.contains("partition_poll_intervall"), "{e}");
+        let e = load("[[consumers]]\nname = \"o\"\ntype = \"kafka\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("consumers[0].type"), "{e}");
+        let js = "[[consumers]]\nname = \"j\"\ntype = \"nats_jetstream\"\n[consumers.nats_jetstream]\n";
+        let e = load(&format!("{js}stream_name = \"S\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("consumers[0].nats_jetstream.durable_consumer_name"), "{e}");
+        let c = load(
+            &format!("{js}stream_name = \"S\"\ndurable_consumer_name = \"d\"\n"),
+            &[("HUBBUB_CONSUMERS", "[{name = \"o\", type = \"postgresql\", postgresql = {dsn = \"postgres://h/d\", outbox_table_name = \"o\"}}]")],
+        )
+        .unwrap();
+        assert_eq!(c.consumers.len(), 1, "the environment replaces the list");
+        assert_eq!(c.consumers[0].postgresql.partition_select_limit, 100);
         let e = load("", &[("HUBBUB_NOTHING_LIKE_ANY_KEY_AT_ALL", "1")]).unwrap_err().to_string();
         assert!(e.contains("HUBBUB_NOTHING_LIKE_ANY_KEY_AT_ALL") && !e.contains("did you mean"), "{e}");
     }

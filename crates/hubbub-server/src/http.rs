@@ -23,6 +23,7 @@ pub fn router(state: Arc<AppState>, app: Router) -> Router {
         .merge(connections)
         .route("/emulation", post(emulation::handle))
         .route("/api/poll", get(poll::poll))
+        .route("/api", post(api::handle_legacy))
         .route("/api/{method}", post(api::handle))
         .with_state(state.clone());
     core.merge(app)

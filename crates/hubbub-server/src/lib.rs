@@ -4,9 +4,11 @@
 mod accept;
 pub mod api;
 pub mod config;
+pub mod consumers;
 pub mod data_dir;
 mod emulation;
 pub mod engines;
+pub mod grpc_api;
 mod headers;
 mod http;
 mod limits;
@@ -19,6 +21,7 @@ mod web;
 
 use anyhow::Context;
 use config::Config;
+use hubbub_core::api::ServerApi;
 use hubbub_core::channel::Namespaces;
 use hubbub_core::engine::memory::MemoryBroker;
 use hubbub_core::rpc::{Echo, RpcRegistry};
@@ -41,6 +44,8 @@ pub fn init_logging() {
 /// Shared by every request handler.
 pub struct AppState {
     pub node: Arc<Node>,
+    /// The server API's operations (HTTP and gRPC API, async consumers).
+    pub api: Arc<ServerApi>,
     pub config: Config,
     /// Waiting long polls per token subject (`http.poll_max_waiters_per_user`).
     pub poll_waiters: poll::Waiters,
@@ -54,6 +59,9 @@ pub struct AppState {
 pub struct App {
     pub router: axum::Router,
     pub node: Arc<Node>,
+    /// The server API's operations: what the HTTP and gRPC APIs call, and what anything else
+    /// publishing for the application (async consumers) calls too.
+    pub api: Arc<ServerApi>,
     pub chat: Arc<hubbub_chat::Chat>,
     /// The single-node engine, whose expired streams someone must sweep.
     pub memory: Option<Arc<MemoryBroker>>,
@@ -108,11 +116,17 @@ impl App {
         .await?;
         node.set_proxies(proxy::build(&config)?).map_err(anyhow::Error::msg)?;
         let chat = hubbub_chat::Chat::install(node.clone(), store, config.chat.clone());
+        let api = Arc::new(ServerApi::new(node.clone(), config.api.clone()));
         let limits = limits::Limits::new(&config.client);
-        let state =
-            Arc::new(AppState { node: node.clone(), config, poll_waiters: Default::default(), limits });
+        let state = Arc::new(AppState {
+            node: node.clone(),
+            api: api.clone(),
+            config,
+            poll_waiters: Default::default(),
+            limits,
+        });
         let router = http::router(state, hubbub_chat::rest::router(chat.clone()));
-        Ok(App { router, node, chat, memory: engine.memory })
+        Ok(App { router, node, api, chat, memory: engine.memory })
     }
 }
 
@@ -129,7 +143,19 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
 
     let name = if config.node_name.is_empty() { addr.to_string() } else { config.node_name.clone() };
     let grace = config.shutdown_grace;
-    let App { router: app, node, memory, .. } =
+    let consumer_configs = config.consumers.clone();
+    let grpc = config.grpc_api.clone();
+    let grpc_key = if grpc.key.is_empty() { config.auth.api_key.clone() } else { grpc.key.clone() };
+    let grpc_listener = if grpc.enabled {
+        let at = format!("{}:{}", grpc.address, grpc.port);
+        let listener = tokio::net::TcpListener::bind(&at).await.with_context(|| {
+            format!("cannot listen on {at} (config keys `grpc_api.address`, `grpc_api.port`)")
+        })?;
+        Some(listener)
+    } else {
+        None
+    };
+    let App { router: app, node, api, memory, .. } =
         App::build_in(config, name, store.clone(), Some(data_dir.path())).await?;
     let sweeper = tokio::spawn({
         let memory = memory.clone();
@@ -142,9 +168,31 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
             }
         }
     });
+    let consumers = consumers::start(&consumer_configs, node.clone()).await?;
     // Listen for signals before saying we listen: a SIGTERM sent right after the line must
     // shut down gracefully, not kill the process with the default action.
     let stop_signal = shutdown_signal()?;
+    let (grpc_stop, grpc_stopped) = tokio::sync::watch::channel(false);
+    let grpc_server = match grpc_listener {
+        Some(listener) => {
+            println!("hubbub grpc api listening on {}", listener.local_addr()?);
+            let service = grpc_api::service(api, grpc_key, grpc.max_request_bytes);
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let mut stopped = grpc_stopped;
+            Some(tokio::spawn(
+                tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
+                    incoming,
+                    async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    },
+                ),
+            ))
+        }
+        None => {
+            drop(api);
+            None
+        }
+    };
     println!("hubbub listening on http://{addr}");
     tracing::info!(%addr, node = %node.id, "serving");
 
@@ -158,6 +206,10 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     stop_signal.await;
     tracing::info!(?grace, "shutting down: no new connections, telling clients to reconnect");
     let _ = stop_tx.send(true);
+    let _ = grpc_stop.send(true);
+    // Nothing more is consumed: what is claimed and not yet done is found again at the next
+    // start (ARCHITECTURE.md, "Async consumers").
+    drop(consumers);
     node.shutdown();
     let deadline = tokio::time::Instant::now() + grace;
     let drained = async {
@@ -173,6 +225,12 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("grace period over with connections still open: exiting"),
     }
     sweeper.abort();
+    if let Some(grpc_server) = grpc_server {
+        // Calls in flight finish within the grace; a stuck one is not waited for.
+        if tokio::time::timeout(Duration::from_secs(1), grpc_server).await.is_err() {
+            tracing::warn!("gRPC API calls still running at exit");
+        }
+    }
     // The memory engine's log: what is queued is written, synced and marked clean, so the
     // next start keeps every stream as it is now.
     if let Some(memory) = &memory {

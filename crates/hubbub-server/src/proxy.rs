@@ -22,7 +22,7 @@ use hubbub_core::proxy::{
 use hubbub_protocol::{Disconnect, Json, ProtocolError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -415,7 +415,7 @@ struct ConnectResult {
     data: Option<Json>,
     b64data: String,
     channels: Vec<String>,
-    subs: HashMap<String, serde::de::IgnoredAny>,
+    subs: BTreeMap<String, SubsBody>,
     meta: Option<Json>,
 }
 
@@ -439,6 +439,23 @@ struct SubscribeResult {
     b64data: String,
     #[serde(rename = "override")]
     overrides: Option<OverrideBody>,
+}
+
+/// One entry of the connect result's `subs` (Centrifugo's SubscribeOptions; what Hubbub does
+/// not use, such as `expire_at` or tags filters, is ignored).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SubsBody {
+    info: Option<Json>,
+    b64info: String,
+    data: Option<Json>,
+    b64data: String,
+    #[serde(rename = "override")]
+    overrides: Option<OverrideBody>,
+}
+
+fn grant_bool(b: BoolValue) -> hubbub_core::grant::BoolValue {
+    hubbub_core::grant::BoolValue { value: b.value }
 }
 
 /// Centrifugo's `override`: each option as `{"value": bool}` (protobuf's BoolValue).
@@ -513,14 +530,29 @@ impl Proxy for HttpProxy {
         let body =
             Body { payload: self.payload(call.data.as_ref()), name: &call.name, version: &call.version };
         let r: ConnectResult = self.call("connect", from, body).await?;
-        let mut channels = r.channels;
-        channels.extend(r.subs.into_keys().filter(|c| !channels.contains(c)).collect::<Vec<_>>());
+        let mut subs = BTreeMap::new();
+        for (channel, s) in r.subs {
+            let options = hubbub_core::grant::SubscribeOptions {
+                info: payload(s.info, &s.b64info, "info")?,
+                data: payload(s.data, &s.b64data, "data")?,
+                r#override: s.overrides.map(|o| hubbub_core::grant::SubscribeOverride {
+                    presence: o.presence.map(grant_bool),
+                    join_leave: o.join_leave.map(grant_bool),
+                    force_recovery: o.force_recovery.map(grant_bool),
+                    force_positioning: o.force_positioning.map(grant_bool),
+                    force_push_join_leave: o.force_push_join_leave.map(grant_bool),
+                }),
+                ..Default::default()
+            };
+            subs.insert(channel, options);
+        }
         Ok(ConnectAnswer {
             user: r.user,
             expire_at: expire_at(r.expire_at),
             info: payload(r.info, &r.b64info, "info")?,
             data: payload(r.data, &r.b64data, "data")?,
-            channels,
+            channels: r.channels,
+            subs,
             meta: r.meta,
         })
     }

@@ -80,6 +80,23 @@ async fn publish_errors() {
         "allow_publish_for_client=false"
     );
     assert_eq!(c.err("publish", json!({"channel": "nosuchns:x", "data": {}})).await, 102);
+    // allow_publish_for_subscriber: only once subscribed.
+    let srv_sub = Server::builder()
+        .ns(Ns::new("subpub")
+            .set("allow_publish_for_client", "false")
+            .set("allow_publish_for_subscriber", "true"))
+        .start();
+    let mut p = srv_sub.user("3").await;
+    assert_eq!(p.err("publish", json!({"channel": "subpub:x", "data": {}})).await, 103, "not subscribed yet");
+    p.subscribe("subpub:x").await;
+    p.ok("publish", json!({"channel": "subpub:x", "data": {"n": 1}})).await;
+    p.expect_push("subpub:x", "pub").await;
+    p.ok("unsubscribe", json!({"channel": "subpub:x"})).await;
+    assert_eq!(
+        p.err("publish", json!({"channel": "subpub:x", "data": {}})).await,
+        103,
+        "no longer subscribed"
+    );
     // The API can still publish into nopub.
     let mut s = srv.user("2").await;
     s.subscribe("nopub:x").await;

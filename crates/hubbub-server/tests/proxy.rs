@@ -109,8 +109,9 @@ async fn connect_proxy_decides_who_connects() {
     let result = expect_result(&r, "connect", &json!({}));
     assert_eq!(result["data"], json!({ "welcome": true, "name": "rust-test", "cookie": "sid=42" }), "{r}");
     assert!(result.get("expires").is_none(), "a proxied connection is refreshed by the server: {r}");
-    // The backend's `channels` are server-side subscriptions.
+    // The backend's `channels` and `subs` are server-side subscriptions, `subs` with options.
     assert!(result["subs"].get("news").is_some(), "{r}");
+    assert_eq!(result["subs"]["feed"]["data"], json!({ "first": 1 }), "{r}");
     // The user and info reach presence.
     let p = c.ok("presence", json!({ "channel": "news" })).await;
     let me = p["presence"].as_object().unwrap().values().next().unwrap().clone();
@@ -119,6 +120,9 @@ async fn connect_proxy_decides_who_connects() {
         (json!("alice"), json!({ "name": "Alice" })),
         "{p}"
     );
+    // `feed`: presence overridden off (the namespace has it on).
+    let p = c.ok("presence", json!({ "channel": "feed" })).await;
+    assert_eq!(p["presence"], json!({}), "{p}");
 
     // A token still goes the token's way, not the proxy's.
     let mut t = s.ws().await;

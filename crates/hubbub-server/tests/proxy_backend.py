@@ -50,6 +50,14 @@ def answer_for(path, req, headers):
             "data": {"welcome": True, "name": req.get("name"), "cookie": headers.get("Cookie")},
             "meta": {"tenant": 7},
             "channels": ["news"],
+            "subs": {
+                "feed": {
+                    "b64info": base64.b64encode(b'{"feed":true}').decode(),
+                    "data": {"first": 1},
+                    "override": {"presence": {"value": False}},
+                    "expire_at": 0,
+                }
+            },
         }
         if mode == "short":
             result["expire_at"] = int(time.time()) + 1

@@ -244,4 +244,35 @@ mod tests {
         let other = "-----BEGIN FOO-----\nAAAA\n-----END FOO-----\n";
         assert!(matches!(sign_key_from_pem(other), Err(KeyError::Unsupported(..))));
     }
+
+    /// Whatever bytes a PEM body holds, parsing answers an error, never a panic: every
+    /// prefix of a real key, and a real key with each byte flipped.
+    #[test]
+    fn damaged_keys_are_errors() {
+        // An EC P-256 SubjectPublicKeyInfo.
+        let spki = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEf83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEXH8UTNG72bfocs3+257rn0s2ldbqkLJK2KRiMohYjlrQ==";
+        let der = base64::engine::general_purpose::STANDARD.decode(spki).unwrap();
+        let pem = |der: &[u8], label: &str| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n")
+        };
+        assert_eq!(
+            public_key_from_pem(&pem(&der, "PUBLIC KEY")).unwrap().family,
+            KeyFamily::Ec(Algorithm::ES256)
+        );
+        for label in ["PUBLIC KEY", "RSA PUBLIC KEY", "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"] {
+            for end in 0..der.len() {
+                let _ = public_key_from_pem(&pem(&der[..end], label));
+                let _ = sign_key_from_pem(&pem(&der[..end], label));
+            }
+            for i in 0..der.len() {
+                for bit in [0x01, 0x80, 0xff] {
+                    let mut damaged = der.clone();
+                    damaged[i] ^= bit;
+                    let _ = public_key_from_pem(&pem(&damaged, label));
+                    let _ = sign_key_from_pem(&pem(&damaged, label));
+                }
+            }
+        }
+    }
 }

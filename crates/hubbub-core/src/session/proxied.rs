@@ -67,8 +67,8 @@ impl Session {
             expire_at: answer.expire_at.filter(|&at| at > 0),
             info: answer.info,
             channels: answer.channels,
+            subs: answer.subs,
             meta: answer.meta,
-            ..Default::default()
         };
         Some(Ok((grant, answer.data)))
     }
