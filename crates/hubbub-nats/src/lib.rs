@@ -732,13 +732,105 @@ impl Inner {
     }
 }
 
-/// Delivers the messages of a channel's subject to this node, in the order they arrive
-/// (JetStream's republish order for publications with history, which is offset order).
+/// How long a publication that arrives ahead of a missing offset is held for the missing one.
+/// JetStream republishes what it stored in storage order nearly always, but nats-server 2.9
+/// was seen (in CI, two nodes appending to one channel at once) to hand two messages stored
+/// back to back to the republish path in swapped order, microseconds apart.
+const REORDER_WAIT: Duration = Duration::from_millis(50);
+/// At most this many publications are held per channel; more flushes them in order.
+const REORDER_MAX_HELD: usize = 1024;
+
+/// Puts a channel's republished publications back in offset order before the hub sees them.
+/// A gap that does not fill within [`REORDER_WAIT`] (a message lost on the way) is given up:
+/// what is held goes out in order, and the subscribers' position check finds the gap.
+#[derive(Default)]
+struct Reorder {
+    /// The offset expected next; `None` until the first republished publication.
+    next: Option<u64>,
+    held: std::collections::BTreeMap<u64, Publication>,
+    /// When the oldest held publication must go out, gap or not.
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Reorder {
+    /// Takes one republished publication; returns what can be delivered now, in order.
+    fn push(&mut self, publication: Publication) -> Vec<Publication> {
+        let offset = publication.offset;
+        match self.next {
+            // The expected one, or the first: it and whatever it unblocks go out.
+            None => self.release(publication),
+            Some(next) if offset == next => self.release(publication),
+            Some(next) if offset > next => {
+                self.held.insert(offset, publication);
+                if self.held.len() > REORDER_MAX_HELD {
+                    return self.flush();
+                }
+                self.deadline.get_or_insert_with(|| tokio::time::Instant::now() + REORDER_WAIT);
+                Vec::new()
+            }
+            // Behind what is expected: the stream was reset (offsets start again) or a gap was
+            // given up before this arrived. Deliver it and follow it.
+            Some(_) => {
+                let mut out = self.flush();
+                out.extend(self.release(publication));
+                out
+            }
+        }
+    }
+
+    fn release(&mut self, publication: Publication) -> Vec<Publication> {
+        let mut next = publication.offset + 1;
+        let mut out = vec![publication];
+        while let Some(p) = self.held.remove(&next) {
+            out.push(p);
+            next += 1;
+        }
+        self.next = Some(next);
+        if self.held.is_empty() {
+            self.deadline = None;
+        }
+        out
+    }
+
+    /// Gives up on the missing offsets: everything held goes out in order.
+    fn flush(&mut self) -> Vec<Publication> {
+        self.deadline = None;
+        let out: Vec<Publication> = std::mem::take(&mut self.held).into_values().collect();
+        if let Some(last) = out.last() {
+            self.next = Some(last.offset + 1);
+        }
+        out
+    }
+}
+
+/// Delivers the messages of a channel's subject to this node: publications with history (the
+/// stream's republish, which carries their offset header) in offset order through
+/// [`Reorder`], the rest (joins, leaves, publications without history) as they arrive.
 async fn deliver(channel: String, mut sub: async_nats::Subscriber, events: Arc<dyn BrokerEvents>) {
-    while let Some(message) = sub.next().await {
+    let mut reorder = Reorder::default();
+    loop {
+        let message = match reorder.deadline {
+            Some(deadline) => tokio::select! {
+                message = sub.next() => message,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(channel, "a republished offset did not arrive in time: delivering past the gap");
+                    for p in reorder.flush() {
+                        events.on_publication(&channel, p);
+                    }
+                    continue;
+                }
+            },
+            None => sub.next().await,
+        };
+        let Some(message) = message else { break };
         let headers = message.headers.as_ref();
         match header(headers, KIND) {
             Some(KIND_PUBLICATION) => match serde_json::from_slice::<Publication>(&message.payload) {
+                Ok(publication) if header(headers, OFFSET).is_some() && publication.offset > 0 => {
+                    for p in reorder.push(publication) {
+                        events.on_publication(&channel, p);
+                    }
+                }
                 Ok(publication) => events.on_publication(&channel, publication),
                 Err(e) => tracing::warn!(%e, channel, "undecodable publication from NATS"),
             },
@@ -1031,5 +1123,57 @@ impl PresenceStore for NatsEngine {
         let clients = self.presence(channel).await?;
         let users: HashSet<&str> = clients.values().map(|c| c.user.as_str()).collect();
         Ok(PresenceStats { num_clients: clients.len() as u32, num_users: users.len() as u32 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication(offset: u64) -> Publication {
+        Publication { offset, ..serde_json::from_str(r#"{"data":{}}"#).unwrap() }
+    }
+
+    fn offsets(ps: Vec<Publication>) -> Vec<u64> {
+        ps.into_iter().map(|p| p.offset).collect()
+    }
+
+    #[tokio::test]
+    async fn swapped_republishes_go_out_in_offset_order() {
+        let mut r = Reorder::default();
+        assert_eq!(offsets(r.push(publication(58))), [58]);
+        assert_eq!(offsets(r.push(publication(60))), Vec::<u64>::new());
+        assert_eq!(offsets(r.push(publication(61))), Vec::<u64>::new());
+        assert!(r.deadline.is_some(), "a held publication has a deadline");
+        assert_eq!(offsets(r.push(publication(59))), [59, 60, 61]);
+        assert!(r.deadline.is_none());
+        assert_eq!(offsets(r.push(publication(62))), [62]);
+    }
+
+    #[tokio::test]
+    async fn a_gap_that_never_fills_is_given_up_and_a_reset_is_followed() {
+        let mut r = Reorder::default();
+        assert_eq!(offsets(r.push(publication(1))), [1]);
+        assert!(r.push(publication(3)).is_empty());
+        assert!(r.push(publication(4)).is_empty());
+        // The deadline passes: what is held goes out, and delivery follows it.
+        assert_eq!(offsets(r.flush()), [3, 4]);
+        assert_eq!(offsets(r.push(publication(5))), [5]);
+        // The late one after giving up, then a stream that starts again at 1.
+        assert_eq!(offsets(r.push(publication(2))), [2]);
+        assert_eq!(offsets(r.push(publication(1))), [1]);
+        assert_eq!(offsets(r.push(publication(2))), [2]);
+    }
+
+    #[tokio::test]
+    async fn held_publications_are_bounded() {
+        let mut r = Reorder::default();
+        r.push(publication(1));
+        let mut out = Vec::new();
+        for offset in 3..3 + REORDER_MAX_HELD as u64 + 1 {
+            out.extend(r.push(publication(offset)));
+        }
+        assert_eq!(out.len(), REORDER_MAX_HELD + 1, "over the bound, everything held goes out");
+        assert!(r.held.is_empty());
     }
 }
